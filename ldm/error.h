@@ -1,0 +1,18 @@
+// ldm::Error: the one exception type library code throws. Messages are one
+// line and name the file, key or option and what was expected.
+#pragma once
+#include <stdexcept>
+#include <string>
+
+namespace ldm {
+
+class Error : public std::runtime_error {
+ public:
+  explicit Error(const std::string& msg) : std::runtime_error(msg) {}
+};
+
+// Writes `bytes` to `path` through a temporary file in the same directory and
+// a rename, so a reader never sees a half-written file.
+void write_file_atomic(const std::string& path, const void* data, size_t size);
+
+}  // namespace ldm

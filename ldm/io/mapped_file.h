@@ -1,0 +1,27 @@
+// A read-only view of a whole file through mmap; shared so tensors that alias
+// the mapping keep it alive.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+namespace ldm::io {
+
+class MappedFile {
+ public:
+  static std::shared_ptr<MappedFile> open(const std::string& path);
+  ~MappedFile();
+  const uint8_t* data() const { return data_; }
+  uint8_t* mutable_data() const { return data_; }  // private copy-on-write mapping
+  size_t size() const { return size_; }
+  const std::string& path() const { return path_; }
+
+ private:
+  MappedFile() = default;
+  uint8_t* data_ = nullptr;
+  size_t size_ = 0;
+  std::string path_;
+};
+
+}  // namespace ldm::io

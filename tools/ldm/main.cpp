@@ -1,0 +1,33 @@
+// ldm: train and sample latent diffusion models. Errors print one line and
+// exit non-zero; nothing here aborts on user input.
+#include <torch/torch.h>
+
+#include <iostream>
+
+#include "ldm/error.h"
+#include "ldm/util/runtime.h"
+#include "tools/ldm/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"ldm: latent diffusion models in C++ (train, sample, convert, inspect)"};
+  app.require_subcommand(1);
+  app.set_help_all_flag("--help-all", "help for every subcommand");
+  ldm::cli::add_info(app);
+  ldm::cli::add_convert(app);
+  try {
+    ldm::init_runtime();
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  } catch (const ldm::Error& e) {
+    std::cerr << "ldm: error: " << e.what() << "\n";
+    return 1;
+  } catch (const c10::Error& e) {
+    std::cerr << "ldm: error: " << e.what_without_backtrace() << "\n";
+    return 1;
+  } catch (const std::exception& e) {
+    std::cerr << "ldm: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
