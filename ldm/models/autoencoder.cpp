@@ -1,0 +1,45 @@
+#include "ldm/models/autoencoder.h"
+
+#include <torch/torch.h>
+
+#include "ldm/error.h"
+#include "ldm/util/config.h"
+
+namespace ldm {
+
+AutoencoderKL::AutoencoderKL(const DDConfig& d, int64_t e) : dd(d), embed_dim(e) {
+  if (!dd.double_z) throw Error("AutoencoderKL: ddconfig.double_z must be true");
+  encoder = register_module("encoder", std::make_shared<Encoder>(dd));
+  decoder = register_module("decoder", std::make_shared<Decoder>(dd));
+  quant_conv = register_module("quant_conv", std::make_shared<nn::Conv>(2, 2 * dd.z_channels, 2 * e, 1));
+  post_quant_conv = register_module("post_quant_conv", std::make_shared<nn::Conv>(2, e, dd.z_channels, 1));
+}
+
+std::shared_ptr<AutoencoderKL> AutoencoderKL::from_params(const Params& p) {
+  auto dd = DDConfig::from_params(p.sub("ddconfig"));
+  int64_t e = p.req<int64_t>("embed_dim");
+  // Training-only or bookkeeping keys of the reference; the loss is built by the trainer.
+  p.ignore({"lossconfig", "ckpt_path", "ignore_keys", "image_key", "colorize_nlabels", "monitor", "ema_decay",
+            "learn_logvar"});
+  p.check_unused("ldm.models.autoencoder.AutoencoderKL");
+  return std::make_shared<AutoencoderKL>(dd, e);
+}
+
+DiagonalGaussianDistribution AutoencoderKL::encode(const torch::Tensor& x) {
+  return DiagonalGaussianDistribution(quant_conv->forward(encoder->forward(x)));
+}
+
+torch::Tensor AutoencoderKL::decode(const torch::Tensor& z) { return decoder->forward(post_quant_conv->forward(z)); }
+
+torch::Tensor AutoencoderKL::encode_to_latent(const torch::Tensor& x, bool sample) {
+  auto post = encode(x);
+  return sample ? post.sample() : post.mode();
+}
+
+std::pair<torch::Tensor, DiagonalGaussianDistribution> AutoencoderKL::forward(const torch::Tensor& x, bool sp) {
+  auto post = encode(x);
+  auto z = sp ? post.sample() : post.mode();
+  return {decode(z), post};
+}
+
+}  // namespace ldm

@@ -1,0 +1,44 @@
+// models/autoencoder: AutoencoderKL (and the identity first stage the
+// reference uses for pixel-space or pre-encoded data).
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/types.h>
+
+#include <memory>
+
+#include "ldm/modules/diffusionmodules/model.h"
+#include "ldm/modules/distributions.h"
+
+namespace ldm {
+class Params;
+
+// What a LatentDiffusion needs of its first stage.
+class FirstStage : public torch::nn::Module {
+ public:
+  virtual torch::Tensor encode_to_latent(const torch::Tensor& x, bool sample) = 0;  // before scale_factor
+  virtual torch::Tensor decode(const torch::Tensor& z) = 0;
+};
+
+class AutoencoderKL : public FirstStage {
+ public:
+  AutoencoderKL(const DDConfig& dd, int64_t embed_dim);
+  static std::shared_ptr<AutoencoderKL> from_params(const Params& p);
+  DiagonalGaussianDistribution encode(const torch::Tensor& x);
+  torch::Tensor decode(const torch::Tensor& z) override;
+  torch::Tensor encode_to_latent(const torch::Tensor& x, bool sample) override;
+  // reconstruction and posterior (sample_posterior: sample, else mode)
+  std::pair<torch::Tensor, DiagonalGaussianDistribution> forward(const torch::Tensor& x, bool sample_posterior = true);
+  std::shared_ptr<Encoder> encoder;
+  std::shared_ptr<Decoder> decoder;
+  std::shared_ptr<nn::Conv> quant_conv, post_quant_conv;
+  DDConfig dd;
+  int64_t embed_dim;
+};
+
+class IdentityFirstStage : public FirstStage {
+ public:
+  torch::Tensor encode_to_latent(const torch::Tensor& x, bool) override { return x; }
+  torch::Tensor decode(const torch::Tensor& z) override { return z; }
+};
+
+}  // namespace ldm

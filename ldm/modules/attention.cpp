@@ -1,0 +1,192 @@
+#include "ldm/modules/attention.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+#include "ldm/modules/diffusionmodules/util.h"
+
+namespace ldm {
+
+namespace {
+int64_t g_chunk_elements = 32ll << 20;
+
+// [B, N, h*d] -> [B*h, N, d]
+torch::Tensor split_heads(const torch::Tensor& x, int64_t h) {
+  auto B = x.size(0), N = x.size(1), D = x.size(2);
+  return x.view({B, N, h, D / h}).permute({0, 2, 1, 3}).reshape({B * h, N, D / h});
+}
+torch::Tensor merge_heads(const torch::Tensor& x, int64_t h) {
+  auto Bh = x.size(0), N = x.size(1), d = x.size(2);
+  return x.view({Bh / h, h, N, d}).permute({0, 2, 1, 3}).reshape({Bh / h, N, h * d});
+}
+}  // namespace
+
+void set_attention_chunk_elements(int64_t n) { g_chunk_elements = std::max<int64_t>(n, 1); }
+
+torch::Tensor attention_plain(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
+  auto sim = torch::bmm(q, k.transpose(1, 2)) * scale;
+  return torch::bmm(sim.softmax(-1), v);
+}
+
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
+#if TORCH_VERSION_MAJOR >= 2
+  return at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, scale);
+#else
+  const int64_t B = q.size(0), N = q.size(1), M = k.size(1);
+  bool needs_grad = torch::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
+  if (needs_grad || B * N * M <= g_chunk_elements) return attention_plain(q, k, v, scale);
+  // Inference: chunk over query rows; each row's softmax is independent, so
+  // the result is exact while the score matrix stays within the budget.
+  auto out = torch::empty({B, N, v.size(2)}, q.options());
+  auto kt = k.transpose(1, 2);
+  int64_t rows = std::max<int64_t>(1, g_chunk_elements / (B * M));
+  for (int64_t s = 0; s < N; s += rows) {
+    int64_t n = std::min(rows, N - s);
+    auto sim = torch::bmm(q.narrow(1, s, n), kt);
+    sim.mul_(scale);
+    auto o = out.narrow(1, s, n);
+    torch::bmm_out(o, sim.softmax(-1), v);
+  }
+  return out;
+#endif
+}
+
+CrossAttention::CrossAttention(int64_t query_dim, int64_t context_dim, int64_t h, int64_t d) : heads(h), dim_head(d) {
+  int64_t inner = h * d;
+  int64_t cdim = context_dim > 0 ? context_dim : query_dim;
+  to_q = register_module("to_q", std::make_shared<nn::Linear>(query_dim, inner, false));
+  to_k = register_module("to_k", std::make_shared<nn::Linear>(cdim, inner, false));
+  to_v = register_module("to_v", std::make_shared<nn::Linear>(cdim, inner, false));
+  auto out = register_module("to_out", std::make_shared<nn::Holder>());
+  to_out0 = out->add("0", std::make_shared<nn::Linear>(inner, query_dim));
+}
+
+torch::Tensor CrossAttention::forward(const torch::Tensor& x, const torch::Tensor& context) {
+  const auto& ctx = context.defined() ? context : x;
+  auto q = split_heads(to_q->forward(x), heads);
+  auto k = split_heads(to_k->forward(ctx), heads);
+  auto v = split_heads(to_v->forward(ctx), heads);
+  auto o = attention(q, k, v, 1.0 / std::sqrt(static_cast<double>(dim_head)));
+  return to_out0->forward(merge_heads(o, heads));
+}
+
+FeedForward::FeedForward(int64_t dim, int64_t mult, bool g) : glu(g) {
+  int64_t inner = dim * mult;
+  auto net = register_module("net", std::make_shared<nn::Holder>());
+  auto n0 = net->add("0", std::make_shared<nn::Holder>());
+  // GEGLU keeps its projection as net.0.proj; the plain variant is net.0.0.
+  proj_in = n0->add(glu ? "proj" : "0", std::make_shared<nn::Linear>(dim, glu ? inner * 2 : inner));
+  proj_out = net->add("2", std::make_shared<nn::Linear>(inner, dim));
+}
+
+torch::Tensor FeedForward::forward(const torch::Tensor& x) {
+  auto h = proj_in->forward(x);
+  if (glu) {
+    auto parts = h.chunk(2, -1);  // (a, gate): a * GELU(gate), exact erf GELU
+    h = parts[0] * torch::gelu(parts[1]);
+  } else {
+    h = torch::gelu(h);
+  }
+  return proj_out->forward(h);
+}
+
+BasicTransformerBlock::BasicTransformerBlock(int64_t dim, int64_t n_heads, int64_t d_head, int64_t context_dim,
+                                             bool ckpt, bool dsa)
+    : use_checkpoint(ckpt), disable_self_attn(dsa) {
+  attn1 = register_module("attn1", std::make_shared<CrossAttention>(dim, dsa ? context_dim : 0, n_heads, d_head));
+  ff = register_module("ff", std::make_shared<FeedForward>(dim, 4, true));
+  attn2 = register_module("attn2", std::make_shared<CrossAttention>(dim, context_dim, n_heads, d_head));
+  norm1 = register_module("norm1", std::make_shared<nn::LayerNorm>(dim));
+  norm2 = register_module("norm2", std::make_shared<nn::LayerNorm>(dim));
+  norm3 = register_module("norm3", std::make_shared<nn::LayerNorm>(dim));
+}
+
+torch::Tensor BasicTransformerBlock::forward(const torch::Tensor& x_in, const torch::Tensor& context) {
+  auto body = [this](const std::vector<torch::Tensor>& in) {
+    auto x = in[0];
+    const auto& ctx = in[1];
+    x = attn1->forward(norm1->forward(x), disable_self_attn ? ctx : torch::Tensor()) + x;
+    x = attn2->forward(norm2->forward(x), ctx) + x;
+    return ff->forward(norm3->forward(x)) + x;
+  };
+  return checkpoint(body, {x_in, context}, *this, use_checkpoint);
+}
+
+SpatialTransformer::SpatialTransformer(int64_t in, int64_t n_heads, int64_t d_head, int64_t depth,
+                                       std::vector<int64_t> cdims, bool dsa, bool lin, bool ckpt)
+    : use_linear(lin) {
+  int64_t inner = n_heads * d_head;
+  if (cdims.empty()) cdims = {0};
+  if (cdims.size() == 1) cdims.assign(depth, cdims[0]);
+  norm = register_module("norm", std::make_shared<nn::GroupNorm>(32, in, 1e-6));
+  if (lin)
+    proj_in_lin = register_module("proj_in", std::make_shared<nn::Linear>(in, inner));
+  else
+    proj_in_conv = register_module("proj_in", std::make_shared<nn::Conv>(2, in, inner, 1));
+  auto tb = register_module("transformer_blocks", std::make_shared<nn::Holder>());
+  for (int64_t d = 0; d < depth; ++d)
+    blocks.push_back(tb->add(std::to_string(d),
+                             std::make_shared<BasicTransformerBlock>(inner, n_heads, d_head, cdims[d], ckpt, dsa)));
+  // The SD2 code builds Linear(in, inner) for proj_out (arguments swapped);
+  // shapes agree because the reference only works with in == inner.
+  if (lin) {
+    proj_out_lin = register_module("proj_out", std::make_shared<nn::Linear>(inner, in));
+    proj_out_lin->zero_();
+  } else {
+    proj_out_conv = register_module("proj_out", std::make_shared<nn::Conv>(2, inner, in, 1));
+    proj_out_conv->zero_();
+  }
+}
+
+torch::Tensor SpatialTransformer::forward(const torch::Tensor& x_in, const torch::Tensor& context) {
+  auto B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  auto x = norm->forward(x_in);
+  if (!use_linear) x = proj_in_conv->forward(x);
+  int64_t inner = x.size(1);
+  x = x.view({B, inner, H * W}).transpose(1, 2);  // b (h w) c
+  if (use_linear) x = proj_in_lin->forward(x);
+  for (auto& b : blocks) x = b->forward(x, context);
+  if (use_linear) x = proj_out_lin->forward(x);
+  x = x.transpose(1, 2).reshape({B, -1, H, W});
+  if (!use_linear) x = proj_out_conv->forward(x);
+  (void)C;
+  return x + x_in;
+}
+
+LinearAttention::LinearAttention(int64_t dim, int64_t h, int64_t dim_head) : heads(h) {
+  int64_t hidden = h * dim_head;
+  to_qkv = register_module("to_qkv", std::make_shared<nn::Conv>(2, dim, hidden * 3, 1, 1, 0, false));
+  to_out = register_module("to_out", std::make_shared<nn::Conv>(2, hidden, dim, 1));
+}
+
+torch::Tensor LinearAttention::forward(const torch::Tensor& x) {
+  auto B = x.size(0), H = x.size(2), W = x.size(3);
+  auto qkv = to_qkv->forward(x);
+  int64_t c = qkv.size(1) / (3 * heads);
+  qkv = qkv.view({B, 3, heads, c, H * W});  // b (qkv heads c) h w -> qkv b heads c (h w)
+  auto q = qkv.select(1, 0), k = qkv.select(1, 1).softmax(-1), v = qkv.select(1, 2);
+  auto ctx = torch::matmul(k, v.transpose(-1, -2));       // b h d e
+  auto out = torch::matmul(ctx.transpose(-1, -2), q);     // b h e n
+  return to_out->forward(out.reshape({B, heads * c, H, W}));
+}
+
+SpatialSelfAttention::SpatialSelfAttention(int64_t in) {
+  norm = register_module("norm", std::make_shared<nn::GroupNorm>(32, in, 1e-6));
+  q = register_module("q", std::make_shared<nn::Conv>(2, in, in, 1));
+  k = register_module("k", std::make_shared<nn::Conv>(2, in, in, 1));
+  v = register_module("v", std::make_shared<nn::Conv>(2, in, in, 1));
+  proj_out = register_module("proj_out", std::make_shared<nn::Conv>(2, in, in, 1));
+}
+
+torch::Tensor SpatialSelfAttention::forward(const torch::Tensor& x) {
+  auto B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  auto h = norm->forward(x);
+  auto qq = q->forward(h).view({B, C, H * W}).transpose(1, 2);
+  auto kk = k->forward(h).view({B, C, H * W}).transpose(1, 2);
+  auto vv = v->forward(h).view({B, C, H * W}).transpose(1, 2);
+  auto o = attention(qq, kk, vv, 1.0 / std::sqrt(static_cast<double>(C)));
+  return x + proj_out->forward(o.transpose(1, 2).reshape({B, C, H, W}));
+}
+
+}  // namespace ldm

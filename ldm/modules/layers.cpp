@@ -1,0 +1,115 @@
+#include "ldm/modules/layers.h"
+
+#include <torch/torch.h>
+
+#include <cmath>
+
+namespace ldm::nn {
+
+namespace {
+thread_local Init g_init = Init::Random;
+
+torch::Tensor blank(const std::vector<int64_t>& shape) {
+  auto opt = torch::TensorOptions().dtype(torch::kFloat32);
+  if (g_init == Init::Meta) opt = opt.device(torch::kMeta);
+  return torch::empty(shape, opt);
+}
+}  // namespace
+
+Init init_mode() { return g_init; }
+InitScope::InitScope(Init m) : prev_(g_init) { g_init = m; }
+InitScope::~InitScope() { g_init = prev_; }
+
+torch::Tensor make_param(const std::vector<int64_t>& shape, double bound) {
+  auto t = blank(shape);
+  if (g_init == Init::Random) {
+    torch::NoGradGuard ng;
+    t.uniform_(-bound, bound);
+  }
+  return t;
+}
+torch::Tensor make_const(const std::vector<int64_t>& shape, double value) {
+  auto t = blank(shape);
+  if (g_init == Init::Random) t.fill_(value);
+  return t;
+}
+torch::Tensor make_normal(const std::vector<int64_t>& shape) {
+  auto t = blank(shape);
+  if (g_init == Init::Random) {
+    torch::NoGradGuard ng;
+    t.normal_();
+  }
+  return t;
+}
+
+// PyTorch's default: kaiming_uniform(a=sqrt(5)) = U(+-1/sqrt(fan_in)), bias the same.
+Conv::Conv(int d, int64_t in, int64_t out, int64_t k, int64_t s, int64_t p, bool b)
+    : Conv(d, in, out, k, std::vector<int64_t>(d, s), p, b) {}
+
+Conv::Conv(int d, int64_t in, int64_t out, int64_t k, std::vector<int64_t> s, int64_t p, bool b)
+    : dims(d), stride(std::move(s)), padding(p) {
+  std::vector<int64_t> shape{out, in};
+  int64_t fan_in = in;
+  for (int i = 0; i < d; ++i) {
+    shape.push_back(k);
+    fan_in *= k;
+  }
+  double bound = 1.0 / std::sqrt(static_cast<double>(fan_in));
+  weight = register_parameter("weight", make_param(shape, bound));
+  if (b) bias = register_parameter("bias", make_param({out}, bound));
+}
+
+torch::Tensor Conv::forward(const torch::Tensor& x) {
+  std::vector<int64_t> pad(dims, padding);
+  switch (dims) {
+    case 1: return torch::conv1d(x, weight, bias, stride, pad);
+    case 2: return torch::conv2d(x, weight, bias, stride, pad);
+    default: return torch::conv3d(x, weight, bias, stride, pad);
+  }
+}
+
+void Conv::zero_() {
+  torch::NoGradGuard ng;
+  if (init_mode() != Init::Random) return;
+  weight.zero_();
+  if (bias.defined()) bias.zero_();
+}
+
+Linear::Linear(int64_t in, int64_t out, bool b) {
+  double bound = 1.0 / std::sqrt(static_cast<double>(in));
+  weight = register_parameter("weight", make_param({out, in}, bound));
+  if (b) bias = register_parameter("bias", make_param({out}, bound));
+}
+
+torch::Tensor Linear::forward(const torch::Tensor& x) { return torch::nn::functional::linear(x, weight, bias); }
+
+void Linear::zero_() {
+  torch::NoGradGuard ng;
+  if (init_mode() != Init::Random) return;
+  weight.zero_();
+  if (bias.defined()) bias.zero_();
+}
+
+GroupNorm::GroupNorm(int64_t g, int64_t c, double e) : groups(g), eps(e) {
+  weight = register_parameter("weight", make_const({c}, 1.0));
+  bias = register_parameter("bias", make_const({c}, 0.0));
+}
+
+torch::Tensor GroupNorm::forward(const torch::Tensor& x) {
+  if (x.scalar_type() == torch::kFloat32) return torch::group_norm(x, groups, weight, bias, eps);
+  return torch::group_norm(x.to(torch::kFloat32), groups, weight.to(torch::kFloat32), bias.to(torch::kFloat32), eps)
+      .to(x.scalar_type());
+}
+
+LayerNorm::LayerNorm(int64_t d, double e) : dim(d), eps(e) {
+  weight = register_parameter("weight", make_const({d}, 1.0));
+  bias = register_parameter("bias", make_const({d}, 0.0));
+}
+
+torch::Tensor LayerNorm::forward(const torch::Tensor& x) { return torch::layer_norm(x, {dim}, weight, bias, eps); }
+
+Embedding::Embedding(int64_t num, int64_t dim) { weight = register_parameter("weight", make_normal({num, dim})); }
+
+torch::Tensor Embedding::forward(const torch::Tensor& ids) { return torch::embedding(weight, ids); }
+
+}  // namespace ldm::nn

@@ -1,0 +1,90 @@
+// The basic layers, with the reference's parameter names (weight, bias) and
+// PyTorch's default initialisation, plus control over how parameters are
+// created: random (training from scratch), empty (weights will be loaded),
+// or on the meta device (count parameters without allocating them).
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ldm::nn {
+
+enum class Init { Random, Empty, Meta };
+Init init_mode();
+// Sets the parameter creation mode for modules built in this scope (per thread).
+class InitScope {
+ public:
+  explicit InitScope(Init m);
+  ~InitScope();
+
+ private:
+  Init prev_;
+};
+
+// A parameter of `shape`: uniform(-bound, bound) in Random mode.
+torch::Tensor make_param(const std::vector<int64_t>& shape, double bound);
+torch::Tensor make_const(const std::vector<int64_t>& shape, double value);
+torch::Tensor make_normal(const std::vector<int64_t>& shape);
+
+// A plain named container, the C++ twin of nn.Sequential/nn.Module used only
+// to give children their reference names ("in_layers.0", "down.1.block.0").
+class Holder : public torch::nn::Module {
+ public:
+  template <class M>
+  std::shared_ptr<M> add(const std::string& name, std::shared_ptr<M> m) {
+    return register_module(name, m);
+  }
+};
+
+// conv_nd: 1, 2 or 3 spatial dims; weight [out, in, k...], bias [out].
+class Conv : public torch::nn::Module {
+ public:
+  Conv(int dims, int64_t in, int64_t out, int64_t kernel, int64_t stride = 1, int64_t padding = 0, bool bias = true);
+  // dims==3 Downsample uses stride (1,2,2)
+  Conv(int dims, int64_t in, int64_t out, int64_t kernel, std::vector<int64_t> stride, int64_t padding, bool bias = true);
+  torch::Tensor forward(const torch::Tensor& x);
+  void zero_();  // zero_module() of the reference
+  torch::Tensor weight, bias;
+  int dims;
+  std::vector<int64_t> stride;
+  int64_t padding;
+};
+
+class Linear : public torch::nn::Module {
+ public:
+  Linear(int64_t in, int64_t out, bool bias = true);
+  torch::Tensor forward(const torch::Tensor& x);
+  void zero_();
+  torch::Tensor weight, bias;
+};
+
+// GroupNorm computed in float32 whatever the input dtype (GroupNorm32).
+class GroupNorm : public torch::nn::Module {
+ public:
+  GroupNorm(int64_t groups, int64_t channels, double eps);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight, bias;
+  int64_t groups;
+  double eps;
+};
+
+class LayerNorm : public torch::nn::Module {
+ public:
+  explicit LayerNorm(int64_t dim, double eps = 1e-5);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor weight, bias;
+  int64_t dim;
+  double eps;
+};
+
+class Embedding : public torch::nn::Module {
+ public:
+  Embedding(int64_t num, int64_t dim);
+  torch::Tensor forward(const torch::Tensor& ids);
+  torch::Tensor weight;
+};
+
+}  // namespace ldm::nn

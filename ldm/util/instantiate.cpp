@@ -1,0 +1,68 @@
+#include "ldm/util/instantiate.h"
+
+#include <torch/torch.h>
+
+#include <map>
+
+#include "ldm/error.h"
+#include "ldm/models/autoencoder.h"
+#include "ldm/modules/diffusionmodules/openaimodel.h"
+#include "ldm/util/config.h"
+
+namespace ldm {
+
+namespace {
+class IdentityModule : public torch::nn::Module {};
+
+const std::map<std::string, Factory>& registry() {
+  static const std::map<std::string, Factory> r = {
+      {"ldm.modules.diffusionmodules.openaimodel.UNetModel",
+       [](const Params& p) -> ModulePtr { return std::make_shared<UNetModel>(UNetOptions::from_params(p)); }},
+      {"ldm.models.autoencoder.AutoencoderKL",
+       [](const Params& p) -> ModulePtr { return AutoencoderKL::from_params(p); }},
+      {"ldm.models.autoencoder.IdentityFirstStage",
+       [](const Params& p) -> ModulePtr {
+         p.ignore({"vq_interface"});
+         p.check_unused("ldm.models.autoencoder.IdentityFirstStage");
+         return std::make_shared<IdentityFirstStage>();
+       }},
+      {"torch.nn.Identity", [](const Params&) -> ModulePtr { return std::make_shared<IdentityModule>(); }},
+  };
+  return r;
+}
+
+}  // namespace
+
+bool is_known_target(const std::string& t) { return registry().count(t) > 0; }
+
+std::vector<std::string> known_targets() {
+  std::vector<std::string> v;
+  for (auto& [k, f] : registry()) v.push_back(k);
+  return v;
+}
+
+ModulePtr instantiate_from_config(const YAML::Node& node, const std::string& where) {
+  if (node && node.IsScalar() && (node.Scalar() == "__is_first_stage__" || node.Scalar() == "__is_unconditional__"))
+    throw Error(where + ": \"" + node.Scalar() + "\" is handled by LatentDiffusion, not instantiate_from_config");
+  auto tc = target_config(node, where, {"base_learning_rate"});
+  auto it = registry().find(tc.target);
+  if (it == registry().end()) {
+    std::string acc;
+    for (auto& k : known_targets()) acc += (acc.empty() ? "" : ", ") + k;
+    throw Error(where + ".target: unknown target \"" + tc.target + "\" (known: " + acc + ")");
+  }
+  return it->second(tc.params);
+}
+
+int64_t count_parameters(const torch::nn::Module& m) {
+  int64_t n = 0;
+  for (const auto& p : m.parameters()) n += p.numel();
+  return n;
+}
+
+int64_t count_parameters(const YAML::Node& node, const std::string& where) {
+  nn::InitScope meta(nn::Init::Meta);
+  return count_parameters(*instantiate_from_config(node, where));
+}
+
+}  // namespace ldm
