@@ -26,6 +26,10 @@ const std::map<std::string, Factory>& registry() {
          p.check_unused("ldm.models.autoencoder.IdentityFirstStage");
          return std::make_shared<IdentityFirstStage>();
        }},
+      {"ldm.modules.diffusionmodules.model.Encoder",
+       [](const Params& p) -> ModulePtr { return std::make_shared<Encoder>(DDConfig::from_params(p)); }},
+      {"ldm.modules.diffusionmodules.model.Decoder",
+       [](const Params& p) -> ModulePtr { return std::make_shared<Decoder>(DDConfig::from_params(p)); }},
       {"torch.nn.Identity", [](const Params&) -> ModulePtr { return std::make_shared<IdentityModule>(); }},
   };
   return r;

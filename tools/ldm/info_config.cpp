@@ -1,5 +1,49 @@
+// ldm info CONFIG.yaml: parameter counts per sub-model, built on the meta device.
+#include <iomanip>
+#include <iostream>
+
 #include "ldm/error.h"
+#include "ldm/util/config.h"
+#include "ldm/util/instantiate.h"
 #include "tools/ldm/commands.h"
+
 namespace ldm::cli {
-void info_config(const std::string& path) { throw Error(path + ": TEMP"); }
+
+torch::nn::Module* forward_text_encoder(torch::nn::Module&, const std::map<std::string, torch::Tensor>&,
+                                        const std::string&, const std::string&, std::map<std::string, torch::Tensor>&) {
+  return nullptr;  // no text encoder in this build yet
 }
+
+void info_config(const std::string& path) {
+  auto cfg = load_yaml(path);
+  std::cout << path << "\n";
+  auto show = [](const std::string& name, const YAML::Node& node, const std::string& where) {
+    std::cout << "  " << std::left << std::setw(20) << name;
+    if (node.IsScalar()) {
+      std::cout << node.Scalar() << "\n";
+      return;
+    }
+    std::string target = node["target"] ? node["target"].as<std::string>() : "?";
+    if (!is_known_target(target)) {
+      std::cout << "(not counted: " << target << " is not built by this version)\n";
+      return;
+    }
+    std::cout << std::right << std::setw(14) << count_parameters(node, where) << "  " << target << "\n";
+  };
+  YAML::Node model = cfg["model"] ? cfg["model"] : cfg;
+  if (!model["target"]) throw Error(path + ": no model.target or target");
+  auto p = model["params"];
+  bool composite = false;
+  for (const char* k : {"unet_config", "first_stage_config", "cond_stage_config"})
+    if (p && p[k]) composite = true;
+  std::cout << "  target: " << model["target"].as<std::string>() << "\n  parameters:\n";
+  if (composite) {
+    for (auto [k, name] : {std::pair{"unet_config", "unet"}, {"first_stage_config", "first_stage"},
+                           {"cond_stage_config", "cond_stage"}})
+      if (p[k]) show(name, p[k], "model.params." + std::string(k));
+  } else {
+    show("model", model, cfg["model"] ? "model" : "config");
+  }
+}
+
+}  // namespace ldm::cli

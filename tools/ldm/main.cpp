@@ -14,6 +14,7 @@ int main(int argc, char** argv) {
   app.set_help_all_flag("--help-all", "help for every subcommand");
   ldm::cli::add_info(app);
   ldm::cli::add_convert(app);
+  ldm::cli::add_forward(app);
   try {
     ldm::init_runtime();
     app.parse(argc, argv);

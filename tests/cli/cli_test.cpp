@@ -1,0 +1,116 @@
+// End-to-end checks of the ldm binary: forward parity, info, convert, errors.
+#include <cstdio>
+#include <fstream>
+
+#include "ldm/io/ckpt.h"
+#include "tests/testing.h"
+
+using namespace ldm;
+
+namespace {
+struct Result {
+  int rc;
+  std::string out;
+};
+Result run(const std::string& args) {
+  std::string cmd = std::string(LDM_BINARY) + " " + args + " 2>&1";
+  Result r{0, ""};
+  FILE* p = popen(cmd.c_str(), "r");
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  int st = pclose(p);
+  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
+}
+std::string write_config(const std::string& dir, const std::string& fixture_file) {
+  auto md = io::safetensors_metadata(test::fixture(fixture_file));
+  std::string path = dir + "/" + fixture_file + ".yaml";
+  std::ofstream(path) << md.at("config");
+  return path;
+}
+void forward_parity(const std::string& file, const std::string& prefix) {
+  auto dir = test::temp_dir();
+  auto cfg = write_config(dir, file);
+  auto fx = test::fixture(file);
+  auto r = run("forward --config " + cfg + " --weights " + fx + " --weights-prefix " + prefix + " --inputs " + fx +
+               " --inputs-prefix input. --out " + dir + "/o.safetensors");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  auto got = io::load_safetensors(dir + "/o.safetensors");
+  auto ref = io::load_safetensors(fx);
+  auto md = io::safetensors_metadata(fx);
+  double atol = std::stod(md.at("atol")), rtol = std::stod(md.at("rtol"));
+  auto per = md.count("per_output_tolerance") ? nlohmann::json::parse(md.at("per_output_tolerance")) : nlohmann::json::object();
+  int n = 0;
+  for (auto& [k, v] : ref) {
+    if (k.rfind("output.", 0) != 0 || k == "output.loss") continue;
+    std::string name = k.substr(7);
+    ASSERT_TRUE(got.count(name)) << name;
+    double a = atol, rt = rtol;
+    if (per.contains(name)) {
+      a = per[name]["atol"].get<double>();
+      rt = per[name]["rtol"].get<double>();
+    }
+    test::expect_close(got[name], v, a, rt, file + ":" + name);
+    ++n;
+  }
+  EXPECT_GT(n, 0);
+}
+}  // namespace
+
+TEST(Cli, ForwardUnetSd1) { LDM_REQUIRE_SHARED(); forward_parity("unet_sd1_tiny.safetensors", "model.diffusion_model."); }
+TEST(Cli, ForwardUnetCin) { LDM_REQUIRE_SHARED(); forward_parity("unet_cin_tiny.safetensors", "model.diffusion_model."); }
+TEST(Cli, ForwardVae) { LDM_REQUIRE_SHARED(); forward_parity("vae_kl_tiny.safetensors", "first_stage_model."); }
+
+TEST(Cli, ForwardStrictLoadNamesKeys) {
+  LDM_REQUIRE_SHARED();
+  auto dir = test::temp_dir();
+  auto cfg = write_config(dir, "unet_cin_tiny.safetensors");
+  auto fx = test::fixture("unet_sd1_tiny.safetensors");  // wrong weights for this config
+  auto r = run("forward --config " + cfg + " --weights " + fx + " --weights-prefix model.diffusion_model. --inputs " +
+               fx + " --inputs-prefix input. --out " + dir + "/o.safetensors");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("missing"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("input_blocks.3.0.in_layers.0.weight"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("shape mismatches: input_blocks.0.0.weight (file [32, 4, 3, 3], model [32, 3, 3, 3])"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(dir + "/o.safetensors"));
+}
+
+TEST(Cli, InfoAndConvertEma) {
+  LDM_REQUIRE_SHARED();
+  auto dir = test::temp_dir();
+  auto r = run("info " + test::fixture("tiny_sd_v1.ckpt"));
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("global_step: 1234"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("model.diffusion_model"), std::string::npos);
+  r = run("info " + test::shared_dir() + "/data/configs/sd-v1-inference.yaml");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("859520964"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("83653863"), std::string::npos) << r.out;
+
+  r = run("convert " + test::fixture("tiny_sd_v1.ckpt") + " " + dir + "/ema.safetensors --ema --dtype fp16");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  auto ema = io::load_safetensors(dir + "/ema.safetensors");
+  auto orig = io::load_ckpt(test::fixture("tiny_sd_v1.ckpt")).tensors;
+  auto k = "model.diffusion_model.input_blocks.0.0.weight";
+  EXPECT_EQ(ema.at(k).scalar_type(), torch::kFloat16);
+  EXPECT_TRUE(torch::equal(ema.at(k), (0.5 * orig.at(k)).to(torch::kFloat16)));
+  EXPECT_EQ(ema.count("model_ema.decay"), 0u);
+  EXPECT_TRUE(torch::equal(ema.at("first_stage_model.encoder.conv_in.weight"),
+                           orig.at("first_stage_model.encoder.conv_in.weight").to(torch::kFloat16)));
+  EXPECT_EQ(io::safetensors_metadata(dir + "/ema.safetensors").at("global_step"), "1234");
+}
+
+TEST(Cli, BadInputGivesOneLineError) {
+  auto dir = test::temp_dir();
+  std::ofstream(dir + "/junk.ckpt") << "not a checkpoint at all";
+  auto r = run("info " + dir + "/junk.ckpt");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.out.find("junk.ckpt"), std::string::npos) << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+  r = run("convert " + dir + "/missing.ckpt " + dir + "/x.safetensors");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_FALSE(std::filesystem::exists(dir + "/x.safetensors"));
+  r = run("frobnicate");
+  EXPECT_NE(r.rc, 0);
+}
