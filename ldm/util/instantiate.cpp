@@ -6,6 +6,7 @@
 
 #include "ldm/error.h"
 #include "ldm/models/autoencoder.h"
+#include "ldm/models/diffusion/ddpm.h"
 #include "ldm/modules/diffusionmodules/openaimodel.h"
 #include "ldm/util/config.h"
 
@@ -30,6 +31,10 @@ const std::map<std::string, Factory>& registry() {
        [](const Params& p) -> ModulePtr { return std::make_shared<Encoder>(DDConfig::from_params(p)); }},
       {"ldm.modules.diffusionmodules.model.Decoder",
        [](const Params& p) -> ModulePtr { return std::make_shared<Decoder>(DDConfig::from_params(p)); }},
+      {"ldm.models.diffusion.ddpm.LatentDiffusion",
+       [](const Params& p) -> ModulePtr { return LatentDiffusion::from_params(p, false); }},
+      {"ldm.models.diffusion.ddpm.DDPM",
+       [](const Params& p) -> ModulePtr { return LatentDiffusion::from_params(p, true); }},
       {"torch.nn.Identity", [](const Params&) -> ModulePtr { return std::make_shared<IdentityModule>(); }},
   };
   return r;
