@@ -77,6 +77,12 @@ class Unpickler {
   std::vector<PyObj*> stack_;
   std::vector<size_t> marks_;
   std::unordered_map<uint64_t, PyObj*> memo_;
+  size_t entries_ = 0;  // all list/dict entries: bounded by the input size
+
+  void grow(size_t k) {
+    entries_ += k;
+    if (entries_ > 4 * n_ + 1024) throw fail("containers grow beyond what the input can describe");
+  }
 
   Error fail(const std::string& w) const {
     return Error(file_ + ": unreadable pickle at byte " + std::to_string(p_) + ": " + w);
@@ -228,11 +234,13 @@ class Unpickler {
     if (kv.size() % 2) throw fail("odd SETITEMS");
     if (d->kind == PyObj::Object) return;  // state of an inert object: dropped
     if (d->kind != PyObj::Dict) throw fail("SETITEMS on a non-dict");
+    grow(kv.size() / 2);
     for (size_t i = 0; i < kv.size(); i += 2) d->dict.emplace_back(kv[i], kv[i + 1]);
   }
   void appends(PyObj* l, const std::vector<PyObj*>& v) {
     if (l->kind == PyObj::Object) return;
     if (l->kind != PyObj::List) throw fail("APPENDS on a non-list");
+    grow(v.size());
     l->items.insert(l->items.end(), v.begin(), v.end());
   }
 
@@ -362,7 +370,7 @@ class Unpickler {
       case 'b': {                                               // BUILD: state of an object
         PyObj* state = pop();
         PyObj* o = top();
-        if (o->kind == PyObj::Dict && state->kind == PyObj::Dict) setitems(o, [&] {
+        if (o->kind == PyObj::Dict && state->kind == PyObj::Dict && o != state) setitems(o, [&] {
             std::vector<PyObj*> kv;
             for (auto& e : state->dict) { kv.push_back(e.first); kv.push_back(e.second); }
             return kv;
