@@ -1,6 +1,7 @@
 #include "ldm/modules/attention.h"
 
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include <cmath>
 
@@ -30,8 +31,11 @@ torch::Tensor attention_plain(const torch::Tensor& q, const torch::Tensor& k, co
 }
 
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
-#if TORCH_VERSION_MAJOR >= 2
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
   return at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, scale);
+#elif TORCH_VERSION_MAJOR == 2
+  // torch 2.0's fused kernel has no scale argument: fold it into q.
+  return at::scaled_dot_product_attention(q * (scale * std::sqrt(static_cast<double>(q.size(-1)))), k, v);
 #else
   const int64_t B = q.size(0), N = q.size(1), M = k.size(1);
   bool needs_grad = torch::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
