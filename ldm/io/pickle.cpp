@@ -384,7 +384,7 @@ class Unpickler {
       case 0x94: memo_put(memo_.size()); break;                 // MEMOIZE
       case 'h': push(memo_get(le(1))); break;                   // BINGET
       case 'j': push(memo_get(le(4))); break;                   // LONG_BINGET
-      case 'p': { std::string s = line(); try { memo_put(std::stoull(s)); } catch (const Error&) { throw; } catch (...) { throw fail("bad PUT"); } break; }
+      case 'p': { std::string s = line(); uint64_t k; try { k = std::stoull(s); } catch (...) { throw fail("bad PUT"); } memo_put(k); break; }
       case 'g': { std::string s = line(); uint64_t k; try { k = std::stoull(s); } catch (...) { throw fail("bad GET"); } push(memo_get(k)); break; }
       default: {
         char buf[8];

@@ -18,8 +18,6 @@ struct LoadOptions {
   torch::Device device = torch::kCPU;
 };
 
-class SafeTensorsFile;
-
 // Loads tensors from a .safetensors file; ldm::Error names the file/tensor.
 TensorMap load_safetensors(const std::string& path, const LoadOptions& opt = {});
 // Reads only the metadata (and tensor names) without touching the data.

@@ -144,7 +144,7 @@ SpatialTransformer::SpatialTransformer(int64_t in, int64_t n_heads, int64_t d_he
 }
 
 torch::Tensor SpatialTransformer::forward(const torch::Tensor& x_in, const torch::Tensor& context) {
-  auto B = x_in.size(0), C = x_in.size(1), H = x_in.size(2), W = x_in.size(3);
+  auto B = x_in.size(0), H = x_in.size(2), W = x_in.size(3);
   auto x = norm->forward(x_in);
   if (!use_linear) x = proj_in_conv->forward(x);
   int64_t inner = x.size(1);
@@ -154,7 +154,6 @@ torch::Tensor SpatialTransformer::forward(const torch::Tensor& x_in, const torch
   if (use_linear) x = proj_out_lin->forward(x);
   x = x.transpose(1, 2).reshape({B, -1, H, W});
   if (!use_linear) x = proj_out_conv->forward(x);
-  (void)C;
   return x + x_in;
 }
 

@@ -49,10 +49,8 @@ io::TensorMap run(torch::nn::Module& m, const io::TensorMap& in, const Opts& o) 
     out["std"] = post.std;
     out["kl"] = post.kl();
     out["decoded"] = a->decode(post.mode());
-  } else if (auto* c = forward_text_encoder(m, in, o.inputs, o.inputs_prefix, out)) {
-    (void)c;
   } else {
-    throw Error(o.config + ": ldm forward supports UNetModel, Encoder, Decoder, AutoencoderKL and CLIP text encoders");
+    throw Error(o.config + ": ldm forward supports UNetModel, Encoder, Decoder and AutoencoderKL");
   }
   return out;
 }

@@ -9,11 +9,6 @@
 
 namespace ldm::cli {
 
-torch::nn::Module* forward_text_encoder(torch::nn::Module&, const std::map<std::string, torch::Tensor>&,
-                                        const std::string&, const std::string&, std::map<std::string, torch::Tensor>&) {
-  return nullptr;  // no text encoder in this build yet
-}
-
 void info_config(const std::string& path) {
   auto cfg = load_yaml(path);
   std::cout << path << "\n";

@@ -72,7 +72,7 @@ std::shared_ptr<LatentDiffusion> LatentDiffusion::from_params(const Params& p, b
   // Lightning/bookkeeping keys of the reference with no effect on the model here.
   p.ignore({"monitor", "log_every_t", "ckpt_path", "ignore_keys", "load_only_unet", "use_positional_encodings",
             "num_timesteps_cond", "make_it_fit", "reset_ema", "reset_num_ema_updates", "unet_trainable",
-            "first_stage_key", "scheduler_config", "use_fp16"});
+            "scheduler_config", "use_fp16"});
   auto unet = instantiate_as<UNetModel>(p.node("unet_config"), p.where() + ".unet_config");
   if (!unet) throw Error(p.where() + ".unet_config: target must be a UNetModel");
   std::shared_ptr<FirstStage> fs;
@@ -82,7 +82,7 @@ std::shared_ptr<LatentDiffusion> LatentDiffusion::from_params(const Params& p, b
     o.scale_by_std = p.get<bool>("scale_by_std", false);
     o.cond_stage_trainable = p.get<bool>("cond_stage_trainable", false);
     o.cond_stage_key = p.get<std::string>("cond_stage_key", "image");
-    p.ignore({"concat_mode", "cond_stage_forward", "conditioning_key"});
+    p.ignore({"concat_mode", "cond_stage_forward"});
     fs = instantiate_as<FirstStage>(p.node("first_stage_config"), p.where() + ".first_stage_config");
     if (!fs) throw Error(p.where() + ".first_stage_config: target must be a first-stage model (AutoencoderKL, IdentityFirstStage)");
     auto cnode = p.node("cond_stage_config");

@@ -77,24 +77,6 @@ torch::Tensor ResnetBlock::forward(const torch::Tensor& x, const torch::Tensor& 
   return (shortcut ? shortcut->forward(x) : x) + h;
 }
 
-AttnBlock::AttnBlock(int64_t in) {
-  norm = register_module("norm", Normalize(in));
-  q = register_module("q", std::make_shared<nn::Conv>(2, in, in, 1));
-  k = register_module("k", std::make_shared<nn::Conv>(2, in, in, 1));
-  v = register_module("v", std::make_shared<nn::Conv>(2, in, in, 1));
-  proj_out = register_module("proj_out", std::make_shared<nn::Conv>(2, in, in, 1));
-}
-
-torch::Tensor AttnBlock::forward(const torch::Tensor& x) {
-  auto B = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  auto h = norm->forward(x);
-  auto qq = q->forward(h).reshape({B, C, H * W}).transpose(1, 2);
-  auto kk = k->forward(h).reshape({B, C, H * W}).transpose(1, 2);
-  auto vv = v->forward(h).reshape({B, C, H * W}).transpose(1, 2);
-  auto o = attention(qq, kk, vv, 1.0 / std::sqrt(static_cast<double>(C)));
-  return x + proj_out->forward(o.transpose(1, 2).reshape({B, C, H, W}));
-}
-
 Encoder::Encoder(const DDConfig& c) : c_(c) {
   const size_t L = c.ch_mult.size();
   conv_in = register_module("conv_in", std::make_shared<nn::Conv>(2, c.in_channels, c.ch, 3, 1, 1));

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "ldm/modules/attention.h"
 #include "ldm/modules/layers.h"
 
 namespace ldm {
@@ -36,13 +37,8 @@ class ResnetBlock : public torch::nn::Module {
   double dropout;
 };
 
-class AttnBlock : public torch::nn::Module {
- public:
-  explicit AttnBlock(int64_t in);
-  torch::Tensor forward(const torch::Tensor& x);
-  std::shared_ptr<nn::GroupNorm> norm;
-  std::shared_ptr<nn::Conv> q, k, v, proj_out;
-};
+// The VAE's AttnBlock is the same layer as attention.SpatialSelfAttention.
+using AttnBlock = SpatialSelfAttention;
 
 // Any of AttnBlock / LinAttnBlock / identity, by attn_type.
 struct AttnFn {
