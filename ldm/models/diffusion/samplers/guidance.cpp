@@ -1,5 +1,7 @@
 #include <torch/torch.h>
 
+#include <cmath>
+
 #include "ldm/models/diffusion/samplers/sampler.h"
 
 namespace ldm {
@@ -11,27 +13,34 @@ torch::Tensor cat2(const torch::Tensor& a, const torch::Tensor& b) {
 }
 }  // namespace
 
+torch::Tensor Denoiser::eps(const torch::Tensor& x, int64_t t) {
+  return eps(x, static_cast<double>(t), alphas_cumprod()[t].item<double>());
+}
+
 GuidedDenoiser::GuidedDenoiser(LatentDiffusion& m, Cond c, Cond u, double s)
     : m_(m), cond_(std::move(c)), uncond_(std::move(u)), scale_(s) {
   guided_ = scale_ != 1.0 && (uncond_.crossattn.defined() || uncond_.y.defined() || uncond_.concat.defined());
   if (guided_) both_ = {cat2(uncond_.crossattn, cond_.crossattn), cat2(uncond_.concat, cond_.concat), cat2(uncond_.y, cond_.y)};
 }
 
-torch::Tensor GuidedDenoiser::eps(const torch::Tensor& x, int64_t t) {
+torch::Tensor GuidedDenoiser::eps(const torch::Tensor& x, double t, double alpha) {
   ++calls;
+  // Integer timesteps go in as int64 like the reference samplers; sigma-space
+  // samplers pass fractional ones (the embedding is continuous in t).
+  const bool integral = t == std::floor(t);
+  auto topt = torch::TensorOptions().device(x.device()).dtype(integral ? torch::kInt64 : torch::kFloat32);
+  const int64_t n = x.size(0);
   torch::Tensor out;
-  torch::Tensor tt;
   if (guided_) {
     auto x_in = torch::cat({x, x}, 0);
-    tt = torch::full({x_in.size(0)}, t, torch::TensorOptions().dtype(torch::kInt64).device(x.device()));
-    auto both = m_.apply_model(x_in, tt, both_).chunk(2, 0);
+    auto both = m_.apply_model(x_in, torch::full({2 * n}, t, topt), both_).chunk(2, 0);
     out = both[0] + scale_ * (both[1] - both[0]);
   } else {
-    tt = torch::full({x.size(0)}, t, torch::TensorOptions().dtype(torch::kInt64).device(x.device()));
-    out = m_.apply_model(x, tt, cond_);
+    out = m_.apply_model(x, torch::full({n}, t, topt), cond_);
   }
-  if (m_.options().schedule.parameterization == "v") return m_.predict_eps_from_v(x, tt.slice(0, 0, x.size(0)), out);
-  return out;
+  if (m_.options().schedule.parameterization != "v") return out;
+  if (integral) return m_.predict_eps_from_v(x, torch::full({n}, t, topt), out);  // the reference's f32 buffers
+  return std::sqrt(alpha) * out + std::sqrt(1 - alpha) * x;
 }
 
 }  // namespace ldm

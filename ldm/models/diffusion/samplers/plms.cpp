@@ -5,20 +5,22 @@
 #include <deque>
 
 #include "ldm/error.h"
+#include "ldm/models/diffusion/samplers/common.h"
 #include "ldm/models/diffusion/samplers/ddim_step.h"
-#include "ldm/models/diffusion/samplers/sampler.h"
 
 namespace ldm {
 
-torch::Tensor plms_sample(GuidedDenoiser& d, const torch::Tensor& x_T, const SampleOptions& o) {
+torch::Tensor plms_sample(Denoiser& d, const torch::Tensor& noise, const SampleOptions& o) {
   if (o.eta != 0.0) throw Error("plms: eta must be 0");
-  auto p = make_ddim_params(d.model().schedule().alphas_cumprod, o.steps, 0.0, o.discretize);
+  auto p = make_ddim_params(d.alphas_cumprod(), o.steps, 0.0, o.discretize);
   const int64_t S = static_cast<int64_t>(p.timesteps.size());
+  const int64_t skip = samplers::skipped_steps(S, o);
   std::deque<torch::Tensor> old;  // previous steps' first evaluations, newest last
-  auto x = x_T;
-  for (int64_t k = 0; k < S; ++k) {
+  auto x = samplers::start_vp(noise, p.alphas[S - 1 - skip].item<double>(), o);
+  for (int64_t k = skip; k < S; ++k) {
     int64_t i = S - 1 - k;
     int64_t t_next = p.timesteps[std::max<int64_t>(i - 1, 0)];
+    x = samplers::blend_vp(x, p.alphas[i].item<double>(), o);
     auto e = d.eps(x, p.timesteps[i]);
     torch::Tensor e_prime;
     const size_t n = old.size();
@@ -36,9 +38,9 @@ torch::Tensor plms_sample(GuidedDenoiser& d, const torch::Tensor& x_T, const Sam
     old.push_back(e);
     if (old.size() > 3) old.pop_front();
     x = x_prev;
-    if (o.callback) o.callback(k, S, x, pred_x0);
+    if (o.callback) o.callback(k - skip, S - skip, x, pred_x0);
   }
-  return x;
+  return samplers::finish(x, o);
 }
 
 }  // namespace ldm

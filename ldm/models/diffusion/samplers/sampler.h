@@ -1,25 +1,41 @@
-// Sampler interface: a guided denoiser over integer timesteps and the
-// samplers that use it (one file each).
+// Sampler interface: a denoiser over the model's (fractional) timesteps, the
+// options every sampler reads, and one entry point that picks a sampler by
+// name. Each sampler is its own file.
 #pragma once
 #include <torch/types.h>
 
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "ldm/models/diffusion/ddpm.h"
 
 namespace ldm {
 
+// What samplers call: eps at timestep t (fractional for sigma-space samplers)
+// with cumulative alpha `alpha` at t; x lives in the model's variance-preserving
+// space. Implemented by GuidedDenoiser and, in tests, by exact closed forms.
+class Denoiser {
+ public:
+  virtual ~Denoiser() = default;
+  virtual torch::Tensor eps(const torch::Tensor& x, double t, double alpha) = 0;
+  virtual torch::Tensor alphas_cumprod() const = 0;  // [T] float32, the training schedule
+  torch::Tensor eps(const torch::Tensor& x, int64_t t);  // integer t: alpha from the schedule
+  int64_t calls = 0;                                     // network evaluations
+};
+
 // eps prediction with classifier-free guidance: the UNet runs once on the
-// batch [uncond, cond] and eps = eps_u + scale (eps_c - eps_u). For
-// v-models guidance is applied to v, then converted to eps.
-class GuidedDenoiser {
+// batch [uncond, cond] and out = out_u + scale (out_c - out_u) (Ho & Salimans
+// 2022); `uncond` is the negative prompt. v-models are guided on v, then
+// converted to eps.
+class GuidedDenoiser : public Denoiser {
  public:
   GuidedDenoiser(LatentDiffusion& model, Cond cond, Cond uncond = {}, double scale = 1.0);
-  torch::Tensor eps(const torch::Tensor& x, int64_t t);
+  using Denoiser::eps;
+  torch::Tensor eps(const torch::Tensor& x, double t, double alpha) override;
+  torch::Tensor alphas_cumprod() const override { return m_.schedule().alphas_cumprod; }
   LatentDiffusion& model() { return m_; }
-  int64_t calls = 0;
 
  private:
   LatentDiffusion& m_;
@@ -29,15 +45,34 @@ class GuidedDenoiser {
 };
 
 struct SampleOptions {
+  std::string sampler = "ddim";  // see sampler_names()
   int64_t steps = 50;
-  double eta = 0.0;
-  std::string discretize = "uniform";
+  double eta = 0.0;                       // ddim: 0 deterministic, 1 ancestral-like
+  std::string discretize = "uniform";     // timestep spacing: uniform | quad (ddim, plms, ddpm, dpm_solver++)
+  std::string schedule = "discrete";      // sigma schedule of the k-samplers: discrete | karras
+  bool clip_denoised = false;             // ddpm: clamp predicted x0 to [-1, 1]
   std::optional<torch::Generator> generator;
-  // called after each step: (step index from 0, total, x, pred_x0)
+  // img2img: start from x0 noised to `strength` (1 = pure noise) and run the rest.
+  torch::Tensor x0;
+  double strength = 1.0;
+  // inpainting by latent blending: where mask == 1, keep x0 (noised to the current level).
+  torch::Tensor mask;
+  // after each step: (step index from 0, total, x, pred_x0)
   std::function<void(int64_t, int64_t, const torch::Tensor&, const torch::Tensor&)> callback;
 };
 
-torch::Tensor ddim_sample(GuidedDenoiser& d, const torch::Tensor& x_T, const SampleOptions& o);
-torch::Tensor plms_sample(GuidedDenoiser& d, const torch::Tensor& x_T, const SampleOptions& o);
+const std::vector<std::string>& sampler_names();
+// `noise` is standard normal, the shape of the latents; returns x_0.
+torch::Tensor sample(Denoiser& d, const torch::Tensor& noise, const SampleOptions& o);
+
+torch::Tensor ddpm_sample(Denoiser& d, const torch::Tensor& noise, const SampleOptions& o);
+torch::Tensor ddim_sample(Denoiser& d, const torch::Tensor& noise, const SampleOptions& o);
+torch::Tensor plms_sample(Denoiser& d, const torch::Tensor& noise, const SampleOptions& o);
+torch::Tensor dpm_solver_pp_sample(Denoiser& d, const torch::Tensor& noise, const SampleOptions& o);
+// k-diffusion family (Karras et al. 2022) in sigma space
+torch::Tensor euler_sample(Denoiser& d, const torch::Tensor& noise, const SampleOptions& o);
+torch::Tensor euler_a_sample(Denoiser& d, const torch::Tensor& noise, const SampleOptions& o);
+torch::Tensor heun_sample(Denoiser& d, const torch::Tensor& noise, const SampleOptions& o);
+torch::Tensor dpmpp_2m_sample(Denoiser& d, const torch::Tensor& noise, const SampleOptions& o);
 
 }  // namespace ldm
