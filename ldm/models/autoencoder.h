@@ -17,6 +17,8 @@ class FirstStage : public torch::nn::Module {
  public:
   virtual torch::Tensor encode_to_latent(const torch::Tensor& x, bool sample) = 0;  // before scale_factor
   virtual torch::Tensor decode(const torch::Tensor& z) = 0;
+  virtual int64_t downsample_factor() const { return 1; }  // pixels per latent, per side
+  virtual int64_t image_channels() const { return 0; }     // 0: same as the latents
 };
 
 class AutoencoderKL : public FirstStage {
@@ -28,6 +30,8 @@ class AutoencoderKL : public FirstStage {
   torch::Tensor encode_to_latent(const torch::Tensor& x, bool sample) override;
   // reconstruction and posterior (sample_posterior: sample, else mode)
   std::pair<torch::Tensor, DiagonalGaussianDistribution> forward(const torch::Tensor& x, bool sample_posterior = true);
+  int64_t downsample_factor() const override { return int64_t(1) << (dd.ch_mult.size() - 1); }
+  int64_t image_channels() const override { return dd.out_ch; }
   std::shared_ptr<Encoder> encoder;
   std::shared_ptr<Decoder> decoder;
   std::shared_ptr<nn::Conv> quant_conv, post_quant_conv;

@@ -51,6 +51,16 @@ void LitEma::copy_to(torch::nn::Module& model) {
   }
 }
 
+void LitEma::reset(torch::nn::Module& model) {
+  torch::NoGradGuard ng;
+  auto bufs = named_buffers(false);
+  for (auto& p : model.named_parameters()) {
+    auto it = m2s_.find(p.key());
+    if (it != m2s_.end()) bufs[it->second].copy_(p.value());
+  }
+  if (num_updates.item<int>() > 0) num_updates.zero_();
+}
+
 void LitEma::store(torch::nn::Module& model) {
   collected_.clear();
   for (auto& p : model.parameters()) collected_.push_back(p.detach().clone());

@@ -18,6 +18,7 @@ class LitEma : public torch::nn::Module {
   // One update: decay = min(decay, (1 + n) / (10 + n)) while counting updates.
   void update(torch::nn::Module& model);
   void copy_to(torch::nn::Module& model);  // EMA weights into the model
+  void reset(torch::nn::Module& model);    // shadows = the model's weights, no updates yet
   void store(torch::nn::Module& model);    // remember the model's weights
   void restore(torch::nn::Module& model);  // put them back
   static std::string shadow_name(const std::string& param_name);

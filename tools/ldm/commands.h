@@ -3,11 +3,17 @@
 #include <CLI/CLI.hpp>
 #include <string>
 
+namespace at { class Tensor; }
+namespace torch { using at::Tensor; }
+
 namespace ldm::cli {
 // Each registers its subcommand on `app`; the callback runs it.
 void add_info(CLI::App& app);
 void add_convert(CLI::App& app);
 void add_forward(CLI::App& app);
+void add_sample(CLI::App& app);
 
 void info_config(const std::string& path);
+// A tensor from "FILE[:name]" (the name may be left out when FILE holds one).
+torch::Tensor load_tensor_arg(const std::string& spec, const std::string& option);
 }  // namespace ldm::cli

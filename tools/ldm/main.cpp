@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
   ldm::cli::add_info(app);
   ldm::cli::add_convert(app);
   ldm::cli::add_forward(app);
+  ldm::cli::add_sample(app);
   try {
     ldm::init_runtime();
     app.parse(argc, argv);

@@ -5,6 +5,7 @@
 #include "ldm/error.h"
 #include "ldm/util/config.h"
 #include "ldm/util/instantiate.h"
+#include "ldm/modules/encoders/modules.h"
 
 namespace ldm {
 
@@ -26,8 +27,9 @@ LatentDiffusion::LatentDiffusion(LatentDiffusionOptions o, std::shared_ptr<UNetM
     throw Error("conditioning_key: expected concat, crossattn, hybrid or adm, got \"" + o_.conditioning_key + "\"");
   sched_ = DiffusionSchedule::make(o_.schedule);
   for (auto& [name, t] : sched_.buffers()) *t = register_buffer(name, *t);
-  auto model = register_module("model", std::make_shared<nn::Holder>());
-  model->add("diffusion_model", unet_);
+  model_ = register_module("model", std::make_shared<nn::Holder>());
+  model_->add("diffusion_model", unet_);
+  if (o_.use_ema) model_ema = register_module("model_ema", std::make_shared<LitEma>(*model_));
   if (first_stage_) {
     register_module("first_stage_model", first_stage_);
     for (auto& p : first_stage_->parameters()) p.set_requires_grad(false);  // frozen
@@ -142,6 +144,29 @@ LatentDiffusion::Losses LatentDiffusion::p_losses(const torch::Tensor& x0, const
   L.loss = loss + o_.original_elbo_weight * L.loss_vlb;
   return L;
 }
+
+torch::Tensor LatentDiffusion::get_learned_conditioning(const torch::Tensor& c) {
+  if (auto ce = std::dynamic_pointer_cast<ClassEmbedder>(cond_stage_)) return ce->forward(c);
+  return c;
+}
+
+torch::Tensor LatentDiffusion::unconditional_conditioning(int64_t n) {
+  auto ce = std::dynamic_pointer_cast<ClassEmbedder>(cond_stage_);
+  if (!ce) throw Error("unconditional conditioning: the cond stage is not a ClassEmbedder; give the negative conditioning explicitly");
+  return ce->unconditional(n, ce->embedding->weight.device());
+}
+
+Cond LatentDiffusion::make_cond(const torch::Tensor& c) const {
+  const auto& k = o_.conditioning_key;
+  Cond out;
+  if (k == "crossattn") out.crossattn = c;
+  else if (k == "concat") out.concat = c;
+  else if (k == "adm") out.y = c;
+  else if (k == "hybrid") throw Error("conditioning_key hybrid: build Cond{crossattn, concat} explicitly");
+  return out;
+}
+
+std::unique_ptr<EmaScope> LatentDiffusion::ema_scope() { return std::make_unique<EmaScope>(model_ema.get(), *model_); }
 
 torch::Tensor LatentDiffusion::encode_first_stage(const torch::Tensor& x) {
   if (!first_stage_) return x;

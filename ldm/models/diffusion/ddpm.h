@@ -10,6 +10,7 @@
 
 #include "ldm/models/autoencoder.h"
 #include "ldm/models/diffusion/schedule.h"
+#include "ldm/modules/ema.h"
 #include "ldm/modules/diffusionmodules/openaimodel.h"
 
 namespace ldm {
@@ -55,6 +56,18 @@ class LatentDiffusion : public torch::nn::Module {
   };
   Losses p_losses(const torch::Tensor& x_start, const Cond& c, const torch::Tensor& t, const torch::Tensor& noise);
 
+  // Conditioning: the cond stage applied to labels (ClassEmbedder) or, with
+  // no cond stage, the tensor itself; routed to the UNet by conditioning_key.
+  torch::Tensor get_learned_conditioning(const torch::Tensor& c);
+  torch::Tensor unconditional_conditioning(int64_t n);  // ClassEmbedder's null class
+  Cond make_cond(const torch::Tensor& c) const;
+
+  // EMA of model.* (when use_ema): the reference's model_ema buffers.
+  std::shared_ptr<LitEma> model_ema;
+  torch::nn::Module& model_wrapper() { return *model_; }
+  // Swaps EMA weights in for the scope (no-op without EMA).
+  std::unique_ptr<EmaScope> ema_scope();
+
   // Pixels in [-1,1] -> scaled latents, and back.
   torch::Tensor encode_first_stage(const torch::Tensor& x);
   torch::Tensor decode_first_stage(const torch::Tensor& z);
@@ -73,6 +86,7 @@ class LatentDiffusion : public torch::nn::Module {
   std::shared_ptr<UNetModel> unet_;
   std::shared_ptr<FirstStage> first_stage_;
   std::shared_ptr<torch::nn::Module> cond_stage_;
+  std::shared_ptr<nn::Holder> model_;
 };
 
 }  // namespace ldm

@@ -1,0 +1,102 @@
+#include "ldm/io/image.h"
+
+#include <stb_image.h>
+#include <stb_image_write.h>
+#include <torch/torch.h>
+#include <zlib.h>
+
+#include <cstring>
+#include <fstream>
+#include <iterator>
+
+#include "ldm/error.h"
+
+namespace ldm::io {
+
+torch::Tensor load_image(const std::string& path, int channels) {
+  if (channels != 1 && channels != 3) throw Error("load_image: channels must be 1 or 3");
+  int w = 0, h = 0, c = 0;
+  unsigned char* data = stbi_load(path.c_str(), &w, &h, &c, channels);
+  if (!data) {
+    const char* why = stbi_failure_reason();
+    throw Error(path + ": cannot read image (" + (why ? why : "unknown error") + ")");
+  }
+  auto t = torch::from_blob(data, {h, w, channels}, torch::kUInt8).permute({2, 0, 1}).to(torch::kFloat32).div_(255.0);
+  stbi_image_free(data);
+  return t.contiguous();
+}
+
+namespace {
+void put_be32(std::string& s, uint32_t v) {
+  for (int i = 3; i >= 0; --i) s.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+}
+uint32_t get_be32(const std::string& s, size_t at) {
+  uint32_t v = 0;
+  for (int i = 0; i < 4; ++i) v = (v << 8) | static_cast<unsigned char>(s[at + i]);
+  return v;
+}
+std::string text_chunk(const std::string& key, const std::string& value) {
+  std::string body = "tEXt" + key + std::string(1, '\0') + value;
+  std::string chunk;
+  put_be32(chunk, static_cast<uint32_t>(body.size() - 4));
+  chunk += body;
+  put_be32(chunk, static_cast<uint32_t>(crc32(0, reinterpret_cast<const Bytef*>(body.data()), body.size())));
+  return chunk;
+}
+void append(void* ctx, void* data, int size) { static_cast<std::string*>(ctx)->append(static_cast<char*>(data), size); }
+}  // namespace
+
+void save_png(const std::string& path, const torch::Tensor& image, const std::map<std::string, std::string>& text) {
+  if (image.dim() != 3 || (image.size(0) != 1 && image.size(0) != 3))
+    throw Error(path + ": save_png expects [C, H, W] with C = 1 or 3, got " + c10::str(image.sizes()));
+  auto u8 = image.scalar_type() == torch::kUInt8
+                ? image
+                : image.detach().to(torch::kFloat32).clamp(0, 1).mul(255).round().to(torch::kUInt8);
+  u8 = u8.cpu().permute({1, 2, 0}).contiguous();
+  const int h = static_cast<int>(u8.size(0)), w = static_cast<int>(u8.size(1)), c = static_cast<int>(u8.size(2));
+  std::string png;
+  if (!stbi_write_png_to_func(append, &png, w, h, c, u8.data_ptr<uint8_t>(), w * c))
+    throw Error(path + ": PNG encoding failed");
+  // text chunks go right after IHDR (8-byte signature + 25-byte IHDR chunk)
+  std::string chunks;
+  for (const auto& [k, v] : text) chunks += text_chunk(k, v);
+  png.insert(33, chunks);
+  write_file_atomic(path, png.data(), png.size());
+}
+
+std::map<std::string, std::string> read_png_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error(path + ": cannot open");
+  std::string s((std::istreambuf_iterator<char>(f)), {});
+  if (s.size() < 8 || s.compare(0, 8, "\x89PNG\r\n\x1a\n") != 0) throw Error(path + ": not a PNG file");
+  std::map<std::string, std::string> out;
+  for (size_t at = 8; at + 12 <= s.size();) {
+    uint32_t len = get_be32(s, at);
+    if (len > s.size() - at - 12) throw Error(path + ": truncated PNG chunk");
+    std::string type = s.substr(at + 4, 4);
+    if (type == "tEXt") {
+      std::string body = s.substr(at + 8, len);
+      auto nul = body.find('\0');
+      if (nul != std::string::npos) out[body.substr(0, nul)] = body.substr(nul + 1);
+    }
+    if (type == "IEND") break;
+    at += 12 + len;
+  }
+  return out;
+}
+
+torch::Tensor make_grid(const torch::Tensor& b, int64_t nrow, int64_t pad, double pad_value) {
+  if (b.dim() != 4) throw Error("make_grid: expected [N, C, H, W], got " + c10::str(b.sizes()));
+  const int64_t n = b.size(0), C = b.size(1), H = b.size(2), W = b.size(3);
+  const int64_t cols = std::max<int64_t>(1, std::min(nrow, n)), rows = (n + cols - 1) / cols;
+  auto grid = torch::full({C, rows * (H + pad) + pad, cols * (W + pad) + pad}, pad_value, b.options());
+  for (int64_t i = 0; i < n; ++i) {
+    const int64_t r = i / cols, c = i % cols;
+    grid.narrow(1, r * (H + pad) + pad, H).narrow(2, c * (W + pad) + pad, W).copy_(b[i]);
+  }
+  return grid;
+}
+
+torch::Tensor to_unit_range(const torch::Tensor& x) { return ((x + 1) / 2).clamp(0, 1); }
+
+}  // namespace ldm::io

@@ -1,0 +1,28 @@
+// Image files: PNG/JPEG/BMP read through stb_image, PNG written with text
+// chunks (generation parameters in the "parameters" key web UIs read), and
+// torchvision-style grids.
+#pragma once
+#include <torch/types.h>
+
+#include <map>
+#include <string>
+
+namespace ldm::io {
+
+// [C, H, W] float32 in [0, 1] with `channels` channels (1 or 3); ldm::Error
+// naming the file when it cannot be read or decoded.
+torch::Tensor load_image(const std::string& path, int channels = 3);
+
+// [C, H, W] (C = 1 or 3) float in [0, 1] or uint8, written atomically.
+void save_png(const std::string& path, const torch::Tensor& image, const std::map<std::string, std::string>& text = {});
+// The tEXt chunks of a PNG file.
+std::map<std::string, std::string> read_png_text(const std::string& path);
+
+// [N, C, H, W] -> [C, H', W'] with `nrow` images per row and `pad` pixels of
+// `pad_value` between them (torchvision.utils.make_grid).
+torch::Tensor make_grid(const torch::Tensor& batch, int64_t nrow, int64_t pad = 2, double pad_value = 0.0);
+
+// Model range [-1, 1] -> [0, 1].
+torch::Tensor to_unit_range(const torch::Tensor& x);
+
+}  // namespace ldm::io

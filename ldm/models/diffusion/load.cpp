@@ -1,0 +1,56 @@
+#include "ldm/models/diffusion/load.h"
+
+#include <torch/torch.h>
+
+#include <iostream>
+#include <set>
+
+#include "ldm/error.h"
+#include "ldm/io/ckpt.h"
+#include "ldm/util/config.h"
+#include "ldm/util/instantiate.h"
+#include "ldm/util/state_dict.h"
+
+namespace ldm {
+
+YAML::Node model_node(const YAML::Node& cfg) { return cfg["model"] ? cfg["model"] : cfg; }
+
+std::shared_ptr<LatentDiffusion> load_latent_diffusion(const std::string& config, const std::string& ckpt,
+                                                       const ModelLoadOptions& o) {
+  std::shared_ptr<LatentDiffusion> m;
+  {
+    nn::InitScope empty(nn::Init::Empty);  // every parameter is then required from the file
+    m = instantiate_as<LatentDiffusion>(model_node(load_yaml(config)), config + ": model");
+  }
+  if (!m) throw Error(config + ": model.target must be ldm.models.diffusion.ddpm.LatentDiffusion or DDPM");
+  auto w = io::load_weights(ckpt).tensors;
+  bool has_ema = false;
+  for (auto& [k, v] : w)
+    if (k.rfind("model_ema.", 0) == 0) has_ema = true;
+  if (!m->model_ema) {  // the reference without use_ema ignores them too
+    for (auto it = w.begin(); it != w.end();) it = it->first.rfind("model_ema.", 0) == 0 ? w.erase(it) : std::next(it);
+  }
+  auto rep = load_state_dict(*m, w, false, ckpt);
+  if (!rep.mismatched.empty()) throw Error(ckpt + ": " + rep.summary());
+  std::set<std::string> params;
+  for (auto& p : m->named_parameters()) params.insert(p.key());
+  std::vector<std::string> missing_params;
+  for (auto& k : rep.missing)
+    if (params.count(k)) missing_params.push_back(k);
+  if (!missing_params.empty()) {
+    LoadReport r;
+    r.missing = missing_params;
+    throw Error(ckpt + ": does not hold every weight " + config + " describes: " + r.summary());
+  }
+  if (m->model_ema && !has_ema) {
+    m->model_ema->reset(m->model_wrapper());
+    if (!o.quiet) std::cerr << "note: " << ckpt << " has no model_ema.*; EMA starts from the model weights\n";
+  }
+  if (!o.quiet && !rep.unexpected.empty())
+    std::cerr << "note: " << ckpt << ": ignored " << rep.unexpected.size() << " keys the config does not use (e.g. "
+              << rep.unexpected.front() << ")\n";
+  m->eval();
+  return m;
+}
+
+}  // namespace ldm

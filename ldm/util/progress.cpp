@@ -1,0 +1,51 @@
+#include "ldm/util/progress.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+
+namespace ldm {
+
+std::string format_duration(double s) {
+  if (!(s >= 0) || s > 1e7) return "--:--";
+  long t = static_cast<long>(s + 0.5);
+  char buf[32];
+  if (t >= 3600) std::snprintf(buf, sizeof buf, "%ld:%02ld:%02ld", t / 3600, t / 60 % 60, t % 60);
+  else std::snprintf(buf, sizeof buf, "%02ld:%02ld", t / 60, t % 60);
+  return buf;
+}
+
+Progress::Progress(std::string label, int64_t total, int64_t start)
+    : label_(std::move(label)), total_(total), start_(start), done_(start), tty_(isatty(2)) {
+  t0_ = last_print_ = std::chrono::steady_clock::now();
+}
+
+double Progress::rate() const {
+  double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  return el > 0 ? (done_ - start_) / el : 0.0;
+}
+
+void Progress::update(int64_t done, const std::string& extra) {
+  done_ = done;
+  auto now = std::chrono::steady_clock::now();
+  // at most twice a second on a terminal, every 10 s in a log, always at the end
+  double since = std::chrono::duration<double>(now - last_print_).count();
+  if (done < total_ && since < (tty_ ? 0.5 : 10.0) && done != start_ + 1) return;
+  last_print_ = now;
+  double r = rate();
+  double eta = r > 0 ? (total_ - done) / r : -1;
+  std::fprintf(stderr, "%s%s %lld/%lld  %.2f it/s  ETA %s%s%s", tty_ ? "\r\033[K" : "", label_.c_str(),
+               (long long)done, (long long)total_, r, format_duration(eta).c_str(), extra.empty() ? "" : "  ",
+               extra.c_str());
+  if (!tty_) std::fputc('\n', stderr);
+  std::fflush(stderr);
+}
+
+void Progress::finish(const std::string& extra) {
+  double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  std::fprintf(stderr, "%s%s %lld/%lld done in %s (%.2f it/s)%s%s\n", tty_ ? "\r\033[K" : "", label_.c_str(),
+               (long long)done_, (long long)total_, format_duration(el).c_str(), rate(), extra.empty() ? "" : "  ",
+               extra.c_str());
+}
+
+}  // namespace ldm

@@ -1,0 +1,27 @@
+// A progress line on stderr for long loops: step, rate, ETA, and whatever
+// the caller adds (loss, lr). Redrawn in place on a terminal, one line per
+// report otherwise (logs stay readable).
+#pragma once
+#include <chrono>
+#include <string>
+
+namespace ldm {
+
+class Progress {
+ public:
+  Progress(std::string label, int64_t total, int64_t start = 0);
+  // Call after step `done` (1-based count of finished steps).
+  void update(int64_t done, const std::string& extra = "");
+  void finish(const std::string& extra = "");
+  double rate() const;  // steps per second since the start
+
+ private:
+  std::string label_;
+  int64_t total_, start_, done_ = 0;
+  bool tty_;
+  std::chrono::steady_clock::time_point t0_, last_print_;
+};
+
+std::string format_duration(double seconds);
+
+}  // namespace ldm

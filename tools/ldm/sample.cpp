@@ -1,0 +1,169 @@
+// ldm sample: draw images from a LatentDiffusion/DDPM given its config and a
+// checkpoint, with any sampler; precomputed noise and conditioning can be
+// injected (safetensors) to reproduce a reference run exactly.
+#include <torch/torch.h>
+
+#include <filesystem>
+#include <iostream>
+#include <sstream>
+
+#include "ldm/error.h"
+#include "ldm/io/image.h"
+#include "ldm/io/safetensors.h"
+#include "ldm/models/diffusion/load.h"
+#include "ldm/models/diffusion/samplers/sampler.h"
+#include "ldm/util/progress.h"
+#include "tools/ldm/commands.h"
+
+namespace ldm::cli {
+
+torch::Tensor load_tensor_arg(const std::string& spec, const std::string& option) {
+  // FILE[:name]; the name may be omitted when the file holds one tensor
+  std::string file = spec, name;
+  auto colon = spec.rfind(':');
+  if (colon != std::string::npos && colon > 0 && !std::filesystem::exists(spec)) {
+    file = spec.substr(0, colon);
+    name = spec.substr(colon + 1);
+  }
+  auto t = io::load_safetensors(file);
+  if (name.empty()) {
+    if (t.size() != 1)
+      throw Error(option + " " + file + ": holds " + std::to_string(t.size()) + " tensors; name one as FILE:name");
+    return t.begin()->second;
+  }
+  auto it = t.find(name);
+  if (it == t.end()) throw Error(option + " " + file + ": no tensor named \"" + name + "\"");
+  return it->second;
+}
+
+namespace {
+struct Opts {
+  std::string config, ckpt, out = "outputs/samples", init_noise, cond, uncond, save_latents, sampler = "ddim",
+                            schedule = "discrete", discretize = "uniform", labels;
+  int64_t steps = 50, batch = 1, width = 0, height = 0, seed = 42;
+  double eta = 0.0, cfg_scale = 1.0;
+  bool no_ema = false;
+};
+
+std::vector<int64_t> parse_labels(const std::string& s, int64_t n) {
+  std::vector<int64_t> v;
+  std::stringstream ss(s);
+  std::string part;
+  while (std::getline(ss, part, ',')) {
+    try {
+      size_t used = 0;
+      v.push_back(std::stoll(part, &used));
+      if (used != part.size()) throw std::invalid_argument(part);
+    } catch (const std::exception&) {
+      throw Error("--class: expected integers separated by commas, got \"" + s + "\"");
+    }
+  }
+  if (v.size() == 1) v.assign(n, v[0]);
+  if (static_cast<int64_t>(v.size()) != n)
+    throw Error("--class: give one label or one per image (" + std::to_string(n) + "), got " + std::to_string(v.size()));
+  return v;
+}
+
+void run(const Opts& o) {
+  auto m = load_latent_diffusion(o.config, o.ckpt);
+  torch::NoGradGuard ng;
+  auto ema = o.no_ema ? nullptr : m->ema_scope();
+  auto gen = torch::make_generator<at::CPUGeneratorImpl>(o.seed);  // torch.manual_seed(seed) on CPU
+
+  const auto& mo = m->options();
+  const int64_t f = m->first_stage() ? m->first_stage()->downsample_factor() : 1;
+  torch::Tensor noise;
+  if (!o.init_noise.empty()) {
+    noise = load_tensor_arg(o.init_noise, "--init-noise").to(torch::kFloat32);
+  } else {
+    int64_t h = o.height ? o.height : mo.image_size * f, w = o.width ? o.width : mo.image_size * f;
+    if (h % f || w % f) throw Error("-W/-H: must be multiples of " + std::to_string(f) + " (the first stage's factor)");
+    noise = torch::randn({o.batch, mo.channels, h / f, w / f}, gen);
+  }
+  const int64_t n = noise.size(0);
+
+  std::string prompt;
+  Cond cond, uncond;
+  if (!o.cond.empty()) {
+    cond = m->make_cond(load_tensor_arg(o.cond, "--cond").to(torch::kFloat32));
+    prompt = "cond " + o.cond;
+  } else if (!o.labels.empty()) {
+    auto labels = torch::tensor(parse_labels(o.labels, n), torch::kInt64);
+    cond = m->make_cond(m->get_learned_conditioning(labels));
+    prompt = "class " + o.labels;
+  } else if (!mo.conditioning_key.empty()) {
+    throw Error("this model is conditional (" + mo.conditioning_key + "): give --class or --cond");
+  }
+  if (!o.uncond.empty()) uncond = m->make_cond(load_tensor_arg(o.uncond, "--uncond").to(torch::kFloat32));
+  else if (o.cfg_scale != 1.0 && !o.labels.empty()) uncond = m->make_cond(m->unconditional_conditioning(n));
+  else if (o.cfg_scale != 1.0) throw Error("--cfg-scale " + std::to_string(o.cfg_scale) + " needs --uncond (or --class with a ClassEmbedder)");
+
+  GuidedDenoiser d(*m, cond, uncond, o.cfg_scale);
+  SampleOptions so;
+  so.sampler = o.sampler;
+  so.steps = o.steps;
+  so.eta = o.eta;
+  so.schedule = o.schedule;
+  so.discretize = o.discretize;
+  so.generator = gen;
+  Progress prog("sample " + o.sampler, o.steps);
+  so.callback = [&](int64_t k, int64_t total, const torch::Tensor&, const torch::Tensor&) {
+    prog.update(k + 1);
+    (void)total;
+  };
+  auto x = sample(d, noise, so);
+  prog.finish(std::to_string(d.calls) + " model evaluations");
+  if (!o.save_latents.empty()) io::save_safetensors(o.save_latents, {{"latents", x.contiguous()}});
+
+  auto img = m->decode_first_stage(x);
+  if (img.size(1) != 1 && img.size(1) != 3) {
+    std::cerr << "note: decoded output has " << img.size(1) << " channels, not an image; no PNG written"
+              << (o.save_latents.empty() ? " (use --save-latents)" : "") << "\n";
+    return;
+  }
+  std::filesystem::create_directories(o.out);
+  auto unit = io::to_unit_range(img);
+  std::ostringstream params;
+  params << prompt << "\nSteps: " << o.steps << ", Sampler: " << o.sampler << ", Schedule type: " << o.schedule
+         << ", CFG scale: " << o.cfg_scale << ", Seed: " << o.seed << ", Size: " << img.size(3) << "x" << img.size(2)
+         << ", Model: " << std::filesystem::path(o.ckpt).stem().string();
+  for (int64_t i = 0; i < n; ++i) {
+    char name[32];
+    std::snprintf(name, sizeof name, "%06lld.png", (long long)i);
+    io::save_png((std::filesystem::path(o.out) / name).string(), unit[i], {{"parameters", params.str()}});
+  }
+  auto nrow = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(n))));
+  io::save_png((std::filesystem::path(o.out) / "grid.png").string(), io::make_grid(unit, nrow),
+               {{"parameters", params.str()}});
+  std::cerr << "wrote " << n << " images and grid.png to " << o.out << "\n";
+}
+}  // namespace
+
+void add_sample(CLI::App& app) {
+  auto o = std::make_shared<Opts>();
+  auto* sub = app.add_subcommand("sample", "sample images from a LatentDiffusion/DDPM checkpoint");
+  sub->add_option("--config", o->config, "model config (reference YAML)")->required();
+  sub->add_option("--ckpt,-m", o->ckpt, "checkpoint (.ckpt or .safetensors)")->required();
+  std::string names;
+  for (auto& s : sampler_names()) names += (names.empty() ? "" : ", ") + s;
+  sub->add_option("--sampler,--sampling-method", o->sampler, "sampler: " + names)->capture_default_str();
+  sub->add_option("--steps", o->steps, "sampling steps")->capture_default_str();
+  sub->add_option("--eta", o->eta, "DDIM eta")->capture_default_str();
+  sub->add_option("--schedule", o->schedule, "sigma schedule of euler/euler_a/heun/dpm++2m: discrete, karras")->capture_default_str();
+  sub->add_option("--discretize", o->discretize, "timestep spacing of ddim/plms/ddpm/dpm_solver++: uniform, quad")->capture_default_str();
+  sub->add_option("--cfg-scale", o->cfg_scale, "classifier-free guidance scale (1 = off)")->capture_default_str();
+  sub->add_option("--seed,-s", o->seed, "seed (noise equals torch.manual_seed(seed); torch.randn on CPU)")->capture_default_str();
+  sub->add_option("-b,--batch", o->batch, "images")->capture_default_str();
+  sub->add_option("--class", o->labels, "class label, or one per image separated by commas");
+  sub->add_option("-W,--width", o->width, "image width in pixels (default: the config's)");
+  sub->add_option("-H,--height", o->height, "image height in pixels (default: the config's)");
+  sub->add_option("--init-noise", o->init_noise, "x_T from a safetensors file, FILE[:name]");
+  sub->add_option("--cond", o->cond, "conditioning tensor from a safetensors file, FILE[:name]");
+  sub->add_option("--uncond", o->uncond, "negative/unconditional conditioning, FILE[:name]");
+  sub->add_option("--save-latents", o->save_latents, "write the final latents as \"latents\" to this .safetensors");
+  sub->add_flag("--no-ema", o->no_ema, "use the trained weights, not the EMA weights");
+  sub->add_option("-o,--output", o->out, "output directory")->capture_default_str();
+  sub->callback([o] { run(*o); });
+}
+
+}  // namespace ldm::cli
