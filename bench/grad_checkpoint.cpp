@@ -114,6 +114,7 @@ Result spawn_mode(const std::string& self, const Args& a, const char* mode) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  ldm::reexec_with_runtime_env(argv);
   Args a;
   for (int i = 1; i < argc; ++i) {
     std::string k = argv[i];

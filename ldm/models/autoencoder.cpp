@@ -3,6 +3,7 @@
 #include <torch/torch.h>
 
 #include "ldm/error.h"
+#include "ldm/util/state_dict.h"
 #include "ldm/util/config.h"
 
 namespace ldm {
@@ -19,10 +20,14 @@ std::shared_ptr<AutoencoderKL> AutoencoderKL::from_params(const Params& p) {
   auto dd = DDConfig::from_params(p.sub("ddconfig"));
   int64_t e = p.req<int64_t>("embed_dim");
   // Training-only or bookkeeping keys of the reference; the loss is built by the trainer.
-  p.ignore({"lossconfig", "ckpt_path", "ignore_keys", "image_key", "colorize_nlabels", "monitor", "ema_decay",
-            "learn_logvar"});
+  p.ignore({"lossconfig", "image_key", "colorize_nlabels", "monitor", "ema_decay", "learn_logvar"});
+  auto ckpt = p.get<std::string>("ckpt_path", "");
+  auto ignore = p.get<std::vector<std::string>>("ignore_keys", {});
   p.check_unused("ldm.models.autoencoder.AutoencoderKL");
-  return std::make_shared<AutoencoderKL>(dd, e);
+  auto m = std::make_shared<AutoencoderKL>(dd, e);
+  // Built to be filled from a whole checkpoint (Empty) or counted (Meta): no sub-model file needed.
+  if (!ckpt.empty() && nn::init_mode() == nn::Init::Random) init_from_ckpt(*m, ckpt, ignore, p.where());
+  return m;
 }
 
 DiagonalGaussianDistribution AutoencoderKL::encode(const torch::Tensor& x) {

@@ -17,7 +17,9 @@ DiagonalGaussianDistribution::DiagonalGaussianDistribution(const torch::Tensor& 
 }
 
 torch::Tensor DiagonalGaussianDistribution::sample(std::optional<torch::Generator> gen) const {
-  auto noise = gen ? torch::randn(mean.sizes(), *gen, mean.options()) : torch::randn_like(mean);
+  // a CPU generator draws on the CPU (as torch does with generator=) and the noise moves to the mean's device
+  auto noise = gen ? torch::randn(mean.sizes(), *gen, mean.options().device(gen->device())).to(mean.device())
+                   : torch::randn_like(mean);
   return mean + std * noise;
 }
 

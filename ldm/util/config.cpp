@@ -58,6 +58,10 @@ bool scalar_ok(const YAML::Node& n, const char* kind) {
   if (std::string(kind) == "bool")
     return s == "true" || s == "false" || s == "True" || s == "False" || s == "yes" || s == "no";
   if (std::string(kind) == "num") {
+    // YAML 1.2 spellings of infinity and NaN, which yaml-cpp converts
+    static const char* special[] = {".inf", ".Inf", ".INF", "+.inf", "-.inf", "-.Inf", "-.INF", ".nan", ".NaN", ".NAN"};
+    for (const char* sp : special)
+      if (s == sp) return true;
     char* end = nullptr;
     std::strtod(s.c_str(), &end);
     return !s.empty() && end && *end == '\0';

@@ -1,8 +1,13 @@
 #include "ldm/util/state_dict.h"
 
+#include <filesystem>
+#include <set>
+
 #include <torch/torch.h>
 
 #include "ldm/error.h"
+#include "ldm/io/ckpt.h"
+#include "ldm/train/checkpoint.h"
 
 namespace ldm {
 
@@ -62,6 +67,26 @@ std::map<std::string, torch::Tensor> strip_prefix(const std::map<std::string, to
   for (auto& [k, v] : t)
     if (k.compare(0, prefix.size(), prefix) == 0) out[k.substr(prefix.size())] = v;
   return out;
+}
+
+void init_from_ckpt(torch::nn::Module& m, const std::string& path, const std::vector<std::string>& ignore_keys,
+                    const std::string& where) {
+  std::string file = path;
+  if (std::filesystem::is_directory(path)) file = latest_checkpoint(path) + "/model.safetensors";
+  auto w = io::load_weights(file).tensors;
+  for (auto it = w.begin(); it != w.end();) {
+    bool drop = false;
+    for (auto& k : ignore_keys) drop = drop || it->first.rfind(k, 0) == 0;
+    it = drop ? w.erase(it) : std::next(it);
+  }
+  auto rep = load_state_dict(m, w, false, file);
+  std::set<std::string> params;
+  for (auto& p : m.named_parameters()) params.insert(p.key());
+  LoadReport bad;
+  bad.mismatched = rep.mismatched;
+  for (auto& k : rep.missing)
+    if (params.count(k)) bad.missing.push_back(k);
+  if (!bad.ok()) throw Error(where + ".ckpt_path " + file + ": " + bad.summary());
 }
 
 }  // namespace ldm

@@ -28,4 +28,12 @@ std::map<std::string, torch::Tensor> strip_prefix(const std::map<std::string, to
 
 std::map<std::string, torch::Tensor> state_dict(const torch::nn::Module& m);
 
+// The reference's init_from_ckpt (ckpt_path + ignore_keys of a sub-model):
+// weights from a .ckpt/.safetensors file or an `ldm train` run directory;
+// keys starting with any of ignore_keys are dropped, keys the module does not
+// have are ignored (e.g. an autoencoder's loss.*), missing parameters are an
+// error naming `where`.
+void init_from_ckpt(torch::nn::Module& m, const std::string& path, const std::vector<std::string>& ignore_keys,
+                    const std::string& where);
+
 }  // namespace ldm

@@ -12,6 +12,8 @@ void add_info(CLI::App& app);
 void add_convert(CLI::App& app);
 void add_forward(CLI::App& app);
 void add_sample(CLI::App& app);
+void add_train(CLI::App& app);
+void add_fashion_eval(CLI::App& app);
 
 void info_config(const std::string& path);
 // A tensor from "FILE[:name]" (the name may be left out when FILE holds one).

@@ -9,6 +9,7 @@
 #include "tools/ldm/commands.h"
 
 int main(int argc, char** argv) {
+  ldm::reexec_with_runtime_env(argv);
   CLI::App app{"ldm: latent diffusion models in C++ (train, sample, convert, inspect)"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "help for every subcommand");
@@ -16,6 +17,8 @@ int main(int argc, char** argv) {
   ldm::cli::add_convert(app);
   ldm::cli::add_forward(app);
   ldm::cli::add_sample(app);
+  ldm::cli::add_train(app);
+  ldm::cli::add_fashion_eval(app);
   try {
     ldm::init_runtime();
     app.parse(argc, argv);

@@ -42,7 +42,7 @@ struct Opts {
                             schedule = "discrete", discretize = "uniform", labels;
   int64_t steps = 50, batch = 1, width = 0, height = 0, seed = 42;
   double eta = 0.0, cfg_scale = 1.0;
-  bool no_ema = false;
+  bool no_ema = false, no_grid = false;
 };
 
 std::vector<int64_t> parse_labels(const std::string& s, int64_t n) {
@@ -133,9 +133,10 @@ void run(const Opts& o) {
     io::save_png((std::filesystem::path(o.out) / name).string(), unit[i], {{"parameters", params.str()}});
   }
   auto nrow = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(n))));
-  io::save_png((std::filesystem::path(o.out) / "grid.png").string(), io::make_grid(unit, nrow),
+  if (!o.no_grid)
+    io::save_png((std::filesystem::path(o.out) / "grid.png").string(), io::make_grid(unit, nrow),
                {{"parameters", params.str()}});
-  std::cerr << "wrote " << n << " images and grid.png to " << o.out << "\n";
+  std::cerr << "wrote " << n << " images" << (o.no_grid ? "" : " and grid.png") << " to " << o.out << "\n";
 }
 }  // namespace
 
@@ -143,7 +144,7 @@ void add_sample(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("sample", "sample images from a LatentDiffusion/DDPM checkpoint");
   sub->add_option("--config", o->config, "model config (reference YAML)")->required();
-  sub->add_option("--ckpt,-m", o->ckpt, "checkpoint (.ckpt or .safetensors)")->required();
+  sub->add_option("--ckpt,-m", o->ckpt, "checkpoint (.ckpt, .safetensors, or an ldm train run directory)")->required();
   std::string names;
   for (auto& s : sampler_names()) names += (names.empty() ? "" : ", ") + s;
   sub->add_option("--sampler,--sampling-method", o->sampler, "sampler: " + names)->capture_default_str();
@@ -162,6 +163,7 @@ void add_sample(CLI::App& app) {
   sub->add_option("--uncond", o->uncond, "negative/unconditional conditioning, FILE[:name]");
   sub->add_option("--save-latents", o->save_latents, "write the final latents as \"latents\" to this .safetensors");
   sub->add_flag("--no-ema", o->no_ema, "use the trained weights, not the EMA weights");
+  sub->add_flag("--no-grid", o->no_grid, "write the images only, no grid.png");
   sub->add_option("-o,--output", o->out, "output directory")->capture_default_str();
   sub->callback([o] { run(*o); });
 }

@@ -145,6 +145,12 @@ LatentDiffusion::Losses LatentDiffusion::p_losses(const torch::Tensor& x0, const
   return L;
 }
 
+torch::Tensor LatentDiffusion::training_loss(const torch::Tensor& z, const Cond& c, torch::Generator& gen) {
+  auto t = torch::randint(0, sched_.num_timesteps, {z.size(0)}, gen, torch::kInt64).to(z.device());
+  auto noise = torch::randn(z.sizes(), gen, z.options().device(gen.device())).to(z.device());
+  return p_losses(z, c, t, noise).loss;
+}
+
 torch::Tensor LatentDiffusion::get_learned_conditioning(const torch::Tensor& c) {
   if (auto ce = std::dynamic_pointer_cast<ClassEmbedder>(cond_stage_)) return ce->forward(c);
   return c;

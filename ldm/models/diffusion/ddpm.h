@@ -55,6 +55,9 @@ class LatentDiffusion : public torch::nn::Module {
     torch::Tensor loss, loss_simple, loss_vlb, x_noisy, model_output, target;
   };
   Losses p_losses(const torch::Tensor& x_start, const Cond& c, const torch::Tensor& t, const torch::Tensor& noise);
+  // One training objective evaluation: t ~ U{0..T-1} and noise from `gen`
+  // (the reference's shared_step on already-encoded latents).
+  torch::Tensor training_loss(const torch::Tensor& z, const Cond& c, torch::Generator& gen);
 
   // Conditioning: the cond stage applied to labels (ClassEmbedder) or, with
   // no cond stage, the tensor itself; routed to the UNet by conditioning_key.

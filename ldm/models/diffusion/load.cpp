@@ -2,11 +2,13 @@
 
 #include <torch/torch.h>
 
+#include <filesystem>
 #include <iostream>
 #include <set>
 
 #include "ldm/error.h"
 #include "ldm/io/ckpt.h"
+#include "ldm/train/checkpoint.h"
 #include "ldm/util/config.h"
 #include "ldm/util/instantiate.h"
 #include "ldm/util/state_dict.h"
@@ -23,7 +25,10 @@ std::shared_ptr<LatentDiffusion> load_latent_diffusion(const std::string& config
     m = instantiate_as<LatentDiffusion>(model_node(load_yaml(config)), config + ": model");
   }
   if (!m) throw Error(config + ": model.target must be ldm.models.diffusion.ddpm.LatentDiffusion or DDPM");
-  auto w = io::load_weights(ckpt).tensors;
+  // a training run directory or one of its checkpoints: the model weights in it
+  std::string file = ckpt;
+  if (std::filesystem::is_directory(ckpt)) file = latest_checkpoint(ckpt) + "/model.safetensors";
+  auto w = io::load_weights(file).tensors;
   bool has_ema = false;
   for (auto& [k, v] : w)
     if (k.rfind("model_ema.", 0) == 0) has_ema = true;

@@ -63,6 +63,11 @@ DdimParams make_ddim_params(const torch::Tensor& acp32, int64_t steps, double et
   DdimParams p;
   const int64_t T = acp32.size(0);
   p.timesteps = make_ddim_timesteps(disc, steps, T);
+  for (auto t : p.timesteps)  // the reference's spacing (+1 shift) can step past the end; it would crash
+    if (t < 0 || t >= T)
+      throw Error("ddim: " + std::to_string(steps) + " steps over " + std::to_string(T) + " timesteps give timestep " +
+                  std::to_string(t) + " (out of range); use a step count whose spacing fits, e.g. one dividing " +
+                  std::to_string(T));
   auto acp = acp32.to(torch::kFloat32).cpu();
   auto idx = torch::tensor(p.timesteps, torch::kInt64);
   p.alphas = acp.index_select(0, idx);

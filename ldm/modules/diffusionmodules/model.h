@@ -66,6 +66,8 @@ class Decoder : public torch::nn::Module {
  public:
   explicit Decoder(const DDConfig& c);
   torch::Tensor forward(const torch::Tensor& z);
+  // the reference's get_last_layer(): the GAN loss's adaptive weight reads its gradient
+  const torch::Tensor& last_layer() const { return conv_out->weight; }
 
  private:
   DDConfig c_;

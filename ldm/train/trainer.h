@@ -1,0 +1,37 @@
+// The training loop for the reference's config schema: model (with
+// base_learning_rate and scale_lr), data (DataModuleFromConfig), the
+// lightning.trainer section, and this project's `training` section (seed,
+// device, log/checkpoint/image intervals). Trains AutoencoderKL (with its
+// LPIPSWithDiscriminator loss) and LatentDiffusion/DDPM.
+#pragma once
+#include <yaml-cpp/yaml.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ldm {
+
+struct TrainOptions {
+  std::string out_dir = "outputs/train";  // checkpoints/, metrics.csv, images/, config.yaml
+  std::string resume;                     // run dir or checkpoint dir
+  int64_t max_steps = -1;                 // overrides lightning.trainer.max_steps
+  bool quiet = false;                     // no progress line
+  int rank = 0, world = 1;                // data-parallel position (distributed training)
+};
+
+struct TrainResult {
+  int64_t steps = 0;
+  std::vector<double> losses;  // per step (optimizer 0's loss)
+  std::string last_checkpoint;
+  double seconds = 0, peak_rss_gb = 0;
+};
+
+// key=value overrides with dotted keys, values parsed as YAML
+// ("model.base_learning_rate=1e-4", "lightning.trainer.max_steps=100").
+void apply_overrides(YAML::Node& cfg, const std::vector<std::string>& kv);
+
+TrainResult train(const YAML::Node& config, const TrainOptions& o);
+
+}  // namespace ldm

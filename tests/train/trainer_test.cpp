@@ -1,0 +1,253 @@
+// The training pipeline end to end on tiny models: autoencoder (with the GAN
+// term switched on), latent diffusion on its latents, resume equality, the
+// NaN/Inf guard, corrupt images, and checkpoints surviving SIGKILL.
+#include "ldm/train/trainer.h"
+
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "ldm/data/dataset.h"
+#include "ldm/error.h"
+#include "ldm/io/image.h"
+#include "ldm/models/diffusion/load.h"
+#include "ldm/models/diffusion/samplers/sampler.h"
+#include "ldm/train/checkpoint.h"
+#include "ldm/util/config.h"
+#include "tests/testing.h"
+
+using namespace ldm;
+namespace fs = std::filesystem;
+
+namespace {
+// 24 random 8x8 RGB images in two class folders.
+std::string make_folder(const std::string& dir) {
+  auto g = torch::make_generator<at::CPUGeneratorImpl>(5);
+  for (int c = 0; c < 2; ++c) {
+    fs::create_directories(dir + "/class" + std::to_string(c));
+    for (int i = 0; i < 12; ++i) {
+      auto img = (torch::rand({3, 8, 8}, g) * 0.5 + 0.5 * c);
+      io::save_png(dir + "/class" + std::to_string(c) + "/" + std::to_string(i) + ".png", img);
+    }
+  }
+  return dir;
+}
+
+std::string data_section(const std::string& folder) {
+  return "data:\n  target: main.DataModuleFromConfig\n  params:\n    batch_size: 4\n    num_workers: 2\n    train:\n"
+         "      target: ldm.data.image_folder.ImageFolder\n      params: {root: " + folder + "}\n";
+}
+
+std::string ae_config(const std::string& folder) {
+  return R"(model:
+  base_learning_rate: 1.0e-4
+  target: ldm.models.autoencoder.AutoencoderKL
+  params:
+    embed_dim: 2
+    lossconfig:
+      target: ldm.modules.losses.LPIPSWithDiscriminator
+      params: {disc_start: 2, kl_weight: 1.0e-6, disc_weight: 0.5, disc_num_layers: 1, perceptual_weight: 0.0}
+    ddconfig: {double_z: true, z_channels: 2, resolution: 8, in_channels: 3, out_ch: 3, ch: 32, ch_mult: [1, 2],
+               num_res_blocks: 1, attn_resolutions: [], dropout: 0.0}
+)" + data_section(folder) + R"(lightning:
+  trainer: {max_steps: 4}
+training: {seed: 1, log_every: 1, checkpoint_every: 2, image_every: 4}
+)";
+}
+
+std::string ldm_config(const std::string& folder, const std::string& first_stage) {
+  std::string fs_cfg = first_stage.empty()
+                           ? "    first_stage_config: {target: ldm.models.autoencoder.IdentityFirstStage}\n"
+                           : "    first_stage_config:\n      target: ldm.models.autoencoder.AutoencoderKL\n      params:\n"
+                             "        ckpt_path: " + first_stage + "\n        embed_dim: 2\n"
+                             "        lossconfig: {target: torch.nn.Identity}\n"
+                             "        ddconfig: {double_z: true, z_channels: 2, resolution: 8, in_channels: 3, out_ch: 3, ch: 32,\n"
+                             "                   ch_mult: [1, 2], num_res_blocks: 1, attn_resolutions: [], dropout: 0.0}\n";
+  const int size = first_stage.empty() ? 8 : 4, ch = first_stage.empty() ? 3 : 2;
+  return R"(model:
+  base_learning_rate: 1.0e-4
+  target: ldm.models.diffusion.ddpm.LatentDiffusion
+  params:
+    timesteps: 100
+    first_stage_key: image
+    cond_stage_key: class_label
+    image_size: )" + std::to_string(size) + "\n    channels: " + std::to_string(ch) + R"(
+    cond_stage_trainable: true
+    conditioning_key: crossattn
+    scale_by_std: true
+    use_ema: true
+    scheduler_config:
+      target: ldm.lr_scheduler.LambdaLinearScheduler
+      params: {warm_up_steps: [2], cycle_lengths: [100], f_start: [0.1], f_max: [1.0], f_min: [1.0]}
+    unet_config:
+      target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+      params: {image_size: )" + std::to_string(size) + ", in_channels: " + std::to_string(ch) + ", out_channels: " +
+         std::to_string(ch) + R"(, model_channels: 32, attention_resolutions: [1],
+               num_res_blocks: 1, channel_mult: [1], num_head_channels: 32, use_spatial_transformer: true,
+               transformer_depth: 1, context_dim: 32}
+)" + fs_cfg + R"(    cond_stage_config:
+      target: ldm.modules.encoders.modules.ClassEmbedder
+      params: {embed_dim: 32, n_classes: 3, key: class_label, ucg_rate: 0.2}
+)" + data_section(folder) + R"(lightning:
+  trainer: {max_steps: 6}
+training: {seed: 3, log_every: 1, checkpoint_every: 3, image_every: 6, sample_steps: 4}
+)";
+}
+
+TrainOptions quiet(const std::string& out) {
+  TrainOptions o;
+  o.out_dir = out;
+  o.quiet = true;
+  return o;
+}
+
+std::vector<std::string> csv_column(const std::string& file, const std::string& col) {
+  std::ifstream in(file);
+  std::string line;
+  std::getline(in, line);
+  std::vector<std::string> head;
+  std::stringstream hs(line);
+  for (std::string c; std::getline(hs, c, ',');) head.push_back(c);
+  auto at = std::find(head.begin(), head.end(), col) - head.begin();
+  std::vector<std::string> v;
+  while (std::getline(in, line)) {
+    std::stringstream ls(line);
+    std::string c;
+    for (int i = 0; i <= at; ++i) std::getline(ls, c, ',');
+    v.push_back(c);
+  }
+  return v;
+}
+}  // namespace
+
+TEST(Trainer, AutoencoderThenLatentDiffusionEndToEnd) {
+  auto dir = test::temp_dir();
+  auto folder = make_folder(dir + "/data");
+  auto ae = train(parse_yaml(ae_config(folder), "ae"), quiet(dir + "/ae"));
+  EXPECT_EQ(ae.steps, 4);
+  ASSERT_TRUE(fs::exists(dir + "/ae/checkpoints/latest"));
+  EXPECT_TRUE(fs::exists(dir + "/ae/images/step-000000004.png"));
+  auto disc = csv_column(dir + "/ae/metrics.csv", "train/disc_loss");
+  ASSERT_EQ(disc.size(), 4u);
+  EXPECT_TRUE(disc[0].empty()) << "discriminator trained before disc_start";
+  EXPECT_FALSE(disc[3].empty()) << "discriminator not trained from disc_start";
+  // lr = base_lr x batch (scale_lr)
+  EXPECT_NEAR(std::stod(csv_column(dir + "/ae/metrics.csv", "lr")[0]), 1e-4 * 4, 1e-12);
+  ASSERT_FALSE(fs::is_empty(dir + "/ae/tensorboard"));
+
+  auto r = train(parse_yaml(ldm_config(folder, dir + "/ae"), "ldm"), quiet(dir + "/ldm"));
+  EXPECT_EQ(r.steps, 6);
+  for (double l : r.losses) EXPECT_TRUE(std::isfinite(l));
+  EXPECT_TRUE(fs::exists(dir + "/ldm/images/step-000000006.png"));
+  // warm-up schedule: lr rises from 0.1 to 1.0 of the scaled base over 2 steps
+  auto lrs = csv_column(dir + "/ldm/metrics.csv", "lr");
+  EXPECT_NEAR(std::stod(lrs[0]), 0.1 * 4e-4, 1e-12);
+  EXPECT_NEAR(std::stod(lrs[5]), 4e-4, 1e-12);
+
+  // the run directory loads as a model and samples
+  auto m = load_latent_diffusion(dir + "/ldm/config.yaml", dir + "/ldm", {true});
+  EXPECT_NE(m->scale_factor.item<double>(), 1.0) << "scale_by_std did not set scale_factor";
+  torch::NoGradGuard ng;
+  GuidedDenoiser d(*m, m->make_cond(m->get_learned_conditioning(torch::tensor({0, 1}))),
+                   m->make_cond(m->unconditional_conditioning(2)), 2.0);
+  SampleOptions so;
+  so.steps = 4;
+  auto x = m->decode_first_stage(sample(d, torch::randn({2, 2, 4, 4}), so));
+  EXPECT_EQ(x.sizes(), (std::vector<int64_t>{2, 3, 8, 8}));
+}
+
+// Stopped after 3 steps and resumed, the loss sequence equals the
+// uninterrupted run's exactly (CPU).
+TEST(Trainer, ResumeContinuesExactly) {
+  auto dir = test::temp_dir();
+  auto folder = make_folder(dir + "/data");
+  auto cfg = parse_yaml(ldm_config(folder, ""), "ldm");
+  auto full = train(cfg, quiet(dir + "/full"));
+  auto o = quiet(dir + "/part");
+  o.max_steps = 3;
+  auto first = train(cfg, o);
+  auto o2 = quiet(dir + "/part");
+  o2.resume = dir + "/part";
+  auto rest = train(cfg, o2);
+  ASSERT_EQ(full.losses.size(), 6u);
+  ASSERT_EQ(first.losses.size() + rest.losses.size(), 6u);
+  for (size_t i = 0; i < 6; ++i) {
+    double got = i < 3 ? first.losses[i] : rest.losses[i - 3];
+    EXPECT_EQ(got, full.losses[i]) << "step " << i;
+  }
+}
+
+TEST(Trainer, NonFiniteLossStopsAndKeepsTheLastCheckpoint) {
+  auto dir = test::temp_dir();
+  auto folder = make_folder(dir + "/data");
+  auto cfg = parse_yaml(ldm_config(folder, ""), "ldm");
+  auto o = quiet(dir + "/run");
+  o.max_steps = 3;
+  train(cfg, o);
+  auto good = latest_checkpoint(dir + "/run");
+  apply_overrides(cfg, {"model.params.logvar_init=.inf"});  // loss = l / exp(inf) + inf
+  o.resume = dir + "/run";
+  o.max_steps = 6;
+  try {
+    train(cfg, o);
+    FAIL() << "expected the guard to stop the run";
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    EXPECT_NE(msg.find("loss is inf"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(good), std::string::npos) << msg;
+  }
+  EXPECT_EQ(latest_checkpoint(dir + "/run"), good);
+  EXPECT_NO_THROW(load_latent_diffusion(dir + "/run/config.yaml", dir + "/run", {true}));
+}
+
+TEST(Trainer, CorruptImageIsNamedOrSkipped) {
+  auto dir = test::temp_dir();
+  auto folder = make_folder(dir + "/data");
+  std::ofstream(folder + "/class0/zz_broken.png") << "not a png";
+  auto cfg = parse_yaml(ldm_config(folder, ""), "ldm");
+  try {
+    train(cfg, quiet(dir + "/a"));
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("zz_broken.png"), std::string::npos) << e.what();
+  }
+  apply_overrides(cfg, {"data.params.train.params.skip_bad=true"});
+  EXPECT_EQ(train(cfg, quiet(dir + "/b")).steps, 6);
+}
+
+// SIGKILL at arbitrary moments of a run that checkpoints every step: the
+// latest checkpoint always loads.
+TEST(Trainer, KillDuringCheckpointingLeavesALoadableCheckpoint) {
+  auto dir = test::temp_dir();
+  auto folder = make_folder(dir + "/data");
+  std::string cfg_path = dir + "/cfg.yaml";
+  std::ofstream(cfg_path) << ldm_config(folder, "");
+  for (int trial = 0; trial < 4; ++trial) {
+    pid_t pid = fork();
+    if (pid == 0) {
+      execl(LDM_BINARY, LDM_BINARY, "train", cfg_path.c_str(), "-o", (dir + "/run").c_str(), "-q",
+            "training.checkpoint_every=1", "training.keep_checkpoints=1", "lightning.trainer.max_steps=1000",
+            (trial ? "--resume" : "--max-steps"), (trial ? (dir + "/run").c_str() : "1000"), (char*)nullptr);
+      _exit(127);
+    }
+    usleep(1500000 + trial * 350000);
+    kill(pid, SIGKILL);
+    int st;
+    waitpid(pid, &st, 0);
+    auto ck = latest_checkpoint(dir + "/run");
+    EXPECT_NO_THROW(load_latent_diffusion(dir + "/run/config.yaml", ck, {true})) << "trial " << trial << " " << ck;
+  }
+}
+
+// examples/ builds and runs: the library's public API end to end.
+TEST(Example, TrainFashionMinimalRuns) {
+  if (!fs::exists(FashionMNIST::kDefaultRoot)) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  auto dir = test::temp_dir();
+  std::string cmd = std::string(LDM_EXAMPLE) + " 6 " + dir + "/grid.png > " + dir + "/log.txt 2>&1";
+  ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+  auto img = io::load_image(dir + "/grid.png", 1);
+  EXPECT_EQ(img.size(2), 10 * 34 + 2);  // 10 images of 32 px with 2 px padding
+}
