@@ -8,6 +8,7 @@
 #include "ldm/models/autoencoder.h"
 #include "ldm/models/diffusion/ddpm.h"
 #include "ldm/modules/diffusionmodules/openaimodel.h"
+#include "ldm/modules/encoders/clip_text.h"
 #include "ldm/modules/encoders/modules.h"
 #include "ldm/util/config.h"
 
@@ -38,6 +39,10 @@ const std::map<std::string, Factory>& registry() {
        [](const Params& p) -> ModulePtr { return LatentDiffusion::from_params(p, true); }},
       {"ldm.modules.encoders.modules.ClassEmbedder",
        [](const Params& p) -> ModulePtr { return ClassEmbedder::from_params(p); }},
+      {"ldm.modules.encoders.modules.FrozenCLIPEmbedder",
+       [](const Params& p) -> ModulePtr { return FrozenCLIPEmbedder::from_params(p); }},
+      {"ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
+       [](const Params& p) -> ModulePtr { return FrozenOpenCLIPEmbedder::from_params(p); }},
       {"torch.nn.Identity", [](const Params&) -> ModulePtr { return std::make_shared<IdentityModule>(); }},
   };
   return r;

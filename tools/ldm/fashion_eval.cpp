@@ -96,6 +96,8 @@ Classifier get_classifier(const std::string& cache, const FashionMNIST& train, i
   Progress prog("classifier", epochs * (n / bs));
   int64_t k = 0;
   for (int e = 0; e < epochs; ++e) {
+    if (e == epochs - 1 && epochs > 1)  // a last epoch at lr / 10
+      for (auto& g : opt.param_groups()) g.options().set_lr(1e-4);
     auto perm = torch::randperm(n);
     net->train();
     for (int64_t i = 0; i + bs <= n; i += bs) {

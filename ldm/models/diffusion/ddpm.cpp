@@ -5,6 +5,7 @@
 #include "ldm/error.h"
 #include "ldm/util/config.h"
 #include "ldm/util/instantiate.h"
+#include "ldm/modules/encoders/clip_text.h"
 #include "ldm/modules/encoders/modules.h"
 
 namespace ldm {
@@ -160,6 +161,12 @@ torch::Tensor LatentDiffusion::unconditional_conditioning(int64_t n) {
   auto ce = std::dynamic_pointer_cast<ClassEmbedder>(cond_stage_);
   if (!ce) throw Error("unconditional conditioning: the cond stage is not a ClassEmbedder; give the negative conditioning explicitly");
   return ce->unconditional(n, ce->embedding->weight.device());
+}
+
+torch::Tensor LatentDiffusion::text_conditioning(const std::vector<std::string>& prompts) {
+  auto te = std::dynamic_pointer_cast<TextEncoder>(cond_stage_);
+  if (!te) throw Error("prompts need a text cond stage (FrozenCLIPEmbedder / FrozenOpenCLIPEmbedder); this model has none");
+  return te->encode(prompts);
 }
 
 Cond LatentDiffusion::make_cond(const torch::Tensor& c) const {

@@ -7,6 +7,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "ldm/models/autoencoder.h"
 #include "ldm/models/diffusion/schedule.h"
@@ -63,6 +64,8 @@ class LatentDiffusion : public torch::nn::Module {
   // no cond stage, the tensor itself; routed to the UNet by conditioning_key.
   torch::Tensor get_learned_conditioning(const torch::Tensor& c);
   torch::Tensor unconditional_conditioning(int64_t n);  // ClassEmbedder's null class
+  // Text cond stages (CLIP): prompts -> context; needs the tokenizer attached.
+  torch::Tensor text_conditioning(const std::vector<std::string>& prompts);
   Cond make_cond(const torch::Tensor& c) const;
 
   // EMA of model.* (when use_ema): the reference's model_ema buffers.

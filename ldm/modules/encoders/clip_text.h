@@ -1,0 +1,106 @@
+// CLIP text transformers as the Stable Diffusion cond stages use them:
+// FrozenCLIPEmbedder (SD 1.x: Hugging Face CLIPTextModel keys
+// transformer.text_model.*, quick_gelu) and FrozenOpenCLIPEmbedder (SD 2.x:
+// OpenCLIP keys model.*, GELU, penultimate layer). Pre-LN blocks with a causal
+// mask (Radford et al. 2021). The size comes from width/layers/heads/
+// vocab_size/max_length (defaults ViT-L/14 and ViT-H/14) so small models work.
+#pragma once
+#include <torch/nn/module.h>
+#include <torch/types.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "ldm/modules/encoders/tokenizer.h"
+#include "ldm/modules/layers.h"
+
+namespace ldm {
+class Params;
+
+struct ClipTextOptions {
+  int64_t width = 768, layers = 12, heads = 12, vocab_size = 49408, max_length = 77;
+  bool quick_gelu = true;  // HF/OpenAI CLIP; OpenCLIP ViT-H uses GELU
+};
+
+struct ClipTextOutput {
+  torch::Tensor last_hidden_state;           // final layer norm applied
+  std::vector<torch::Tensor> hidden_states;  // embeddings, then after each block
+  torch::Tensor pooled;                      // at the first end token (argmax id)
+};
+
+// One pre-LN block; names follow the layout (HF or OpenCLIP).
+class ClipBlock : public torch::nn::Module {
+ public:
+  ClipBlock(const ClipTextOptions& o, bool openclip);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& mask);
+
+ private:
+  bool openclip_, quick_gelu_;
+  int64_t heads_;
+  std::shared_ptr<nn::LayerNorm> ln1_, ln2_;
+  std::shared_ptr<nn::Linear> q_, k_, v_, out_, fc1_, fc2_;
+  torch::Tensor in_proj_weight_, in_proj_bias_;  // OpenCLIP's fused q,k,v
+};
+
+// Hugging Face CLIPTextTransformer (registered as text_model.*).
+class ClipTextTransformer : public torch::nn::Module {
+ public:
+  ClipTextTransformer(const ClipTextOptions& o, bool openclip);
+  ClipTextOutput forward(const torch::Tensor& ids, int64_t stop_after = -1);  // stop_after: blocks to run (-1: all)
+  const ClipTextOptions& options() const { return o_; }
+
+ private:
+  ClipTextOptions o_;
+  bool openclip_;
+  std::shared_ptr<nn::Embedding> token_embedding_, position_embedding_;
+  torch::Tensor positional_embedding_, position_ids_;
+  std::vector<std::shared_ptr<ClipBlock>> blocks_;
+  std::shared_ptr<nn::LayerNorm> final_ln_;
+};
+
+// Shared interface of the text cond stages: ids -> context, and a tokenizer
+// attached at load time (the vocabulary is not in the checkpoint).
+class TextEncoder : public torch::nn::Module {
+ public:
+  virtual torch::Tensor encode_ids(const torch::Tensor& ids) = 0;  // [N, L] -> [N, L, width]
+  virtual int64_t pad_id() const = 0;                              // SD 1.x: end token; SD 2.x: 0
+  virtual int64_t max_length() const = 0;
+  void set_tokenizer(std::shared_ptr<const ClipTokenizer> t) { tokenizer_ = std::move(t); }
+  const ClipTokenizer* tokenizer() const { return tokenizer_.get(); }
+  torch::Tensor tokenize(const std::vector<std::string>& texts) const;  // [N, max_length] int64
+  torch::Tensor encode(const std::vector<std::string>& texts);
+
+ protected:
+  std::shared_ptr<const ClipTokenizer> tokenizer_;
+};
+
+class FrozenCLIPEmbedder : public TextEncoder {
+ public:
+  FrozenCLIPEmbedder(ClipTextOptions o, std::string layer = "last", int64_t layer_idx = -1);
+  static std::shared_ptr<FrozenCLIPEmbedder> from_params(const Params& p);
+  torch::Tensor encode_ids(const torch::Tensor& ids) override;
+  ClipTextOutput run(const torch::Tensor& ids);
+  int64_t pad_id() const override { return tokenizer_ ? tokenizer_->eot() : 49407; }
+  int64_t max_length() const override { return text_model->options().max_length; }
+  std::shared_ptr<ClipTextTransformer> text_model;
+
+ private:
+  std::string layer_;
+  int64_t layer_idx_;
+};
+
+class FrozenOpenCLIPEmbedder : public TextEncoder {
+ public:
+  FrozenOpenCLIPEmbedder(ClipTextOptions o, std::string layer = "penultimate");
+  static std::shared_ptr<FrozenOpenCLIPEmbedder> from_params(const Params& p);
+  torch::Tensor encode_ids(const torch::Tensor& ids) override;
+  int64_t pad_id() const override { return 0; }
+  int64_t max_length() const override { return model->options().max_length; }
+  std::shared_ptr<ClipTextTransformer> model;
+
+ private:
+  std::string layer_;
+};
+
+}  // namespace ldm

@@ -1,0 +1,40 @@
+// CLIP's byte-level BPE tokenizer (openai/CLIP simple_tokenizer, the one SD
+// uses): the OpenAI vocabulary file (bpe_simple_vocab_16e6.txt.gz) or the
+// Hugging Face pair vocab.json + merges.txt. Text is HTML-unescaped, stripped,
+// whitespace-collapsed and lower-cased (ftfy is not applied: a no-op for
+// ordinary text).
+#pragma once
+#include <cstdint>
+#include <map>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+namespace ldm {
+
+class ClipTokenizer {
+ public:
+  // `path`: a .txt(.gz) merges file (OpenAI), or a directory / vocab.json
+  // with merges.txt beside it (Hugging Face).
+  static ClipTokenizer load(const std::string& path);
+  // BPE ids of the text, without start/end tokens.
+  std::vector<int64_t> encode(const std::string& text) const;
+  // [SOT, ids..., EOT] truncated to `length` (EOT kept last) and padded with
+  // `pad` (SD 1.x: EOT; SD 2.x / clip.tokenize: 0).
+  std::vector<int64_t> tokenize(const std::string& text, int64_t length = 77, int64_t pad = -1) const;
+  int64_t sot() const { return sot_; }
+  int64_t eot() const { return eot_; }
+  size_t vocab_size() const { return encoder_.size(); }
+
+ private:
+  std::vector<std::string> bpe(const std::string& token) const;
+  std::unordered_map<std::string, int64_t> encoder_;
+  std::map<std::pair<std::string, std::string>, int64_t> ranks_;
+  mutable std::unordered_map<std::string, std::vector<std::string>> cache_;
+  int64_t sot_ = 49406, eot_ = 49407;
+};
+
+// The cleaned text the tokenizer splits (exposed for tests).
+std::string clip_clean_text(const std::string& text);
+
+}  // namespace ldm
