@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include "ldm/io/ckpt.h"
+#include "ldm/io/image.h"
 #include "tests/testing.h"
 
 using namespace ldm;
@@ -154,5 +155,41 @@ TEST(CliSample, BadInputsAreOneLineErrors) {
   EXPECT_NE(r.out.find("unknown \"lms\""), std::string::npos) << r.out;
   r = run(base);  // conditional model without conditioning
   EXPECT_EQ(r.rc, 1);
-  EXPECT_NE(r.out.find("give --class or --cond"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("give -p, --class or --cond"), std::string::npos) << r.out;
+}
+
+TEST(CliTokenize, PrintsTheReferenceIds) {
+  LDM_REQUIRE_SHARED();
+  auto vocab = test::shared_dir() + "/data/bpe_simple_vocab_16e6.txt.gz";
+  auto ref = io::load_safetensors(test::fixture("clip_tokenizer.safetensors"));
+  for (auto [pad, key] : {std::pair{"", "output.ids_hf"}, {" --pad zero", "output.ids_openai"}}) {
+    auto r = run("tokenize \"a photograph of an astronaut riding a horse\" --vocab " + vocab + pad);
+    ASSERT_EQ(r.rc, 0) << r.out;
+    std::string want;
+    auto row = ref.at(key)[0];
+    for (int64_t i = 0; i < 77; ++i) want += (i ? " " : "") + std::to_string(row[i].item<int64_t>());
+    EXPECT_EQ(r.out, want + "\n");
+  }
+  auto r = run("tokenize hi");
+  EXPECT_NE(r.rc, 0);
+}
+
+// txt2img through ldm sample on the whole tiny SD checkpoint; the vocabulary
+// is found beside the checkpoint or given with --vocab, and missing it is a
+// clear error.
+TEST(CliSample, PromptOnTinySD) {
+  LDM_REQUIRE_SHARED();
+  auto dir = test::temp_dir();
+  auto base = "sample --config " + test::fixture("tiny_sd_v1.yaml") + " --ckpt " + test::fixture("tiny_sd_v1.ckpt") +
+              " -p \"a red cube\" -n \"blurry\" --cfg-scale 5 --steps 4 --sampler dpm++2m --schedule karras -b 2 -o " + dir;
+  auto r = run(base);
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.out.find("--vocab"), std::string::npos) << r.out;
+  r = run(base + " --vocab " + test::shared_dir() + "/data/bpe_simple_vocab_16e6.txt.gz");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  auto text = io::read_png_text(dir + "/000001.png");
+  EXPECT_NE(text.at("parameters").find("a red cube\nNegative prompt: blurry\nSteps: 4, Sampler: dpm++2m"), std::string::npos)
+      << text.at("parameters");
+  auto grid = io::load_image(dir + "/grid.png");
+  EXPECT_EQ(grid.size(1), 64 + 4);  // one row of 64 px images with 2 px padding
 }

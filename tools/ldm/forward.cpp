@@ -5,6 +5,7 @@
 #include "ldm/error.h"
 #include "ldm/io/ckpt.h"
 #include "ldm/models/autoencoder.h"
+#include "ldm/modules/encoders/clip_text.h"
 #include "ldm/modules/diffusionmodules/openaimodel.h"
 #include "ldm/util/config.h"
 #include "ldm/util/instantiate.h"
@@ -49,8 +50,12 @@ io::TensorMap run(torch::nn::Module& m, const io::TensorMap& in, const Opts& o) 
     out["std"] = post.std;
     out["kl"] = post.kl();
     out["decoded"] = a->decode(post.mode());
+  } else if (auto* c = dynamic_cast<FrozenCLIPEmbedder*>(&m)) {
+    auto r = c->run(need(in, "ids", o));
+    out["last_hidden_state"] = r.last_hidden_state;
+    out["pooled"] = r.pooled;
   } else {
-    throw Error(o.config + ": ldm forward supports UNetModel, Encoder, Decoder and AutoencoderKL");
+    throw Error(o.config + ": ldm forward supports UNetModel, Encoder, Decoder, AutoencoderKL and FrozenCLIPEmbedder");
   }
   return out;
 }

@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   ldm::cli::add_sample(app);
   ldm::cli::add_train(app);
   ldm::cli::add_fashion_eval(app);
+  ldm::cli::add_tokenize(app);
   try {
     ldm::init_runtime();
     app.parse(argc, argv);

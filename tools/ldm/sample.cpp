@@ -12,6 +12,7 @@
 #include "ldm/io/safetensors.h"
 #include "ldm/models/diffusion/load.h"
 #include "ldm/models/diffusion/samplers/sampler.h"
+#include "ldm/modules/encoders/clip_text.h"
 #include "ldm/util/progress.h"
 #include "tools/ldm/commands.h"
 
@@ -39,7 +40,7 @@ torch::Tensor load_tensor_arg(const std::string& spec, const std::string& option
 namespace {
 struct Opts {
   std::string config, ckpt, out = "outputs/samples", init_noise, cond, uncond, save_latents, sampler = "ddim",
-                            schedule = "discrete", discretize = "uniform", labels;
+                            schedule = "discrete", discretize = "uniform", labels, prompt, negative, vocab;
   int64_t steps = 50, batch = 1, width = 0, height = 0, seed = 42;
   double eta = 0.0, cfg_scale = 1.0;
   bool no_ema = false, no_grid = false;
@@ -84,7 +85,17 @@ void run(const Opts& o) {
 
   std::string prompt;
   Cond cond, uncond;
-  if (!o.cond.empty()) {
+  auto te = std::dynamic_pointer_cast<TextEncoder>(m->cond_stage());
+  if (te && (!o.prompt.empty() || !o.negative.empty()))
+    te->set_tokenizer(std::make_shared<ClipTokenizer>(ClipTokenizer::load(find_clip_vocab(o.ckpt, o.vocab))));
+  if (!o.prompt.empty()) {
+    if (!te) throw Error("-p/--prompt: this model's cond stage is not a text encoder (use --class or --cond)");
+    cond = m->make_cond(m->text_conditioning(std::vector<std::string>(n, o.prompt)));
+    prompt = o.prompt;
+    if (o.cfg_scale != 1.0 && o.uncond.empty())
+      uncond = m->make_cond(m->text_conditioning(std::vector<std::string>(n, o.negative)));
+    if (!o.negative.empty()) prompt += "\nNegative prompt: " + o.negative;
+  } else if (!o.cond.empty()) {
     cond = m->make_cond(load_tensor_arg(o.cond, "--cond").to(torch::kFloat32));
     prompt = "cond " + o.cond;
   } else if (!o.labels.empty()) {
@@ -92,9 +103,10 @@ void run(const Opts& o) {
     cond = m->make_cond(m->get_learned_conditioning(labels));
     prompt = "class " + o.labels;
   } else if (!mo.conditioning_key.empty()) {
-    throw Error("this model is conditional (" + mo.conditioning_key + "): give --class or --cond");
+    throw Error("this model is conditional (" + mo.conditioning_key + "): give -p, --class or --cond");
   }
   if (!o.uncond.empty()) uncond = m->make_cond(load_tensor_arg(o.uncond, "--uncond").to(torch::kFloat32));
+  else if (uncond.crossattn.defined() || uncond.y.defined() || uncond.concat.defined()) {}
   else if (o.cfg_scale != 1.0 && !o.labels.empty()) uncond = m->make_cond(m->unconditional_conditioning(n));
   else if (o.cfg_scale != 1.0) throw Error("--cfg-scale " + std::to_string(o.cfg_scale) + " needs --uncond (or --class with a ClassEmbedder)");
 
@@ -156,6 +168,9 @@ void add_sample(CLI::App& app) {
   sub->add_option("--seed,-s", o->seed, "seed (noise equals torch.manual_seed(seed); torch.randn on CPU)")->capture_default_str();
   sub->add_option("-b,--batch", o->batch, "images")->capture_default_str();
   sub->add_option("--class", o->labels, "class label, or one per image separated by commas");
+  sub->add_option("-p,--prompt", o->prompt, "text prompt (models with a CLIP cond stage)");
+  sub->add_option("-n,--negative-prompt", o->negative, "negative prompt (the unconditional side of guidance)");
+  sub->add_option("--vocab", o->vocab, "CLIP vocabulary (default: one beside the checkpoint)");
   sub->add_option("-W,--width", o->width, "image width in pixels (default: the config's)");
   sub->add_option("-H,--height", o->height, "image height in pixels (default: the config's)");
   sub->add_option("--init-noise", o->init_noise, "x_T from a safetensors file, FILE[:name]");

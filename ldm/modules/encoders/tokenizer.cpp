@@ -346,4 +346,17 @@ std::vector<int64_t> ClipTokenizer::tokenize(const std::string& text, int64_t le
   return out;
 }
 
+std::string find_clip_vocab(const std::string& near, const std::string& given) {
+  if (!given.empty()) {
+    if (!fs::exists(given)) throw Error("--vocab " + given + ": no such file");
+    return given;
+  }
+  fs::path dir = fs::is_directory(near) ? fs::path(near) : fs::path(near).parent_path();
+  if (dir.empty()) dir = ".";
+  for (const char* name : {"bpe_simple_vocab_16e6.txt.gz", "bpe_simple_vocab_16e6.txt", "vocab.json", "tokenizer/vocab.json"})
+    if (fs::exists(dir / name)) return (dir / name).string();
+  throw Error("no CLIP vocabulary for " + near + ": give --vocab FILE (bpe_simple_vocab_16e6.txt.gz, or vocab.json with "
+              "merges.txt beside it), or put one of them beside the checkpoint");
+}
+
 }  // namespace ldm

@@ -34,6 +34,11 @@ class ClipTokenizer {
   int64_t sot_ = 49406, eot_ = 49407;
 };
 
+// The vocabulary to use: `given` when set, else one beside `near` (a
+// checkpoint file or directory): bpe_simple_vocab_16e6.txt(.gz), vocab.json +
+// merges.txt, or tokenizer/vocab.json. A clear error saying both ways otherwise.
+std::string find_clip_vocab(const std::string& near, const std::string& given);
+
 // The cleaned text the tokenizer splits (exposed for tests).
 std::string clip_clean_text(const std::string& text);
 
