@@ -122,7 +122,7 @@ Classifier get_classifier(const std::string& cache, const FashionMNIST& train, i
 struct Opts {
   std::string samples, classifier = "outputs/fashion/classifier.safetensors", grid, root = FashionMNIST::kDefaultRoot,
               json;
-  int epochs = 3;
+  int epochs = 4;
 };
 
 void run(const Opts& o) {
