@@ -47,4 +47,36 @@ std::pair<torch::Tensor, DiagonalGaussianDistribution> AutoencoderKL::forward(co
   return {decode(z), post};
 }
 
+VQModel::VQModel(const DDConfig& d, int64_t n_embed, int64_t e, bool sane) : dd(d) {
+  encoder = register_module("encoder", std::make_shared<Encoder>(dd));
+  decoder = register_module("decoder", std::make_shared<Decoder>(dd));
+  quantize = register_module("quantize", std::make_shared<VectorQuantizer2>(n_embed, e, 0.25, true, sane));
+  quant_conv = register_module("quant_conv", std::make_shared<nn::Conv>(2, dd.z_channels, e, 1));
+  post_quant_conv = register_module("post_quant_conv", std::make_shared<nn::Conv>(2, e, dd.z_channels, 1));
+}
+
+std::shared_ptr<VQModel> VQModel::from_params(const Params& p, const std::string& target) {
+  auto dd = DDConfig::from_params(p.sub("ddconfig"));
+  if (dd.double_z) throw Error(p.where() + ".ddconfig.double_z: a VQModel needs false");
+  const int64_t e = p.req<int64_t>("embed_dim"), n = p.req<int64_t>("n_embed");
+  p.ignore({"lossconfig", "image_key", "colorize_nlabels", "monitor", "batch_resize_range", "scheduler_config",
+            "lr_g_factor", "use_ema"});
+  if (p.has("remap") && !p.node("remap").IsNull()) throw Error(p.where() + ".remap: only null (no index remapping) is supported");
+  const bool sane = p.get<bool>("sane_index_shape", false);
+  auto ckpt = p.get<std::string>("ckpt_path", "");
+  auto ignore = p.get<std::vector<std::string>>("ignore_keys", {});
+  p.check_unused(target);
+  auto m = std::make_shared<VQModel>(dd, n, e, sane);
+  if (!ckpt.empty() && nn::init_mode() == nn::Init::Random) init_from_ckpt(*m, ckpt, ignore, p.where());
+  return m;
+}
+
+torch::Tensor VQModel::encode_prequant(const torch::Tensor& x) { return quant_conv->forward(encoder->forward(x)); }
+torch::Tensor VQModel::decode_quant(const torch::Tensor& q) { return decoder->forward(post_quant_conv->forward(q)); }
+
+std::pair<torch::Tensor, VectorQuantizer2::Out> VQModel::forward(const torch::Tensor& x) {
+  auto q = quantize->forward(encode_prequant(x));
+  return {decode_quant(q.z_q), q};
+}
+
 }  // namespace ldm

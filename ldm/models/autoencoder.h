@@ -8,6 +8,7 @@
 
 #include "ldm/modules/diffusionmodules/model.h"
 #include "ldm/modules/distributions.h"
+#include "ldm/modules/vqvae/quantize.h"
 
 namespace ldm {
 class Params;
@@ -37,6 +38,28 @@ class AutoencoderKL : public FirstStage {
   std::shared_ptr<nn::Conv> quant_conv, post_quant_conv;
   DDConfig dd;
   int64_t embed_dim;
+};
+
+// VQModel / VQModelInterface: encoder -> quant_conv -> VectorQuantizer2 ->
+// post_quant_conv -> decoder. As an LDM first stage (VQModelInterface) the
+// latents are the pre-quantization features and decode() quantizes them.
+class VQModel : public FirstStage {
+ public:
+  VQModel(const DDConfig& dd, int64_t n_embed, int64_t embed_dim, bool sane_index_shape = false);
+  static std::shared_ptr<VQModel> from_params(const Params& p, const std::string& target);
+  torch::Tensor encode_prequant(const torch::Tensor& x);
+  torch::Tensor decode_quant(const torch::Tensor& quant);
+  // reconstruction with the codebook loss (the reference's forward)
+  std::pair<torch::Tensor, VectorQuantizer2::Out> forward(const torch::Tensor& x);
+  torch::Tensor encode_to_latent(const torch::Tensor& x, bool) override { return encode_prequant(x); }
+  torch::Tensor decode(const torch::Tensor& h) override { return decode_quant(quantize->forward(h).z_q); }
+  int64_t downsample_factor() const override { return int64_t(1) << (dd.ch_mult.size() - 1); }
+  int64_t image_channels() const override { return dd.out_ch; }
+  std::shared_ptr<Encoder> encoder;
+  std::shared_ptr<Decoder> decoder;
+  std::shared_ptr<VectorQuantizer2> quantize;
+  std::shared_ptr<nn::Conv> quant_conv, post_quant_conv;
+  DDConfig dd;
 };
 
 class IdentityFirstStage : public FirstStage {

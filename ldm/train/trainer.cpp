@@ -19,6 +19,7 @@
 #include "ldm/models/diffusion/ddpm.h"
 #include "ldm/models/diffusion/load.h"
 #include "ldm/models/diffusion/samplers/sampler.h"
+#include "ldm/modules/encoders/clip_text.h"
 #include "ldm/modules/encoders/modules.h"
 #include "ldm/modules/losses/contperceptual.h"
 #include "ldm/train/checkpoint.h"
@@ -64,6 +65,7 @@ struct Settings {
   std::string precision = "32", sampler = "ddim";
   bool scale_lr = true;
   std::string cache_latents = "auto";  // auto | true | false
+  std::string vocab;                   // CLIP vocabulary for caption-conditioned models
   int64_t sample_steps = 50, batch_size = 32;
   bool quiet = false;
 };
@@ -92,6 +94,7 @@ Settings read_settings(const YAML::Node& cfg) {
   s.sample_steps = T.get<int64_t>("sample_steps", 50);
   s.sample_cfg = T.get<double>("sample_cfg_scale", 3.0);
   s.sampler = T.get<std::string>("sampler", "ddim");
+  s.vocab = T.get<std::string>("vocab", "");
   T.check_unused("training");
   if (s.accumulate < 1) throw Error("lightning.trainer.accumulate_grad_batches: expected >= 1");
   if (s.max_steps < 0 && s.max_epochs < 0) throw Error("lightning.trainer: give max_steps or max_epochs");
@@ -233,13 +236,75 @@ class AutoencoderTask : public Task {
   std::unique_ptr<torch::optim::Adam> opt_ae_, opt_disc_;
 };
 
+class VQTask : public Task {
+ public:
+  VQTask(const YAML::Node& model, double lr) {
+    auto tc = target_config(model, "model", {"base_learning_rate"});
+    vq_ = VQModel::from_params(tc.params, tc.target);
+    auto lc = target_config(tc.params.raw()["lossconfig"], "model.params.lossconfig");
+    if (lc.target != "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator")
+      throw Error("model.params.lossconfig.target: VQ training needs taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator, got " +
+                  lc.target);
+    loss_ = VQLPIPSWithDiscriminator::from_params(lc.params);
+    vq_->register_module("loss", loss_);
+    opt_ae_ = std::make_unique<torch::optim::Adam>(params(0), torch::optim::AdamOptions(lr).betas({0.5, 0.9}));
+    opt_disc_ = std::make_unique<torch::optim::Adam>(params(1), torch::optim::AdamOptions(lr).betas({0.5, 0.9}));
+  }
+  torch::nn::Module& module() override { return *vq_; }
+  std::vector<NamedOptimizer> optimizers() override { return {{"opt0", opt_ae_.get()}, {"opt1", opt_disc_.get()}}; }
+  std::vector<torch::Tensor> params(int idx) override {
+    if (idx == 1) return loss_->discriminator->parameters();
+    std::vector<torch::Tensor> v;
+    for (auto* m : std::initializer_list<torch::nn::Module*>{vq_->encoder.get(), vq_->decoder.get(), vq_->quantize.get(),
+                                                              vq_->quant_conv.get(), vq_->post_quant_conv.get()})
+      for (auto& p : m->parameters()) v.push_back(p);
+    return v;
+  }
+  bool active(int idx, int64_t step) override { return idx == 0 || loss_->disc_active(step); }
+  LossOut loss(const Batch& b, int idx, int64_t step, torch::Generator&) override {
+    auto x = b.image.to(dev);
+    if (idx == 1) {
+      torch::Tensor rec, ql;
+      {
+        torch::NoGradGuard ng;
+        auto [r, q] = vq_->forward(x);
+        rec = r;
+        ql = q.loss;
+      }
+      return loss_->forward(ql, x, rec, 1, step, vq_->decoder->last_layer());
+    }
+    auto [rec, q] = vq_->forward(x);
+    return loss_->forward(q.loss, x, rec, 0, step, vq_->decoder->last_layer());
+  }
+  void log_images(const std::string& path, const Batch& b, const Settings&) override {
+    torch::NoGradGuard ng;
+    vq_->eval();
+    auto x = b.image.slice(0, 0, std::min<int64_t>(8, b.image.size(0))).to(dev);
+    auto rec = vq_->forward(x).first;
+    vq_->train();
+    io::save_png(path, io::make_grid(io::to_unit_range(torch::cat({x, rec}, 0)).cpu(), x.size(0)),
+                 {{"Description", "top: inputs, bottom: reconstructions"}});
+  }
+
+ private:
+  std::shared_ptr<VQModel> vq_;
+  std::shared_ptr<VQLPIPSWithDiscriminator> loss_;
+  std::unique_ptr<torch::optim::Adam> opt_ae_, opt_disc_;
+};
+
 class DiffusionTask : public Task {
  public:
-  DiffusionTask(const YAML::Node& model, double lr) {
+  DiffusionTask(const YAML::Node& model, double lr, const std::string& vocab) {
     m_ = instantiate_as<LatentDiffusion>(model, "model");
     if (!m_) throw Error("model.target must be LatentDiffusion, DDPM or AutoencoderKL");
     if (m_->first_stage()) m_->first_stage()->eval();
     ce_ = std::dynamic_pointer_cast<ClassEmbedder>(m_->cond_stage());
+    if (auto te = std::dynamic_pointer_cast<TextEncoder>(m_->cond_stage())) {
+      if (vocab.empty())
+        throw Error("training a text-conditioned model needs training.vocab (bpe_simple_vocab_16e6.txt.gz or vocab.json)");
+      te->set_tokenizer(std::make_shared<ClipTokenizer>(ClipTokenizer::load(vocab)));
+      if (!m_->options().cond_stage_trainable) te->eval();
+    }
     // the reference's LatentDiffusion.configure_optimizers: AdamW over the UNet,
     // the cond stage when trainable, and logvar when learned
     opt_ = std::make_unique<torch::optim::AdamW>(params(0), torch::optim::AdamWOptions(lr));
@@ -301,6 +366,19 @@ class DiffusionTask : public Task {
   torch::Tensor conditioning(const Batch& b, torch::Generator& g) {
     if (m_->options().conditioning_key.empty()) return {};
     if (ce_) return ce_->forward(b.label.to(dev), g);
+    if (auto te = std::dynamic_pointer_cast<TextEncoder>(m_->cond_stage())) {
+      // captions, each dropped to ucg_training's value with its probability
+      std::vector<std::string> caps = b.caption;
+      const double p = m_->options().ucg_probability;
+      auto u = torch::rand({static_cast<int64_t>(caps.size())}, g);
+      for (size_t i = 0; i < caps.size(); ++i)
+        if (p > 0 && u[i].item<double>() < p) caps[i] = m_->options().ucg_value;
+      if (!m_->options().cond_stage_trainable) {
+        torch::NoGradGuard ng;
+        return te->encode(caps);
+      }
+      return te->encode(caps);
+    }
     throw Error("training: conditioning on \"" + m_->options().cond_stage_key + "\" needs a ClassEmbedder cond stage here");
   }
 
@@ -328,7 +406,9 @@ class DiffusionTask : public Task {
     auto ema = m_->ema_scope();
     const auto& o = m_->options();
     int64_t classes = ce_ ? std::min<int64_t>(ce_->n_classes - (ce_->ucg_rate > 0 ? 1 : 0), 10) : 0;
-    const int64_t per = classes ? 8 : 0, n = classes ? classes * per : 16;
+    auto te = std::dynamic_pointer_cast<TextEncoder>(m_->cond_stage());
+    const int64_t per = classes ? 8 : 0;
+    const int64_t n = classes ? classes * per : te ? std::min<int64_t>(8, static_cast<int64_t>(b.caption.size())) : 16;
     auto g = torch::make_generator<at::CPUGeneratorImpl>(1234);  // same noise every time: grids compare
     auto noise = torch::randn({n, o.channels, o.image_size, o.image_size}, g).to(dev);
     Cond cond, uncond;
@@ -338,6 +418,14 @@ class DiffusionTask : public Task {
       cond = m_->make_cond(ce_->forward(labels));
       if (ce_->ucg_rate > 0) {
         uncond = m_->make_cond(ce_->unconditional(n, dev));
+        scale = s.sample_cfg;
+      }
+    }
+    if (te) {  // the batch's captions
+      std::vector<std::string> caps(b.caption.begin(), b.caption.begin() + n);
+      cond = m_->make_cond(te->encode(caps));
+      if (o.ucg_probability > 0) {
+        uncond = m_->make_cond(te->encode(std::vector<std::string>(n, o.ucg_value)));
         scale = s.sample_cfg;
       }
     }
@@ -352,7 +440,6 @@ class DiffusionTask : public Task {
     if (m_->first_stage()) m_->first_stage()->eval();
     io::save_png(path, io::make_grid(io::to_unit_range(x).cpu(), classes ? per : 4),
                  {{"Description", classes ? "samples with EMA weights, one row per class" : "samples with EMA weights"}});
-    (void)b;
   }
 
  private:
@@ -401,7 +488,9 @@ TrainResult train(const YAML::Node& config, const TrainOptions& o) {
   auto target = target_config(model_node, "model", {"base_learning_rate"}).target;
   std::unique_ptr<Task> task;
   if (target == "ldm.models.autoencoder.AutoencoderKL") task = std::make_unique<AutoencoderTask>(model_node, lr);
-  else task = std::make_unique<DiffusionTask>(model_node, lr);
+  else if (target == "ldm.models.autoencoder.VQModel" || target == "ldm.models.autoencoder.VQModelInterface")
+    task = std::make_unique<VQTask>(model_node, lr);
+  else task = std::make_unique<DiffusionTask>(model_node, lr, s.vocab);
   task->dev = dev;
   task->quiet = o.quiet;
   task->module().to(dev);

@@ -23,6 +23,10 @@ const std::map<std::string, Factory>& registry() {
        [](const Params& p) -> ModulePtr { return std::make_shared<UNetModel>(UNetOptions::from_params(p)); }},
       {"ldm.models.autoencoder.AutoencoderKL",
        [](const Params& p) -> ModulePtr { return AutoencoderKL::from_params(p); }},
+      {"ldm.models.autoencoder.VQModel",
+       [](const Params& p) -> ModulePtr { return VQModel::from_params(p, "ldm.models.autoencoder.VQModel"); }},
+      {"ldm.models.autoencoder.VQModelInterface",
+       [](const Params& p) -> ModulePtr { return VQModel::from_params(p, "ldm.models.autoencoder.VQModelInterface"); }},
       {"ldm.models.autoencoder.IdentityFirstStage",
        [](const Params& p) -> ModulePtr {
          p.ignore({"vq_interface"});

@@ -72,3 +72,39 @@ TEST(TrainingLossParity, EpsAndV) {
     }
   }
 }
+
+// The 9-channel inpainting UNet (SD inpainting checkpoints): latents,
+// mask and masked-image latents concatenated (hybrid conditioning), guided.
+TEST(Sampler, NineChannelInpaintingUNet) {
+  const char* cfg = R"(target: ldm.models.diffusion.ddpm.LatentDiffusion
+params:
+  timesteps: 1000
+  image_size: 8
+  channels: 4
+  conditioning_key: hybrid
+  first_stage_config: {target: ldm.models.autoencoder.IdentityFirstStage}
+  cond_stage_config: {target: torch.nn.Identity}
+  unet_config:
+    target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+    params: {image_size: 8, in_channels: 9, out_channels: 4, model_channels: 32, attention_resolutions: [1],
+             num_res_blocks: 1, channel_mult: [1], num_head_channels: 32, use_spatial_transformer: true,
+             context_dim: 16, legacy: false}
+)";
+  auto m = instantiate_as<LatentDiffusion>(parse_yaml(cfg, "inpaint"), "inpaint");
+  m->eval();
+  torch::NoGradGuard ng;
+  auto mask = torch::zeros({2, 1, 8, 8});
+  mask.narrow(2, 0, 4).fill_(1);  // 1 = to be painted, as the SD inpainting scripts
+  auto x0 = torch::randn({2, 4, 8, 8});
+  auto concat = torch::cat({mask, x0 * (1 - mask)}, 1);
+  GuidedDenoiser d(*m, Cond{torch::randn({2, 3, 16}), concat}, Cond{torch::zeros({2, 3, 16})}, 4.0);
+  for (const char* s : {"ddim", "dpm++2m"}) {
+    SampleOptions so;
+    so.sampler = s;
+    so.steps = 4;
+    auto x = sample(d, torch::randn({2, 4, 8, 8}), so);
+    EXPECT_EQ(x.sizes(), x0.sizes()) << s;
+    EXPECT_TRUE(torch::isfinite(x).all().item<bool>()) << s;
+  }
+  EXPECT_EQ(d.calls, 8);
+}

@@ -14,6 +14,7 @@
 #include "ldm/error.h"
 #include "ldm/io/image.h"
 #include "ldm/models/diffusion/load.h"
+#include "ldm/modules/encoders/clip_text.h"
 #include "ldm/models/diffusion/samplers/sampler.h"
 #include "ldm/train/checkpoint.h"
 #include "ldm/util/config.h"
@@ -250,4 +251,70 @@ TEST(Example, TrainFashionMinimalRuns) {
   ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
   auto img = io::load_image(dir + "/grid.png", 1);
   EXPECT_EQ(img.size(2), 10 * 34 + 2);  // 10 images of 32 px with 2 px padding
+}
+
+// VQ autoencoder (codebook + GAN from disc_start), then an LDM on its
+// pre-quantization latents (VQModelInterface).
+TEST(Trainer, VQModelThenLatentDiffusion) {
+  auto dir = test::temp_dir();
+  auto folder = make_folder(dir + "/data");
+  std::string dd = "{double_z: false, z_channels: 2, resolution: 8, in_channels: 3, out_ch: 3, ch: 32, ch_mult: [1, 2], "
+                   "num_res_blocks: 1, attn_resolutions: [], dropout: 0.0}";
+  auto vq_cfg = "model:\n  base_learning_rate: 1.0e-4\n  target: ldm.models.autoencoder.VQModel\n  params:\n"
+                "    embed_dim: 2\n    n_embed: 16\n    ddconfig: " + dd + "\n    lossconfig:\n"
+                "      target: taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator\n"
+                "      params: {disc_start: 2, codebook_weight: 1.0, disc_num_layers: 1, perceptual_weight: 0.0}\n" +
+                data_section(folder) + "lightning:\n  trainer: {max_steps: 3}\ntraining: {seed: 1, log_every: 1}\n";
+  auto r = train(parse_yaml(vq_cfg, "vq"), quiet(dir + "/vq"));
+  EXPECT_EQ(r.steps, 3);
+  auto quant = csv_column(dir + "/vq/metrics.csv", "train/quant_loss");
+  ASSERT_EQ(quant.size(), 3u);
+  EXPECT_GT(std::stod(quant[0]), 0.0);
+  EXPECT_FALSE(csv_column(dir + "/vq/metrics.csv", "train/disc_loss")[2].empty());
+
+  auto ldm = ldm_config(folder, "");
+  auto at = ldm.find("    first_stage_config:");
+  auto end = ldm.find("    cond_stage_config:");
+  ldm.replace(at, end - at, "    first_stage_config:\n      target: ldm.models.autoencoder.VQModelInterface\n      params:\n"
+                            "        ckpt_path: " + dir + "/vq\n        embed_dim: 2\n        n_embed: 16\n"
+                            "        lossconfig: {target: torch.nn.Identity}\n        ddconfig: " + dd + "\n");
+  auto y = parse_yaml(ldm, "ldm");
+  apply_overrides(y, {"model.params.image_size=4", "model.params.channels=2", "model.params.unet_config.params.in_channels=2",
+                      "model.params.unet_config.params.out_channels=2"});
+  auto o = quiet(dir + "/ldm");
+  o.max_steps = 2;
+  EXPECT_EQ(train(y, o).steps, 2);
+  auto m = load_latent_diffusion(dir + "/ldm/config.yaml", dir + "/ldm", {true});
+  torch::NoGradGuard ng;
+  auto img = torch::rand({2, 3, 8, 8}) * 2 - 1;
+  auto z = m->encode_first_stage(img);
+  EXPECT_EQ(z.sizes(), (std::vector<int64_t>{2, 2, 4, 4}));
+  EXPECT_EQ(m->decode_first_stage(z).sizes(), img.sizes());
+}
+
+// Captions (sidecar .txt) through a CLIP text encoder, with caption dropout.
+TEST(Trainer, CaptionConditionedWithTextEncoder) {
+  LDM_REQUIRE_SHARED();
+  auto dir = test::temp_dir();
+  fs::create_directories(dir + "/caps");
+  for (int i = 0; i < 8; ++i) {
+    io::save_png(dir + "/caps/" + std::to_string(i) + ".png", torch::rand({3, 8, 8}));
+    std::ofstream(dir + "/caps/" + std::to_string(i) + ".txt") << (i % 2 ? "a red square\n" : "a blue circle\n");
+  }
+  auto cfg = ldm_config(dir + "/caps", "");
+  auto at = cfg.find("    cond_stage_config:");
+  auto end = cfg.find("data:");
+  cfg.replace(at, end - at, "    cond_stage_config:\n      target: ldm.modules.encoders.modules.FrozenCLIPEmbedder\n"
+                            "      params: {width: 32, layers: 1, heads: 2}\n"
+                            "    ucg_training: {txt: {p: 0.5, val: \"\"}}\n");
+  auto y = parse_yaml(cfg, "txt");
+  apply_overrides(y, {"model.params.cond_stage_trainable=false", "model.params.cond_stage_key=txt",
+                      "training.vocab=" + test::shared_dir() + "/data/bpe_simple_vocab_16e6.txt.gz", "training.image_every=3"});
+  auto o = quiet(dir + "/run");
+  o.max_steps = 3;
+  auto r = train(y, o);
+  EXPECT_EQ(r.steps, 3);
+  EXPECT_TRUE(fs::exists(dir + "/run/images/step-000000003.png"));
+  auto m = load_latent_diffusion(dir + "/run/config.yaml", dir + "/run", {true});
+  EXPECT_TRUE(std::dynamic_pointer_cast<FrozenCLIPEmbedder>(m->cond_stage()) != nullptr);
 }

@@ -71,7 +71,15 @@ std::shared_ptr<LatentDiffusion> LatentDiffusion::from_params(const Params& p, b
   o.channels = p.get<int64_t>("channels", 3);
   o.first_stage_key = p.get<std::string>("first_stage_key", "image");
   o.conditioning_key = p.get<std::string>("conditioning_key", "");
-  o.ucg_probability = p.get<double>("ucg_probability", 0.0);
+  // SD 2.x's ucg_training: {<cond key>: {p: 0.1, val: ""}} (conditioning dropout for guidance)
+  if (auto u = p.node("ucg_training"); u && u.IsMap()) {
+    for (auto it : u) {
+      Params e(it.second, p.where() + ".ucg_training." + it.first.as<std::string>());
+      o.ucg_probability = e.get<double>("p", 0.0);
+      o.ucg_value = e.get<std::string>("val", "");
+      e.check_unused("ucg_training entry");
+    }
+  }
   // Lightning/bookkeeping keys of the reference with no effect on the model here.
   p.ignore({"monitor", "log_every_t", "ckpt_path", "ignore_keys", "load_only_unet", "use_positional_encodings",
             "num_timesteps_cond", "make_it_fit", "reset_ema", "reset_num_ema_updates", "unet_trainable",
@@ -87,7 +95,7 @@ std::shared_ptr<LatentDiffusion> LatentDiffusion::from_params(const Params& p, b
     o.cond_stage_key = p.get<std::string>("cond_stage_key", "image");
     p.ignore({"concat_mode", "cond_stage_forward"});
     fs = instantiate_as<FirstStage>(p.node("first_stage_config"), p.where() + ".first_stage_config");
-    if (!fs) throw Error(p.where() + ".first_stage_config: target must be a first-stage model (AutoencoderKL, IdentityFirstStage)");
+    if (!fs) throw Error(p.where() + ".first_stage_config: target must be a first-stage model (AutoencoderKL, VQModelInterface, IdentityFirstStage)");
     auto cnode = p.node("cond_stage_config");
     if (cnode && cnode.IsScalar()) {
       if (cnode.Scalar() != "__is_unconditional__" && cnode.Scalar() != "__is_first_stage__")

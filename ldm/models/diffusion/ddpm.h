@@ -27,7 +27,8 @@ struct LatentDiffusionOptions {
   bool scale_by_std = false, cond_stage_trainable = false, use_ema = false;
   std::string first_stage_key = "image", cond_stage_key = "image";
   int64_t image_size = 32, channels = 4;
-  double ucg_probability = 0.0;  // conditioning dropout for classifier-free guidance training
+  double ucg_probability = 0.0;  // text conditioning dropout for guidance training (ucg_training)
+  std::string ucg_value;         // what a dropped caption becomes ("")
 };
 
 // Conditioning passed to the UNet, by conditioning_key.

@@ -105,9 +105,7 @@ LossOut LPIPSWithDiscriminator::forward(const torch::Tensor& x, const torch::Ten
     torch::Tensor g_loss;
     if (factor > 0) {  // before disc_start the GAN term is 0 times anything: skipped
       g_loss = -discriminator->forward(rec).mean();
-      auto gn = torch::autograd::grad({nll_loss}, {last_layer}, {}, true)[0].norm();
-      auto gg = torch::autograd::grad({g_loss}, {last_layer}, {}, true)[0].norm();
-      d_weight = std::clamp((gn / (gg + 1e-4)).item<double>(), 0.0, 1e4) * o_.disc_weight;
+      d_weight = adaptive_weight(nll_loss, g_loss, last_layer, o_.disc_weight);
       loss = loss + d_weight * factor * g_loss;
     }
     out.loss = loss;
@@ -117,12 +115,77 @@ LossOut LPIPSWithDiscriminator::forward(const torch::Tensor& x, const torch::Ten
                {"disc_factor", factor},                  {"g_loss", g_loss.defined() ? g_loss.item<double>() : 0.0}};
   } else {
     auto real = discriminator->forward(x.detach()), fake = discriminator->forward(rec.detach());
-    torch::Tensor d;
-    if (o_.disc_loss == "hinge")
-      d = 0.5 * (torch::relu(1 - real).mean() + torch::relu(1 + fake).mean());
-    else
-      d = 0.5 * (torch::softplus(-real).mean() + torch::softplus(fake).mean());
-    out.loss = factor * d;
+    out.loss = factor * discriminator_loss(o_.disc_loss, real, fake);
+    out.log = {{"disc_loss", out.loss.item<double>()}, {"logits_real", real.mean().item<double>()},
+               {"logits_fake", fake.mean().item<double>()}};
+  }
+  return out;
+}
+
+torch::Tensor discriminator_loss(const std::string& kind, const torch::Tensor& real, const torch::Tensor& fake) {
+  if (kind == "hinge") return 0.5 * (torch::relu(1 - real).mean() + torch::relu(1 + fake).mean());
+  return 0.5 * (torch::softplus(-real).mean() + torch::softplus(fake).mean());
+}
+
+double adaptive_weight(const torch::Tensor& nll, const torch::Tensor& g, const torch::Tensor& last_layer, double scale) {
+  auto gn = torch::autograd::grad({nll}, {last_layer}, {}, true)[0].norm();
+  auto gg = torch::autograd::grad({g}, {last_layer}, {}, true)[0].norm();
+  return std::clamp((gn / (gg + 1e-4)).item<double>(), 0.0, 1e4) * scale;
+}
+
+VQLPIPSWithDiscriminator::VQLPIPSWithDiscriminator(Options o) : o_(o) {
+  if (o_.disc_loss != "hinge" && o_.disc_loss != "vanilla")
+    throw Error("VQLPIPSWithDiscriminator.disc_loss: expected hinge or vanilla, got \"" + o_.disc_loss + "\"");
+  if (o_.perceptual_weight > 0) {
+    std::cerr << "note: LPIPS perceptual loss is off (perceptual_weight " << o_.perceptual_weight
+              << " ignored): no LPIPS/VGG weights are available\n";
+    o_.perceptual_weight = 0;
+  }
+  discriminator = register_module("discriminator",
+                                  std::make_shared<NLayerDiscriminator>(o_.disc_in_channels, o_.disc_ndf, o_.disc_num_layers));
+}
+
+std::shared_ptr<VQLPIPSWithDiscriminator> VQLPIPSWithDiscriminator::from_params(const Params& p) {
+  Options o;
+  o.disc_start = p.req<int64_t>("disc_start");
+  o.codebook_weight = p.get<double>("codebook_weight", 1.0);
+  o.pixelloss_weight = p.get<double>("pixelloss_weight", 1.0);
+  o.disc_factor = p.get<double>("disc_factor", 1.0);
+  o.disc_weight = p.get<double>("disc_weight", 1.0);
+  o.perceptual_weight = p.get<double>("perceptual_weight", 1.0);
+  o.disc_num_layers = p.get<int64_t>("disc_num_layers", 3);
+  o.disc_in_channels = p.get<int64_t>("disc_in_channels", 3);
+  o.disc_ndf = p.get<int64_t>("disc_ndf", 64);
+  o.disc_loss = p.get<std::string>("disc_loss", "hinge");
+  if (p.get<bool>("use_actnorm", false)) throw Error(p.where() + ".use_actnorm: only false (BatchNorm) is supported");
+  if (p.get<bool>("disc_conditional", false)) throw Error(p.where() + ".disc_conditional: only false is supported");
+  p.check_unused("taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator");
+  return std::make_shared<VQLPIPSWithDiscriminator>(o);
+}
+
+LossOut VQLPIPSWithDiscriminator::forward(const torch::Tensor& qloss, const torch::Tensor& x, const torch::Tensor& rec,
+                                          int idx, int64_t step, const torch::Tensor& last_layer) {
+  const double factor = step >= o_.disc_start ? o_.disc_factor : 0.0;
+  LossOut out;
+  if (idx == 0) {
+    auto rec_loss = (x - rec).abs() * o_.pixelloss_weight;
+    auto nll_loss = rec_loss.mean();
+    auto loss = nll_loss + o_.codebook_weight * qloss.mean();
+    double d_weight = 0.0;
+    torch::Tensor g_loss;
+    if (factor > 0) {
+      g_loss = -discriminator->forward(rec).mean();
+      d_weight = adaptive_weight(nll_loss, g_loss, last_layer, o_.disc_weight);
+      loss = loss + d_weight * factor * g_loss;
+    }
+    out.loss = loss;
+    out.log = {{"total_loss", loss.item<double>()},   {"quant_loss", qloss.mean().item<double>()},
+               {"nll_loss", nll_loss.item<double>()}, {"rec_loss", rec_loss.mean().item<double>()},
+               {"d_weight", d_weight},                {"disc_factor", factor},
+               {"g_loss", g_loss.defined() ? g_loss.item<double>() : 0.0}};
+  } else {
+    auto real = discriminator->forward(x.detach()), fake = discriminator->forward(rec.detach());
+    out.loss = factor * discriminator_loss(o_.disc_loss, real, fake);
     out.log = {{"disc_loss", out.loss.item<double>()}, {"logits_real", real.mean().item<double>()},
                {"logits_fake", fake.mean().item<double>()}};
   }

@@ -59,4 +59,31 @@ class LPIPSWithDiscriminator : public torch::nn::Module {
   Options o_;
 };
 
+// taming's VQLPIPSWithDiscriminator, the VQModel's loss: mean L1
+// reconstruction + codebook_weight x the quantizer's loss + the same PatchGAN
+// term. LPIPS as above.
+class VQLPIPSWithDiscriminator : public torch::nn::Module {
+ public:
+  struct Options {
+    int64_t disc_start = 0;
+    double codebook_weight = 1.0, pixelloss_weight = 1.0, disc_factor = 1.0, disc_weight = 1.0, perceptual_weight = 1.0;
+    int64_t disc_num_layers = 3, disc_in_channels = 3, disc_ndf = 64;
+    std::string disc_loss = "hinge";
+  };
+  explicit VQLPIPSWithDiscriminator(Options o);
+  static std::shared_ptr<VQLPIPSWithDiscriminator> from_params(const Params& p);
+  LossOut forward(const torch::Tensor& codebook_loss, const torch::Tensor& inputs, const torch::Tensor& recon,
+                  int optimizer_idx, int64_t global_step, const torch::Tensor& last_layer);
+  bool disc_active(int64_t global_step) const { return o_.disc_factor > 0 && global_step >= o_.disc_start; }
+  std::shared_ptr<NLayerDiscriminator> discriminator;
+
+ private:
+  Options o_;
+};
+
+// Shared by both losses: the hinge or vanilla discriminator loss, and the
+// adaptive generator weight ||grad nll|| / (||grad g|| + 1e-4) at `last_layer`.
+torch::Tensor discriminator_loss(const std::string& kind, const torch::Tensor& real, const torch::Tensor& fake);
+double adaptive_weight(const torch::Tensor& nll, const torch::Tensor& g, const torch::Tensor& last_layer, double scale);
+
 }  // namespace ldm

@@ -20,6 +20,8 @@ torch::Tensor Denoiser::eps(const torch::Tensor& x, int64_t t) {
 GuidedDenoiser::GuidedDenoiser(LatentDiffusion& m, Cond c, Cond u, double s)
     : m_(m), cond_(std::move(c)), uncond_(std::move(u)), scale_(s) {
   guided_ = scale_ != 1.0 && (uncond_.crossattn.defined() || uncond_.y.defined() || uncond_.concat.defined());
+  // concatenated conditioning (inpainting mask + masked image) is the same on both sides unless given
+  if (guided_ && !uncond_.concat.defined()) uncond_.concat = cond_.concat;
   if (guided_) both_ = {cat2(uncond_.crossattn, cond_.crossattn), cat2(uncond_.concat, cond_.concat), cat2(uncond_.y, cond_.y)};
 }
 
