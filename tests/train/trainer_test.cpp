@@ -18,6 +18,8 @@
 #include "ldm/models/diffusion/samplers/sampler.h"
 #include "ldm/train/checkpoint.h"
 #include "ldm/util/config.h"
+#include "ldm/util/instantiate.h"
+#include "ldm/util/state_dict.h"
 #include "tests/testing.h"
 
 using namespace ldm;
@@ -158,6 +160,13 @@ TEST(Trainer, AutoencoderThenLatentDiffusionEndToEnd) {
   so.steps = 4;
   auto x = m->decode_first_stage(sample(d, torch::randn({2, 2, 4, 4}), so));
   EXPECT_EQ(x.sizes(), (std::vector<int64_t>{2, 3, 8, 8}));
+
+  // model.params.ckpt_path (+ ignore_keys) initialises a freshly built model from the run
+  auto cfg = load_yaml(dir + "/ldm/config.yaml");
+  apply_overrides(cfg, {"model.params.ckpt_path=" + dir + "/ldm", "model.params.ignore_keys=[model_ema]"});
+  auto fresh = instantiate_as<LatentDiffusion>(model_node(cfg), "model");
+  const std::string k = "model.diffusion_model.out.2.weight";
+  EXPECT_TRUE(state_dict(*fresh).at(k).equal(state_dict(*m).at(k)));
 }
 
 // Stopped after 3 steps and resumed, the loss sequence equals the

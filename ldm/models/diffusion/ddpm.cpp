@@ -5,6 +5,7 @@
 #include "ldm/error.h"
 #include "ldm/util/config.h"
 #include "ldm/util/instantiate.h"
+#include "ldm/util/state_dict.h"
 #include "ldm/modules/encoders/clip_text.h"
 #include "ldm/modules/encoders/modules.h"
 
@@ -81,7 +82,9 @@ std::shared_ptr<LatentDiffusion> LatentDiffusion::from_params(const Params& p, b
     }
   }
   // Lightning/bookkeeping keys of the reference with no effect on the model here.
-  p.ignore({"monitor", "log_every_t", "ckpt_path", "ignore_keys", "load_only_unet", "use_positional_encodings",
+  const auto ckpt = p.get<std::string>("ckpt_path", "");
+  const auto ignore_keys = p.get<std::vector<std::string>>("ignore_keys", {});
+  p.ignore({"monitor", "log_every_t", "load_only_unet", "use_positional_encodings",
             "num_timesteps_cond", "make_it_fit", "reset_ema", "reset_num_ema_updates", "unet_trainable",
             "scheduler_config", "use_fp16"});
   auto unet = instantiate_as<UNetModel>(p.node("unet_config"), p.where() + ".unet_config");
@@ -100,12 +103,16 @@ std::shared_ptr<LatentDiffusion> LatentDiffusion::from_params(const Params& p, b
     if (cnode && cnode.IsScalar()) {
       if (cnode.Scalar() != "__is_unconditional__" && cnode.Scalar() != "__is_first_stage__")
         throw Error(p.where() + ".cond_stage_config: expected a {target, params} or __is_unconditional__/__is_first_stage__");
+      o.cond_is_first_stage = cnode.Scalar() == "__is_first_stage__";
     } else if (cnode) {
       cs = instantiate_from_config(cnode, p.where() + ".cond_stage_config");
     }
   }
   p.check_unused(is_ddpm ? "ldm.models.diffusion.ddpm.DDPM" : "ldm.models.diffusion.ddpm.LatentDiffusion");
-  return std::make_shared<LatentDiffusion>(o, unet, fs, cs);
+  auto m = std::make_shared<LatentDiffusion>(o, unet, fs, cs);
+  // the reference's init_from_ckpt of the whole model (skipped when a whole checkpoint fills it anyway)
+  if (!ckpt.empty() && nn::init_mode() == nn::Init::Random) init_from_ckpt(*m, ckpt, ignore_keys, p.where());
+  return m;
 }
 
 torch::Tensor LatentDiffusion::apply_model(const torch::Tensor& x, const torch::Tensor& t, const Cond& c) {
@@ -161,6 +168,7 @@ torch::Tensor LatentDiffusion::training_loss(const torch::Tensor& z, const Cond&
 }
 
 torch::Tensor LatentDiffusion::get_learned_conditioning(const torch::Tensor& c) {
+  if (o_.cond_is_first_stage) return encode_first_stage(c);  // __is_first_stage__: the condition is an image
   if (auto ce = std::dynamic_pointer_cast<ClassEmbedder>(cond_stage_)) return ce->forward(c);
   return c;
 }

@@ -25,6 +25,7 @@ struct LatentDiffusionOptions {
   std::string conditioning_key;  // "", concat, crossattn, hybrid, adm
   double scale_factor = 1.0;
   bool scale_by_std = false, cond_stage_trainable = false, use_ema = false;
+  bool cond_is_first_stage = false;  // cond_stage_config: __is_first_stage__
   std::string first_stage_key = "image", cond_stage_key = "image";
   int64_t image_size = 32, channels = 4;
   double ucg_probability = 0.0;  // text conditioning dropout for guidance training (ucg_training)
