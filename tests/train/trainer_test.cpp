@@ -15,6 +15,8 @@
 #include "ldm/io/image.h"
 #include "ldm/models/diffusion/load.h"
 #include "ldm/modules/encoders/clip_text.h"
+#include "ldm/modules/losses/lpips.h"
+#include "ldm/io/safetensors.h"
 #include "ldm/models/diffusion/samplers/sampler.h"
 #include "ldm/train/checkpoint.h"
 #include "ldm/util/config.h"
@@ -326,4 +328,26 @@ TEST(Trainer, CaptionConditionedWithTextEncoder) {
   EXPECT_TRUE(fs::exists(dir + "/run/images/step-000000003.png"));
   auto m = load_latent_diffusion(dir + "/run/config.yaml", dir + "/run", {true});
   EXPECT_TRUE(std::dynamic_pointer_cast<FrozenCLIPEmbedder>(m->cond_stage()) != nullptr);
+}
+
+// The LPIPS term when the user gives weights (random ones here).
+TEST(Trainer, AutoencoderWithPerceptualLoss) {
+  auto dir = test::temp_dir();
+  auto folder = make_folder(dir + "/data");
+  {
+    LPIPS net;
+    io::TensorMap w;
+    for (auto& [k, v] : state_dict(net)) w[k] = v.contiguous();
+    io::save_safetensors(dir + "/lpips.safetensors", w);
+  }
+  auto cfg = parse_yaml(ae_config(folder), "ae");
+  apply_overrides(cfg, {"model.params.lossconfig.params.perceptual_weight=1.0",
+                        "model.params.lossconfig.params.perceptual_weights=" + dir + "/lpips.safetensors",
+                        "data.params.train.params.size=16"});  // VGG's four poolings need >= 16 px
+  auto o = quiet(dir + "/ae");
+  o.max_steps = 2;
+  train(cfg, o);
+  auto p = csv_column(dir + "/ae/metrics.csv", "train/p_loss");
+  ASSERT_EQ(p.size(), 2u);
+  EXPECT_GT(std::stod(p[0]), 0.0);
 }

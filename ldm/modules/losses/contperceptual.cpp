@@ -62,11 +62,8 @@ torch::Tensor NLayerDiscriminator::forward(const torch::Tensor& x) {
 LPIPSWithDiscriminator::LPIPSWithDiscriminator(Options o) : o_(o) {
   if (o_.disc_loss != "hinge" && o_.disc_loss != "vanilla")
     throw Error("LPIPSWithDiscriminator.disc_loss: expected hinge or vanilla, got \"" + o_.disc_loss + "\"");
-  if (o_.perceptual_weight > 0) {
-    std::cerr << "note: LPIPS perceptual loss is off (perceptual_weight " << o_.perceptual_weight
-              << " ignored): no LPIPS/VGG weights are available\n";
-    o_.perceptual_weight = 0;
-  }
+  perceptual_loss = make_perceptual(o_.perceptual_weight, o_.perceptual_weights);
+  if (perceptual_loss) register_module("perceptual_loss", perceptual_loss);
   logvar = register_parameter("logvar", torch::full({}, o_.logvar_init));
   discriminator = register_module("discriminator", std::make_shared<NLayerDiscriminator>(o_.disc_in_channels, 64, o_.disc_num_layers));
 }
@@ -83,6 +80,7 @@ std::shared_ptr<LPIPSWithDiscriminator> LPIPSWithDiscriminator::from_params(cons
   o.disc_num_layers = p.get<int64_t>("disc_num_layers", 3);
   o.disc_in_channels = p.get<int64_t>("disc_in_channels", 3);
   o.disc_loss = p.get<std::string>("disc_loss", "hinge");
+  o.perceptual_weights = p.get<std::string>("perceptual_weights", "");
   if (p.get<bool>("use_actnorm", false)) throw Error(p.where() + ".use_actnorm: only false (BatchNorm) is supported");
   if (p.get<bool>("disc_conditional", false)) throw Error(p.where() + ".disc_conditional: only false is supported");
   p.check_unused("ldm.modules.losses.LPIPSWithDiscriminator");
@@ -97,6 +95,12 @@ LossOut LPIPSWithDiscriminator::forward(const torch::Tensor& x, const torch::Ten
   LossOut out;
   if (idx == 0) {
     auto rec_loss = (x - rec).abs();
+    double p_log = 0;
+    if (perceptual_loss) {
+      auto p_loss = perceptual_loss->forward(x, rec);
+      p_log = p_loss.mean().item<double>();
+      rec_loss = rec_loss + o_.perceptual_weight * p_loss;
+    }
     auto nll = rec_loss / logvar.exp() + logvar;
     auto nll_loss = nll.sum() / n;
     auto kl_loss = post.kl().sum() / n;
@@ -113,6 +117,7 @@ LossOut LPIPSWithDiscriminator::forward(const torch::Tensor& x, const torch::Ten
                {"kl_loss", kl_loss.item<double>()},      {"nll_loss", nll_loss.item<double>()},
                {"rec_loss", rec_loss.mean().item<double>()}, {"d_weight", d_weight},
                {"disc_factor", factor},                  {"g_loss", g_loss.defined() ? g_loss.item<double>() : 0.0}};
+    if (perceptual_loss) out.log["p_loss"] = p_log;
   } else {
     auto real = discriminator->forward(x.detach()), fake = discriminator->forward(rec.detach());
     out.loss = factor * discriminator_loss(o_.disc_loss, real, fake);
@@ -120,6 +125,17 @@ LossOut LPIPSWithDiscriminator::forward(const torch::Tensor& x, const torch::Ten
                {"logits_fake", fake.mean().item<double>()}};
   }
   return out;
+}
+
+std::shared_ptr<LPIPS> make_perceptual(double& weight, const std::string& weights) {
+  if (weight <= 0) return nullptr;
+  if (weights.empty()) {
+    std::cerr << "note: LPIPS perceptual loss is off (perceptual_weight " << weight
+              << " ignored): give the LPIPS/VGG16 weights as lossconfig.params.perceptual_weights\n";
+    weight = 0;
+    return nullptr;
+  }
+  return LPIPS::from_file(weights);
 }
 
 torch::Tensor discriminator_loss(const std::string& kind, const torch::Tensor& real, const torch::Tensor& fake) {
@@ -136,11 +152,8 @@ double adaptive_weight(const torch::Tensor& nll, const torch::Tensor& g, const t
 VQLPIPSWithDiscriminator::VQLPIPSWithDiscriminator(Options o) : o_(o) {
   if (o_.disc_loss != "hinge" && o_.disc_loss != "vanilla")
     throw Error("VQLPIPSWithDiscriminator.disc_loss: expected hinge or vanilla, got \"" + o_.disc_loss + "\"");
-  if (o_.perceptual_weight > 0) {
-    std::cerr << "note: LPIPS perceptual loss is off (perceptual_weight " << o_.perceptual_weight
-              << " ignored): no LPIPS/VGG weights are available\n";
-    o_.perceptual_weight = 0;
-  }
+  perceptual_loss = make_perceptual(o_.perceptual_weight, o_.perceptual_weights);
+  if (perceptual_loss) register_module("perceptual_loss", perceptual_loss);
   discriminator = register_module("discriminator",
                                   std::make_shared<NLayerDiscriminator>(o_.disc_in_channels, o_.disc_ndf, o_.disc_num_layers));
 }
@@ -157,6 +170,7 @@ std::shared_ptr<VQLPIPSWithDiscriminator> VQLPIPSWithDiscriminator::from_params(
   o.disc_in_channels = p.get<int64_t>("disc_in_channels", 3);
   o.disc_ndf = p.get<int64_t>("disc_ndf", 64);
   o.disc_loss = p.get<std::string>("disc_loss", "hinge");
+  o.perceptual_weights = p.get<std::string>("perceptual_weights", "");
   if (p.get<bool>("use_actnorm", false)) throw Error(p.where() + ".use_actnorm: only false (BatchNorm) is supported");
   if (p.get<bool>("disc_conditional", false)) throw Error(p.where() + ".disc_conditional: only false is supported");
   p.check_unused("taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator");
@@ -169,6 +183,7 @@ LossOut VQLPIPSWithDiscriminator::forward(const torch::Tensor& qloss, const torc
   LossOut out;
   if (idx == 0) {
     auto rec_loss = (x - rec).abs() * o_.pixelloss_weight;
+    if (perceptual_loss) rec_loss = rec_loss + o_.perceptual_weight * perceptual_loss->forward(x, rec);
     auto nll_loss = rec_loss.mean();
     auto loss = nll_loss + o_.codebook_weight * qloss.mean();
     double d_weight = 0.0;

@@ -3,7 +3,8 @@
 // log-variance, KL to N(0, I), and a PatchGAN hinge loss from disc_start
 // weighted adaptively by the ratio of gradient norms at the decoder's last
 // layer. The LPIPS term needs VGG/LPIPS weights the project does not ship:
-// with perceptual_weight > 0 it is switched off, and said so.
+// give them as params.perceptual_weights (a file); without it the term is
+// switched off, and said so.
 #pragma once
 #include <torch/nn/module.h>
 #include <torch/types.h>
@@ -13,6 +14,7 @@
 #include <string>
 
 #include "ldm/modules/distributions.h"
+#include "ldm/modules/losses/lpips.h"
 #include "ldm/modules/layers.h"
 
 namespace ldm {
@@ -43,6 +45,7 @@ class LPIPSWithDiscriminator : public torch::nn::Module {
            perceptual_weight = 1.0;
     int64_t disc_num_layers = 3, disc_in_channels = 3;
     std::string disc_loss = "hinge";  // hinge | vanilla
+    std::string perceptual_weights;   // LPIPS weights file (this project's key)
   };
   explicit LPIPSWithDiscriminator(Options o);
   static std::shared_ptr<LPIPSWithDiscriminator> from_params(const Params& p);
@@ -54,6 +57,7 @@ class LPIPSWithDiscriminator : public torch::nn::Module {
   const Options& options() const { return o_; }
   torch::Tensor logvar;
   std::shared_ptr<NLayerDiscriminator> discriminator;
+  std::shared_ptr<LPIPS> perceptual_loss;  // null when off
 
  private:
   Options o_;
@@ -69,6 +73,7 @@ class VQLPIPSWithDiscriminator : public torch::nn::Module {
     double codebook_weight = 1.0, pixelloss_weight = 1.0, disc_factor = 1.0, disc_weight = 1.0, perceptual_weight = 1.0;
     int64_t disc_num_layers = 3, disc_in_channels = 3, disc_ndf = 64;
     std::string disc_loss = "hinge";
+    std::string perceptual_weights;
   };
   explicit VQLPIPSWithDiscriminator(Options o);
   static std::shared_ptr<VQLPIPSWithDiscriminator> from_params(const Params& p);
@@ -76,10 +81,15 @@ class VQLPIPSWithDiscriminator : public torch::nn::Module {
                   int optimizer_idx, int64_t global_step, const torch::Tensor& last_layer);
   bool disc_active(int64_t global_step) const { return o_.disc_factor > 0 && global_step >= o_.disc_start; }
   std::shared_ptr<NLayerDiscriminator> discriminator;
+  std::shared_ptr<LPIPS> perceptual_loss;
 
  private:
   Options o_;
 };
+
+// LPIPS from `weights` when perceptual_weight > 0, else null; a log line
+// says when the term is off. `weight` is set to 0 then.
+std::shared_ptr<LPIPS> make_perceptual(double& weight, const std::string& weights);
 
 // Shared by both losses: the hinge or vanilla discriminator loss, and the
 // adaptive generator weight ||grad nll|| / (||grad g|| + 1e-4) at `last_layer`.
