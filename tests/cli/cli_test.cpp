@@ -193,3 +193,24 @@ TEST(CliSample, PromptOnTinySD) {
   auto grid = io::load_image(dir + "/grid.png");
   EXPECT_EQ(grid.size(1), 64 + 4);  // one row of 64 px images with 2 px padding
 }
+
+// stable-diffusion.cpp-style commands on the tiny SD checkpoint: -o is a file,
+// img2img runs the last int(steps x strength) steps, inpaint takes a mask.
+TEST(CliSample, Txt2ImgImg2ImgInpaint) {
+  LDM_REQUIRE_SHARED();
+  auto dir = test::temp_dir();
+  auto base = " --config " + test::fixture("tiny_sd_v1.yaml") + " -m " + test::fixture("tiny_sd_v1.ckpt") +
+              " -p \"a cat\" --vocab " + test::shared_dir() + "/data/bpe_simple_vocab_16e6.txt.gz";
+  auto r = run("txt2img" + base + " --steps 4 -b 2 -o " + dir + "/t.png");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_TRUE(std::filesystem::exists(dir + "/t_1.png"));
+  r = run("img2img" + base + " --steps 8 --strength 0.5 --sampling-method euler -i " + dir + "/t.png -o " + dir + "/i.png");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find(" 4 model evaluations"), std::string::npos) << r.out;  // the last 8 x 0.5 steps, cond + uncond batched
+  auto mask = torch::zeros({1, 64, 64});
+  mask.narrow(1, 0, 32).fill_(1);
+  io::save_png(dir + "/m.png", mask);
+  r = run("inpaint" + base + " --steps 4 -i " + dir + "/t.png --mask " + dir + "/m.png -o " + dir + "/p.png");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_EQ(io::load_image(dir + "/p.png").sizes(), (std::vector<int64_t>{3, 64, 64}));
+}

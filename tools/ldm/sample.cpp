@@ -44,7 +44,21 @@ struct Opts {
   int64_t steps = 50, batch = 1, width = 0, height = 0, seed = 42;
   double eta = 0.0, cfg_scale = 1.0;
   bool no_ema = false, no_grid = false;
+  // img2img / inpaint (stable-diffusion.cpp's flags)
+  std::string init_image, mask;
+  double strength = 0.75;
+  std::string mode = "sample";  // sample | txt2img | img2img | inpaint: the last three write -o as a file
 };
+
+// [1, C, H, W] in [-1, 1] from an image file, resized to h x w.
+torch::Tensor read_image(const std::string& path, int channels, int64_t h, int64_t w) {
+  auto img = io::load_image(path, channels).unsqueeze(0);
+  if (img.size(2) != h || img.size(3) != w)
+    img = torch::nn::functional::interpolate(
+        img, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{h, w}).mode(torch::kBilinear)
+                 .align_corners(false).antialias(true));
+  return img.clamp(0, 1) * 2 - 1;
+}
 
 std::vector<int64_t> parse_labels(const std::string& s, int64_t n) {
   std::vector<int64_t> v;
@@ -110,8 +124,38 @@ void run(const Opts& o) {
   else if (o.cfg_scale != 1.0 && !o.labels.empty()) uncond = m->make_cond(m->unconditional_conditioning(n));
   else if (o.cfg_scale != 1.0) throw Error("--cfg-scale " + std::to_string(o.cfg_scale) + " needs --uncond (or --class with a ClassEmbedder)");
 
-  GuidedDenoiser d(*m, cond, uncond, o.cfg_scale);
   SampleOptions so;
+  if (!o.init_image.empty()) {
+    // img2img: the init image's latents noised to `strength`; inpaint: repaint where the mask is white
+    const int64_t H = noise.size(2) * f, W = noise.size(3) * f;
+    const int64_t ic = m->first_stage() ? m->first_stage()->image_channels() : 0;
+    const int ch = static_cast<int>(ic ? ic : noise.size(1));
+    auto img = read_image(o.init_image, ch, H, W).expand({n, ch, H, W}).contiguous();
+    auto x0 = m->encode_first_stage(img);
+    if (!o.mask.empty()) {
+      auto mask_px = (read_image(o.mask, 1, H, W) + 1) / 2;  // 1 = repaint
+      mask_px = (mask_px >= 0.5).to(torch::kFloat32).expand({n, 1, H, W});
+      auto mask_lat = torch::nn::functional::interpolate(
+          mask_px, torch::nn::functional::InterpolateFuncOptions()
+                       .size(std::vector<int64_t>{noise.size(2), noise.size(3)})
+                       .mode(torch::kNearest));
+      if (mo.conditioning_key == "hybrid" && m->unet()->options().in_channels == 2 * noise.size(1) + 1) {
+        // the 9-channel inpainting UNet: [x, mask, masked-image latents], as SD inpainting checkpoints
+        auto masked = m->encode_first_stage(img * (1 - mask_px));
+        cond.concat = torch::cat({mask_lat, masked}, 1);
+        if (uncond.crossattn.defined()) uncond.concat = cond.concat;
+      } else {
+        so.x0 = x0;
+        so.mask = 1 - mask_lat;  // samplers keep x0 where mask == 1
+      }
+    } else {
+      so.x0 = x0;
+      so.strength = o.strength;
+    }
+  } else if (!o.mask.empty()) {
+    throw Error("--mask needs -i/--init-img (the image to inpaint)");
+  }
+  GuidedDenoiser d(*m, cond, uncond, o.cfg_scale);
   so.sampler = o.sampler;
   so.steps = o.steps;
   so.eta = o.eta;
@@ -133,12 +177,22 @@ void run(const Opts& o) {
               << (o.save_latents.empty() ? " (use --save-latents)" : "") << "\n";
     return;
   }
-  std::filesystem::create_directories(o.out);
   auto unit = io::to_unit_range(img);
   std::ostringstream params;
   params << prompt << "\nSteps: " << o.steps << ", Sampler: " << o.sampler << ", Schedule type: " << o.schedule
          << ", CFG scale: " << o.cfg_scale << ", Seed: " << o.seed << ", Size: " << img.size(3) << "x" << img.size(2)
          << ", Model: " << std::filesystem::path(o.ckpt).stem().string();
+  if (o.mode != "sample") {  // -o FILE: FILE, then FILE_1.png ... for a batch (stable-diffusion.cpp's layout)
+    std::filesystem::path out(o.out);
+    if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path());
+    for (int64_t i = 0; i < n; ++i) {
+      auto p = i == 0 ? out : out.parent_path() / (out.stem().string() + "_" + std::to_string(i) + out.extension().string());
+      io::save_png(p.string(), unit[i], {{"parameters", params.str()}});
+    }
+    std::cerr << "wrote " << n << " image" << (n > 1 ? "s" : "") << " to " << o.out << (n > 1 ? " (and _1, _2 ...)" : "") << "\n";
+    return;
+  }
+  std::filesystem::create_directories(o.out);
   for (int64_t i = 0; i < n; ++i) {
     char name[32];
     std::snprintf(name, sizeof name, "%06lld.png", (long long)i);
@@ -152,9 +206,21 @@ void run(const Opts& o) {
 }
 }  // namespace
 
-void add_sample(CLI::App& app) {
+void add_generate(CLI::App& app, const std::string& mode) {
   auto o = std::make_shared<Opts>();
-  auto* sub = app.add_subcommand("sample", "sample images from a LatentDiffusion/DDPM checkpoint");
+  o->mode = mode;
+  const bool sdcpp = mode != "sample";
+  if (sdcpp) {
+    o->out = "output.png";
+    o->sampler = "euler_a";
+    o->steps = 20;
+    o->cfg_scale = 7.0;
+  }
+  const char* what = mode == "sample"    ? "sample images from a LatentDiffusion/DDPM checkpoint"
+                     : mode == "txt2img" ? "text to image (stable-diffusion.cpp's flags)"
+                     : mode == "img2img" ? "image to image: -i image, --strength"
+                                         : "inpainting: -i image, --mask (white = repaint)";
+  auto* sub = app.add_subcommand(mode, what);
   sub->add_option("--config", o->config, "model config (reference YAML)")->required();
   sub->add_option("--ckpt,-m", o->ckpt, "checkpoint (.ckpt, .safetensors, or an ldm train run directory)")->required();
   std::string names;
@@ -179,8 +245,17 @@ void add_sample(CLI::App& app) {
   sub->add_option("--save-latents", o->save_latents, "write the final latents as \"latents\" to this .safetensors");
   sub->add_flag("--no-ema", o->no_ema, "use the trained weights, not the EMA weights");
   sub->add_flag("--no-grid", o->no_grid, "write the images only, no grid.png");
-  sub->add_option("-o,--output", o->out, "output directory")->capture_default_str();
+  sub->add_option("-o,--output", o->out, sdcpp ? "output PNG" : "output directory")->capture_default_str();
+  if (mode == "img2img" || mode == "inpaint") {
+    sub->add_option("-i,--init-img", o->init_image, "the image to start from")->required();
+    sub->add_option("--strength", o->strength, "img2img: how much to change (1 = ignore the image)")->capture_default_str();
+  }
+  if (mode == "inpaint") sub->add_option("--mask", o->mask, "mask image: white = repaint, black = keep")->required();
   sub->callback([o] { run(*o); });
+}
+
+void add_sample(CLI::App& app) {
+  for (const char* m : {"sample", "txt2img", "img2img", "inpaint"}) add_generate(app, m);
 }
 
 }  // namespace ldm::cli
