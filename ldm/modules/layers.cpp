@@ -106,7 +106,13 @@ LayerNorm::LayerNorm(int64_t d, double e) : dim(d), eps(e) {
   bias = register_parameter("bias", make_const({d}, 0.0));
 }
 
-torch::Tensor LayerNorm::forward(const torch::Tensor& x) { return torch::layer_norm(x, {dim}, weight, bias, eps); }
+torch::Tensor LayerNorm::forward(const torch::Tensor& x) {
+  // Under bf16/fp16 autocast the input may be reduced while the weights are
+  // float32 (torch 1.13's CPU kernel needs one dtype): normalise in the weights' dtype.
+  if (x.scalar_type() != weight.scalar_type())
+    return torch::layer_norm(x.to(weight.scalar_type()), {dim}, weight, bias, eps).to(x.scalar_type());
+  return torch::layer_norm(x, {dim}, weight, bias, eps);
+}
 
 Embedding::Embedding(int64_t num, int64_t dim) { weight = register_parameter("weight", make_normal({num, dim})); }
 

@@ -103,3 +103,38 @@ TEST(TinySD, WholeCheckpointLoadsAndSamplesFromText) {
   EXPECT_EQ(img.sizes(), (std::vector<int64_t>{1, 3, 64, 64}));
   EXPECT_TRUE(torch::isfinite(img).all().item<bool>());
 }
+
+TEST(PromptWeights, WebUiSyntax) {
+  auto p = parse_prompt_weights("a (cat:1.5) [dog] ((bird)) \\(x\\)");
+  std::vector<std::pair<std::string, double>> want = {
+      {"a ", 1.0}, {"cat", 1.5}, {" ", 1.0}, {"dog", 1 / 1.1}, {" ", 1.0}, {"bird", 1.1 * 1.1}, {" (x)", 1.0}};
+  ASSERT_EQ(p.size(), want.size());
+  for (size_t i = 0; i < p.size(); ++i) {
+    EXPECT_EQ(p[i].first, want[i].first) << i;
+    EXPECT_NEAR(p[i].second, want[i].second, 1e-12) << i;
+  }
+}
+
+// Long prompts: 75-token windows; short unweighted prompts encode exactly as
+// before, weights change the states, windows concatenate.
+TEST(PromptWeights, WindowsAndEmphasisOnTinySD) {
+  LDM_REQUIRE_SHARED();
+  auto path = test::fixture("clip_tokenizer.safetensors");
+  auto texts = nlohmann::json::parse(io::safetensors_metadata(path).at("texts")).get<std::vector<std::string>>();
+  auto tok = std::make_shared<ClipTokenizer>(ClipTokenizer::load(vocab_file()));
+  auto w = tok->tokenize_windows(texts[12]);
+  ASSERT_EQ(w.ids.size(), 3u);  // 185 BPE tokens
+  auto all = tok->encode(texts[12]);
+  EXPECT_EQ(std::vector<int64_t>(w.ids[0].begin() + 1, w.ids[0].begin() + 76), std::vector<int64_t>(all.begin(), all.begin() + 75));
+  EXPECT_EQ(w.ids[1][1], all[75]);
+
+  auto m = load_latent_diffusion(test::fixture("tiny_sd_v1.yaml"), test::fixture("tiny_sd_v1.ckpt"), {true});
+  auto te = std::dynamic_pointer_cast<TextEncoder>(m->cond_stage());
+  te->set_tokenizer(tok);
+  torch::NoGradGuard ng;
+  auto plain = te->encode({"a red cube"});
+  EXPECT_TRUE(plain.equal(te->encode_ids(te->tokenize({"a red cube"}))));
+  EXPECT_FALSE(te->encode({"a (red:1.4) cube"}).equal(plain));
+  EXPECT_EQ(te->encode({texts[12]}).sizes(), (std::vector<int64_t>{1, 3 * 77, 64}));
+  EXPECT_EQ(te->encode({"short"}, 2).sizes(), (std::vector<int64_t>{1, 154, 64}));
+}

@@ -351,3 +351,18 @@ TEST(Trainer, AutoencoderWithPerceptualLoss) {
   ASSERT_EQ(p.size(), 2u);
   EXPECT_GT(std::stod(p[0]), 0.0);
 }
+
+// bf16 autocast on the CPU (fp32 master weights): the loss stays finite and
+// the weights stay float32.
+TEST(Trainer, Bf16AutocastOnCpu) {
+  auto dir = test::temp_dir();
+  auto folder = make_folder(dir + "/data");
+  auto cfg = parse_yaml(ldm_config(folder, ""), "ldm");
+  apply_overrides(cfg, {"lightning.trainer.precision=bf16"});
+  auto o = quiet(dir + "/run");
+  o.max_steps = 2;
+  auto r = train(cfg, o);
+  for (double l : r.losses) EXPECT_TRUE(std::isfinite(l));
+  auto w = io::load_safetensors(latest_checkpoint(dir + "/run") + "/model.safetensors");
+  EXPECT_EQ(w.at("model.diffusion_model.out.2.weight").scalar_type(), torch::kFloat32);
+}

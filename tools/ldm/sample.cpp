@@ -104,10 +104,12 @@ void run(const Opts& o) {
     te->set_tokenizer(std::make_shared<ClipTokenizer>(ClipTokenizer::load(find_clip_vocab(o.ckpt, o.vocab))));
   if (!o.prompt.empty()) {
     if (!te) throw Error("-p/--prompt: this model's cond stage is not a text encoder (use --class or --cond)");
-    cond = m->make_cond(m->text_conditioning(std::vector<std::string>(n, o.prompt)));
+    // prompt and negative prompt in the same number of 75-token windows (one batch for guidance)
+    const size_t k = std::max(te->windows(o.prompt), te->windows(o.negative));
+    cond = m->make_cond(m->text_conditioning(std::vector<std::string>(n, o.prompt), k));
     prompt = o.prompt;
     if (o.cfg_scale != 1.0 && o.uncond.empty())
-      uncond = m->make_cond(m->text_conditioning(std::vector<std::string>(n, o.negative)));
+      uncond = m->make_cond(m->text_conditioning(std::vector<std::string>(n, o.negative), k));
     if (!o.negative.empty()) prompt += "\nNegative prompt: " + o.negative;
   } else if (!o.cond.empty()) {
     cond = m->make_cond(load_tensor_arg(o.cond, "--cond").to(torch::kFloat32));

@@ -179,10 +179,10 @@ torch::Tensor LatentDiffusion::unconditional_conditioning(int64_t n) {
   return ce->unconditional(n, ce->embedding->weight.device());
 }
 
-torch::Tensor LatentDiffusion::text_conditioning(const std::vector<std::string>& prompts) {
+torch::Tensor LatentDiffusion::text_conditioning(const std::vector<std::string>& prompts, size_t min_windows) {
   auto te = std::dynamic_pointer_cast<TextEncoder>(cond_stage_);
   if (!te) throw Error("prompts need a text cond stage (FrozenCLIPEmbedder / FrozenOpenCLIPEmbedder); this model has none");
-  return te->encode(prompts);
+  return te->encode(prompts, min_windows);
 }
 
 Cond LatentDiffusion::make_cond(const torch::Tensor& c) const {

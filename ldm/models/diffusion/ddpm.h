@@ -67,7 +67,8 @@ class LatentDiffusion : public torch::nn::Module {
   torch::Tensor get_learned_conditioning(const torch::Tensor& c);
   torch::Tensor unconditional_conditioning(int64_t n);  // ClassEmbedder's null class
   // Text cond stages (CLIP): prompts -> context; needs the tokenizer attached.
-  torch::Tensor text_conditioning(const std::vector<std::string>& prompts);
+  // Prompts of any length (75-token windows) and (word:1.2) weighting.
+  torch::Tensor text_conditioning(const std::vector<std::string>& prompts, size_t min_windows = 1);
   Cond make_cond(const torch::Tensor& c) const;
 
   // EMA of model.* (when use_ema): the reference's model_ema buffers.

@@ -127,7 +127,37 @@ torch::Tensor TextEncoder::tokenize(const std::vector<std::string>& texts) const
   return torch::tensor(all, torch::kInt64).view({static_cast<int64_t>(texts.size()), max_length()});
 }
 
-torch::Tensor TextEncoder::encode(const std::vector<std::string>& texts) { return encode_ids(tokenize(texts)); }
+size_t TextEncoder::windows(const std::string& text) const {
+  if (!tokenizer_) tokenize({});  // the missing-vocabulary error
+  return tokenizer_->tokenize_windows(text, max_length(), pad_id()).ids.size();
+}
+
+torch::Tensor TextEncoder::encode(const std::vector<std::string>& texts, size_t min_windows) {
+  if (!tokenizer_) tokenize({});
+  size_t k = min_windows;
+  for (auto& t : texts) k = std::max(k, windows(t));
+  std::vector<int64_t> ids;
+  std::vector<double> ws;
+  bool weighted = false;
+  for (auto& t : texts) {
+    auto w = tokenizer_->tokenize_windows(t, max_length(), pad_id(), k);
+    for (size_t i = 0; i < k; ++i) {
+      ids.insert(ids.end(), w.ids[i].begin(), w.ids[i].end());
+      ws.insert(ws.end(), w.weights[i].begin(), w.weights[i].end());
+    }
+  }
+  for (double w : ws) weighted = weighted || w != 1.0;
+  const int64_t n = static_cast<int64_t>(texts.size()), L = max_length();
+  auto z = encode_ids(torch::tensor(ids, torch::kInt64).view({n * static_cast<int64_t>(k), L}));
+  z = z.reshape({n, static_cast<int64_t>(k) * L, z.size(-1)});
+  if (weighted) {
+    auto w = torch::tensor(ws, z.options()).view({n, -1, 1});
+    auto mean = z.mean({1, 2}, true);
+    z = z * w;
+    z = z * (mean / z.mean({1, 2}, true));
+  }
+  return z;
+}
 
 namespace {
 ClipTextOptions read_options(const Params& p, ClipTextOptions o) {

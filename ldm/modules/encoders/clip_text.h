@@ -69,7 +69,12 @@ class TextEncoder : public torch::nn::Module {
   void set_tokenizer(std::shared_ptr<const ClipTokenizer> t) { tokenizer_ = std::move(t); }
   const ClipTokenizer* tokenizer() const { return tokenizer_.get(); }
   torch::Tensor tokenize(const std::vector<std::string>& texts) const;  // [N, max_length] int64
-  torch::Tensor encode(const std::vector<std::string>& texts);
+  // Prompts of any length with (word:1.2) weighting: 75-token windows encoded
+  // separately and concatenated ([N, k * max_length, width]); weights scale the
+  // token states, then the mean is restored (the web UIs' emphasis).
+  // At least `min_windows` windows per prompt (guidance pairs need equal k).
+  torch::Tensor encode(const std::vector<std::string>& texts, size_t min_windows = 1);
+  size_t windows(const std::string& text) const;
 
  protected:
   std::shared_ptr<const ClipTokenizer> tokenizer_;

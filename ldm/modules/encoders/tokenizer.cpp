@@ -2,6 +2,7 @@
 
 #include <zlib.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -333,6 +334,35 @@ std::vector<int64_t> ClipTokenizer::encode(const std::string& text) const {
   return ids;
 }
 
+ClipTokenizer::Windows ClipTokenizer::tokenize_windows(const std::string& prompt, int64_t length, int64_t pad,
+                                                      size_t min_windows) const {
+  std::vector<int64_t> ids;
+  std::vector<double> ws;
+  for (auto& [text, w] : parse_prompt_weights(prompt)) {
+    auto t = encode(text);
+    ids.insert(ids.end(), t.begin(), t.end());
+    ws.insert(ws.end(), t.size(), w);
+  }
+  const size_t per = static_cast<size_t>(length - 2);
+  Windows out;
+  for (size_t at = 0; at < ids.size() || out.ids.size() < min_windows; at += per) {
+    std::vector<int64_t> win{sot_};
+    std::vector<double> wwin{1.0};
+    for (size_t i = at; i < std::min(ids.size(), at + per); ++i) {
+      win.push_back(ids[i]);
+      wwin.push_back(ws[i]);
+    }
+    win.push_back(eot_);
+    wwin.push_back(1.0);
+    win.resize(length, pad < 0 ? eot_ : pad);
+    wwin.resize(length, 1.0);
+    out.ids.push_back(win);
+    out.weights.push_back(wwin);
+    if (at + per >= ids.size() && out.ids.size() >= min_windows) break;
+  }
+  return out;
+}
+
 std::vector<int64_t> ClipTokenizer::tokenize(const std::string& text, int64_t length, int64_t pad) const {
   auto ids = encode(text);
   std::vector<int64_t> out{sot_};
@@ -343,6 +373,59 @@ std::vector<int64_t> ClipTokenizer::tokenize(const std::string& text, int64_t le
     out.back() = eot_;
   }
   out.resize(length, pad < 0 ? eot_ : pad);
+  return out;
+}
+
+std::vector<std::pair<std::string, double>> parse_prompt_weights(const std::string& prompt) {
+  std::vector<std::pair<std::string, double>> out;
+  struct Open {
+    char kind;       // '(' or '['
+    size_t start;    // index in `out` where the group's pieces begin
+  };
+  std::vector<Open> stack;
+  std::string cur;
+  auto flush = [&] {
+    if (!cur.empty()) out.push_back({cur, 1.0});
+    cur.clear();
+  };
+  auto scale = [&](size_t from, double f) {
+    for (size_t i = from; i < out.size(); ++i) out[i].second *= f;
+  };
+  for (size_t i = 0; i < prompt.size(); ++i) {
+    char c = prompt[i];
+    if (c == '\\' && i + 1 < prompt.size() && std::strchr("()[]\\", prompt[i + 1])) {
+      cur.push_back(prompt[++i]);
+    } else if (c == '(' || c == '[') {
+      flush();
+      stack.push_back({c, out.size()});
+    } else if (c == ')' && !stack.empty() && stack.back().kind == '(') {
+      // (text:1.3): an explicit weight after the last colon
+      double w = 1.1;
+      auto colon = cur.rfind(':');
+      if (colon != std::string::npos) {
+        try {
+          size_t used = 0;
+          double v = std::stod(cur.substr(colon + 1), &used);
+          if (used == cur.size() - colon - 1) {
+            w = v;
+            cur.resize(colon);
+          }
+        } catch (const std::exception&) {
+        }
+      }
+      flush();
+      scale(stack.back().start, w);
+      stack.pop_back();
+    } else if (c == ']' && !stack.empty() && stack.back().kind == '[') {
+      flush();
+      scale(stack.back().start, 1 / 1.1);
+      stack.pop_back();
+    } else {
+      cur.push_back(c);
+    }
+  }
+  flush();
+  for (auto it = stack.rbegin(); it != stack.rend(); ++it) scale(it->start, it->kind == '(' ? 1.1 : 1 / 1.1);  // unclosed
   return out;
 }
 

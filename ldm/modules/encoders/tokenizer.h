@@ -22,6 +22,14 @@ class ClipTokenizer {
   // [SOT, ids..., EOT] truncated to `length` (EOT kept last) and padded with
   // `pad` (SD 1.x: EOT; SD 2.x / clip.tokenize: 0).
   std::vector<int64_t> tokenize(const std::string& text, int64_t length = 77, int64_t pad = -1) const;
+  // Long and weighted prompts: the weighted pieces' ids cut into windows of
+  // length - 2 tokens, each window [SOT, ids..., EOT, pad...]; at least
+  // `min_windows` windows. ids and per-token weights, window after window.
+  struct Windows {
+    std::vector<std::vector<int64_t>> ids;
+    std::vector<std::vector<double>> weights;
+  };
+  Windows tokenize_windows(const std::string& prompt, int64_t length = 77, int64_t pad = -1, size_t min_windows = 1) const;
   int64_t sot() const { return sot_; }
   int64_t eot() const { return eot_; }
   size_t vocab_size() const { return encoder_.size(); }
@@ -33,6 +41,11 @@ class ClipTokenizer {
   mutable std::unordered_map<std::string, std::vector<std::string>> cache_;
   int64_t sot_ = 49406, eot_ = 49407;
 };
+
+// Prompt weighting as web UIs write it: (text:1.3) sets a weight, (text)
+// multiplies by 1.1, [text] divides by 1.1, nesting multiplies, \( \) \[ \]
+// are literal. Returns (text, weight) pieces in order.
+std::vector<std::pair<std::string, double>> parse_prompt_weights(const std::string& prompt);
 
 // The vocabulary to use: `given` when set, else one beside `near` (a
 // checkpoint file or directory): bpe_simple_vocab_16e6.txt(.gz), vocab.json +
