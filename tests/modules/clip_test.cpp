@@ -138,3 +138,17 @@ TEST(PromptWeights, WindowsAndEmphasisOnTinySD) {
   EXPECT_EQ(te->encode({texts[12]}).sizes(), (std::vector<int64_t>{1, 3 * 77, 64}));
   EXPECT_EQ(te->encode({"short"}, 2).sizes(), (std::vector<int64_t>{1, 154, 64}));
 }
+
+// An fp16 release (emaonly-fp16 style) loads into the float32 model: weights
+// equal the fp32 checkpoint's to fp16 precision.
+TEST(TinySD, Fp16CheckpointLoads) {
+  LDM_REQUIRE_SHARED();
+  auto m16 = load_latent_diffusion(test::fixture("tiny_sd_v1.yaml"), test::fixture("tiny_sd_v1_fp16.ckpt"), {true});
+  auto m32 = load_latent_diffusion(test::fixture("tiny_sd_v1.yaml"), test::fixture("tiny_sd_v1.ckpt"), {true});
+  auto a = state_dict(*m16), b = state_dict(*m32);
+  for (const char* k : {"model.diffusion_model.out.2.weight", "first_stage_model.decoder.conv_out.weight",
+                        "cond_stage_model.transformer.text_model.final_layer_norm.weight"}) {
+    EXPECT_EQ(a.at(k).scalar_type(), torch::kFloat32) << k;
+    EXPECT_LE(test::max_abs_err(a.at(k), b.at(k)), 1e-3 * b.at(k).abs().max().item<double>() + 1e-6) << k;
+  }
+}
