@@ -96,6 +96,24 @@ bool is_space(uint32_t c) {
          c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
+void append_utf8(std::string& out, uint32_t cp) {
+  if (cp < 0x80) {
+    out.push_back(static_cast<char>(cp));
+  } else if (cp < 0x800) {
+    out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else if (cp < 0x10000) {
+    out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
+    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  } else {
+    out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
+    out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
+    out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
+    out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
+  }
+}
+
 std::string html_unescape(const std::string& s) {
   static const std::map<std::string, std::string> named = {{"amp", "&"}, {"lt", "<"}, {"gt", ">"}, {"quot", "\""},
                                                            {"apos", "'"}, {"nbsp", "\xC2\xA0"}};
@@ -115,20 +133,7 @@ std::string html_unescape(const std::string& s) {
           } catch (const std::exception&) {
           }
           if (ok) {
-            if (cp < 0x80) out.push_back(static_cast<char>(cp));
-            else if (cp < 0x800) {
-              out.push_back(static_cast<char>(0xC0 | (cp >> 6)));
-              out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-            } else if (cp < 0x10000) {
-              out.push_back(static_cast<char>(0xE0 | (cp >> 12)));
-              out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-              out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-            } else {
-              out.push_back(static_cast<char>(0xF0 | (cp >> 18)));
-              out.push_back(static_cast<char>(0x80 | ((cp >> 12) & 0x3F)));
-              out.push_back(static_cast<char>(0x80 | ((cp >> 6) & 0x3F)));
-              out.push_back(static_cast<char>(0x80 | (cp & 0x3F)));
-            }
+            append_utf8(out, cp);
             i = semi;
             continue;
           }
@@ -165,21 +170,7 @@ std::string clip_clean_text(const std::string& text) {
     // lower-case the Latin-1/Greek/Cyrillic capitals prompts meet
     if ((c >= 0xC0 && c <= 0xDE && c != 0xD7) || (c >= 0x391 && c <= 0x3AB) || (c >= 0x410 && c <= 0x42F)) c += 0x20;
     else if (c >= 0x400 && c <= 0x40F) c += 0x50;
-    std::string u;
-    if (c < 0x800) {
-      u.push_back(static_cast<char>(0xC0 | (c >> 6)));
-      u.push_back(static_cast<char>(0x80 | (c & 0x3F)));
-    } else if (c < 0x10000) {
-      u.push_back(static_cast<char>(0xE0 | (c >> 12)));
-      u.push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
-      u.push_back(static_cast<char>(0x80 | (c & 0x3F)));
-    } else {
-      u.push_back(static_cast<char>(0xF0 | (c >> 18)));
-      u.push_back(static_cast<char>(0x80 | ((c >> 12) & 0x3F)));
-      u.push_back(static_cast<char>(0x80 | ((c >> 6) & 0x3F)));
-      u.push_back(static_cast<char>(0x80 | (c & 0x3F)));
-    }
-    out += u;
+    append_utf8(out, c);
   }
   return out;
 }
