@@ -9,22 +9,28 @@
 namespace ldm {
 
 void write_file_atomic(const std::string& path, const void* data, size_t size) {
+  write_file_atomic(path, {{data, size}});
+}
+
+void write_file_atomic(const std::string& path, const std::vector<std::pair<const void*, size_t>>& pieces) {
   std::string tmp = path + ".tmp." + std::to_string(::getpid());
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
   if (fd < 0) throw Error(path + ": cannot create temporary file: " + std::strerror(errno));
-  const char* p = static_cast<const char*>(data);
-  size_t left = size;
-  while (left > 0) {
-    ssize_t n = ::write(fd, p, left);
-    if (n < 0) {
-      if (errno == EINTR) continue;
-      int e = errno;
-      ::close(fd);
-      ::unlink(tmp.c_str());
-      throw Error(path + ": write failed: " + std::strerror(e));
+  for (const auto& [data, size] : pieces) {
+    const char* p = static_cast<const char*>(data);
+    size_t left = size;
+    while (left > 0) {
+      ssize_t n = ::write(fd, p, left);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        int e = errno;
+        ::close(fd);
+        ::unlink(tmp.c_str());
+        throw Error(path + ": write failed: " + std::strerror(e));
+      }
+      p += n;
+      left -= static_cast<size_t>(n);
     }
-    p += n;
-    left -= static_cast<size_t>(n);
   }
   // fsync so that a crash after rename cannot expose an empty file.
   if (::fsync(fd) != 0 || ::close(fd) != 0) {

@@ -10,6 +10,7 @@ PKGS=(
   libtcmalloc-minimal4    # resident allocator: fresh big allocations are slow here
   libyaml-cpp-dev nlohmann-json3-dev libstb-dev libcli11-dev libgtest-dev
   zlib1g-dev              # gzip idx files, zip checkpoints
+  libgloo-dev             # headers for c10d ProcessGroupGloo (distributed training)
   dataset-fashion-mnist   # the built-in default dataset
 )
 

@@ -76,13 +76,9 @@ void save_safetensors(const std::string& path, const TensorMap& tensors,
     data.push_back(t.detach().to(torch::kCPU).contiguous());
   }
   std::string header = build_safetensors_header(infos, metadata);
-  size_t total = header.size();
-  for (const auto& t : data) total += t.nbytes();
-  std::string buf;
-  buf.reserve(total);
-  buf += header;
-  for (const auto& t : data) buf.append(static_cast<const char*>(t.data_ptr()), t.nbytes());
-  write_file_atomic(path, buf.data(), buf.size());
+  std::vector<std::pair<const void*, size_t>> pieces{{header.data(), header.size()}};
+  for (const auto& t : data) pieces.emplace_back(t.data_ptr(), t.nbytes());
+  write_file_atomic(path, pieces);
 }
 
 }  // namespace ldm::io

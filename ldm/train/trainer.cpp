@@ -23,6 +23,7 @@
 #include "ldm/modules/encoders/modules.h"
 #include "ldm/modules/losses/contperceptual.h"
 #include "ldm/train/checkpoint.h"
+#include "ldm/train/distributed.h"
 #include "ldm/train/metrics.h"
 #include "ldm/util/config.h"
 #include "ldm/util/instantiate.h"
@@ -174,6 +175,20 @@ class Task {
   virtual void log_images(const std::string&, const Batch&, const Settings&) {}
   torch::Device dev = torch::kCPU;
   bool quiet = false;
+  // Data parallel: each step's randomness is drawn for the global batch with
+  // the generator every rank shares and sliced to this rank's rows (rank,
+  // rank + world, ... as the loader shards), so N ranks of B rows compute
+  // exactly what one process with N*B rows does.
+  int rank = 0, world = 1;
+  Distributed* dist = nullptr;
+  torch::Tensor my_rows(const torch::Tensor& global) const {
+    return world == 1 ? global : global.slice(0, rank, global.size(0), world).contiguous();
+  }
+  torch::Tensor randn_rows(std::vector<int64_t> shape, torch::Generator& g) const {
+    shape[0] *= world;
+    return my_rows(torch::randn(shape, g));
+  }
+  torch::Tensor rand_rows(int64_t n, torch::Generator& g) const { return my_rows(torch::rand({n * world}, g)); }
 };
 
 class AutoencoderTask : public Task {
@@ -344,8 +359,10 @@ class DiffusionTask : public Task {
   }
 
   torch::Tensor latents(const Batch& b, torch::Generator& g) {
-    if (moments_.defined())
-      return DiagonalGaussianDistribution(moments_.index_select(0, b.index.to(dev))).sample(g) * m_->scale_factor.item<double>();
+    if (moments_.defined()) {
+      DiagonalGaussianDistribution post(moments_.index_select(0, b.index.to(dev)));
+      return (post.mean + post.std * randn_rows(post.mean.sizes().vec(), g).to(dev)) * m_->scale_factor.item<double>();
+    }
     torch::NoGradGuard ng;
     auto x = b.image.to(dev);
     if (auto kl = std::dynamic_pointer_cast<AutoencoderKL>(m_->first_stage()))
@@ -358,19 +375,28 @@ class DiffusionTask : public Task {
     if (!m_->options().scale_by_std || resumed) return;
     torch::NoGradGuard ng;
     m_->scale_factor.fill_(1.0);
-    auto z = latents(b, g);
-    m_->scale_factor.fill_(1.0 / z.flatten().std().item<double>());
+    auto z = latents(b, g).flatten().to(torch::kFloat64);
+    // the std of the global first batch: sums pooled over ranks
+    auto st = torch::stack({z.sum(), z.square().sum(), torch::tensor(static_cast<double>(z.numel()), torch::kFloat64)});
+    if (dist) dist->allreduce_sum(st);
+    const double n = st[2].item<double>(), mean = st[0].item<double>() / n;
+    const double var = (st[1].item<double>() - n * mean * mean) / (n - 1);  // unbiased, as torch.std
+    m_->scale_factor.fill_(1.0 / std::sqrt(var));
     if (!quiet) std::cerr << "scale_by_std: scale_factor = " << m_->scale_factor.item<double>() << "\n";
   }
 
   torch::Tensor conditioning(const Batch& b, torch::Generator& g) {
     if (m_->options().conditioning_key.empty()) return {};
-    if (ce_) return ce_->forward(b.label.to(dev), g);
+    if (ce_) {
+      torch::Tensor drop;
+      if (ce_->is_training() && ce_->ucg_rate > 0) drop = rand_rows(b.label.size(0), g).lt(ce_->ucg_rate);
+      return ce_->embed(b.label.to(dev), drop);
+    }
     if (auto te = std::dynamic_pointer_cast<TextEncoder>(m_->cond_stage())) {
       // captions, each dropped to ucg_training's value with its probability
       std::vector<std::string> caps = b.caption;
       const double p = m_->options().ucg_probability;
-      auto u = torch::rand({static_cast<int64_t>(caps.size())}, g);
+      auto u = rand_rows(static_cast<int64_t>(caps.size()), g);
       for (size_t i = 0; i < caps.size(); ++i)
         if (p > 0 && u[i].item<double>() < p) caps[i] = m_->options().ucg_value;
       if (!m_->options().cond_stage_trainable) {
@@ -386,8 +412,8 @@ class DiffusionTask : public Task {
     auto z = latents(b, g);
     auto c = conditioning(b, g);
     const int64_t n = z.size(0);
-    auto t = torch::randint(0, m_->schedule().num_timesteps, {n}, g, torch::kInt64).to(dev);
-    auto noise = torch::randn(z.sizes(), g).to(dev);
+    auto t = my_rows(torch::randint(0, m_->schedule().num_timesteps, {n * world}, g, torch::kInt64)).to(dev);
+    auto noise = randn_rows(z.sizes().vec(), g).to(dev);
     auto L = m_->p_losses(z, c.defined() ? m_->make_cond(c) : Cond{}, t, noise);
     LossOut out;
     out.loss = L.loss;
@@ -449,12 +475,6 @@ class DiffusionTask : public Task {
   torch::Tensor moments_;
 };
 
-double peak_rss_gb() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss / 1048576.0;
-}
-
 void set_lr(torch::optim::Optimizer& opt, double lr) {
   for (auto& g : opt.param_groups()) g.options().set_lr(lr);
 }
@@ -492,7 +512,19 @@ TrainResult train(const YAML::Node& config, const TrainOptions& o) {
     task = std::make_unique<VQTask>(model_node, lr);
   else task = std::make_unique<DiffusionTask>(model_node, lr, s.vocab);
   task->dev = dev;
-  task->quiet = o.quiet;
+  task->quiet = o.quiet || o.rank != 0;
+  task->rank = o.rank;
+  task->world = o.world;
+  std::unique_ptr<Distributed> dist;
+  if (o.world > 1) {
+    DistEnv de;
+    de.rank = o.rank;
+    de.world = o.world;
+    de.master_addr = o.master_addr;
+    de.master_port = o.master_port;
+    dist = std::make_unique<Distributed>(de, std::chrono::milliseconds(static_cast<int64_t>(o.dist_timeout_s * 1000)));
+    task->dist = dist.get();
+  }
   task->module().to(dev);
   task->module().train();
   auto opts = task->optimizers();
@@ -518,7 +550,8 @@ TrainResult train(const YAML::Node& config, const TrainOptions& o) {
   std::string config_yaml = YAML::Dump(cfg) + "\n";
   if (rank0) write_file_atomic((fs::path(o.out_dir) / "config.yaml").string(), config_yaml.data(), config_yaml.size());
 
-  auto gen = torch::make_generator<at::CPUGeneratorImpl>(s.seed + 1000003ull * (o.rank + 1));
+  // one generator state on every rank (Task::randn_rows slices the rows)
+  auto gen = torch::make_generator<at::CPUGeneratorImpl>(s.seed + 1000003ull);
   TrainState st;
   bool resumed = false;
   if (!o.resume.empty()) {
@@ -533,6 +566,12 @@ TrainResult train(const YAML::Node& config, const TrainOptions& o) {
     std::cerr << "training " << target << " on " << train_data.ds->describe() << ", device " << dev << ", lr " << lr
               << (s.scale_lr ? " (base_lr x batch x accumulate x processes)" : "") << ", " << s.max_steps << " steps\n";
   task->prepare(*train_data.ds, train_data.tf, s);
+  if (dist) {  // rank 0's weights everywhere (DDP's initial broadcast)
+    std::vector<torch::Tensor> state;
+    for (auto& p : task->module().parameters()) state.push_back(p.data());
+    for (auto& b : task->module().buffers()) state.push_back(b);
+    dist->broadcast(state);
+  }
 
   std::unique_ptr<MetricsLogger> metrics;
   if (rank0) metrics = std::make_unique<MetricsLogger>(o.out_dir);
@@ -561,6 +600,16 @@ TrainResult train(const YAML::Node& config, const TrainOptions& o) {
           L = task->loss(b, idx, st.step, gen);
         }
         double v = L.loss.item<double>();
+        if (dist) {  // the global batch's mean loss and logs on every rank (one NaN stops all ranks alike)
+          std::vector<double> vals{v};
+          for (auto& [k, val] : L.log) vals.push_back(val);
+          auto t = torch::tensor(vals, torch::kFloat64);
+          dist->allreduce_sum(t);
+          t.div_(o.world);
+          v = t[0].item<double>();
+          int i = 1;
+          for (auto& [k, val] : L.log) val = t[i++].item<double>();
+        }
         if (!std::isfinite(v)) {
           throw Error("step " + std::to_string(st.step) + ": loss is " + std::to_string(v) + " (optimizer " +
                       std::to_string(idx) + "); stopped. Last good checkpoint: " +
@@ -572,6 +621,7 @@ TrainResult train(const YAML::Node& config, const TrainOptions& o) {
           window_loss += v / s.accumulate;
         }
       }
+      if (dist) dist->average_gradients(task->params(idx));
       if (s.grad_clip > 0) torch::nn::utils::clip_grad_norm_(task->params(idx), s.grad_clip);
       opts[idx].opt->step();
     }

@@ -18,7 +18,12 @@ struct TrainOptions {
   std::string resume;                     // run dir or checkpoint dir
   int64_t max_steps = -1;                 // overrides lightning.trainer.max_steps
   bool quiet = false;                     // no progress line
-  int rank = 0, world = 1;                // data-parallel position (distributed training)
+  // data parallel (c10d Gloo): this process's rank of `world`, the
+  // rendezvous (TCPStore on rank 0) and the bound on a stalled collective
+  int rank = 0, world = 1;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+  double dist_timeout_s = 300;
 };
 
 struct TrainResult {

@@ -39,6 +39,13 @@ const std::map<std::string, Factory>& registry() {
        [](const Params& p) -> ModulePtr { return std::make_shared<Decoder>(DDConfig::from_params(p)); }},
       {"ldm.models.diffusion.ddpm.LatentDiffusion",
        [](const Params& p) -> ModulePtr { return LatentDiffusion::from_params(p, false); }},
+      {"ldm.models.diffusion.ddpm.LatentInpaintDiffusion",
+       [](const Params& p) -> ModulePtr {
+         // SD inpainting: a hybrid-conditioned LatentDiffusion; the keys below only drive its training data
+         p.ignore({"finetune_keys", "concat_keys", "masked_image_key", "keep_finetune_dims", "c_concat_log_start",
+                   "c_concat_log_end"});
+         return LatentDiffusion::from_params(p, false);
+       }},
       {"ldm.models.diffusion.ddpm.DDPM",
        [](const Params& p) -> ModulePtr { return LatentDiffusion::from_params(p, true); }},
       {"ldm.modules.encoders.modules.ClassEmbedder",

@@ -1,10 +1,17 @@
 #include "ldm/util/progress.h"
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
 
 namespace ldm {
+
+double peak_rss_gb() {
+  rusage ru{};
+  getrusage(RUSAGE_SELF, &ru);
+  return ru.ru_maxrss / 1048576.0;  // kB
+}
 
 std::string format_duration(double s) {
   if (!(s >= 0) || s > 1e7) return "--:--";

@@ -23,5 +23,7 @@ class Progress {
 };
 
 std::string format_duration(double seconds);
+// The process's peak resident memory so far (ru_maxrss), GB.
+double peak_rss_gb();
 
 }  // namespace ldm

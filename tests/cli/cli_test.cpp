@@ -213,4 +213,32 @@ TEST(CliSample, Txt2ImgImg2ImgInpaint) {
   r = run("inpaint" + base + " --steps 4 -i " + dir + "/t.png --mask " + dir + "/m.png -o " + dir + "/p.png");
   ASSERT_EQ(r.rc, 0) << r.out;
   EXPECT_EQ(io::load_image(dir + "/p.png").sizes(), (std::vector<int64_t>{3, 64, 64}));
+
+  // deterministic per seed, for all three; another seed gives another image
+  auto pixels = [&](const std::string& f) { return io::load_image(dir + "/" + f); };
+  const std::string again[] = {"txt2img" + base + " --steps 4 -b 2 -o " + dir + "/t2.png",
+                               "img2img" + base + " --steps 8 --strength 0.5 --sampling-method euler -i " + dir +
+                                   "/t.png -o " + dir + "/i2.png",
+                               "inpaint" + base + " --steps 4 -i " + dir + "/t.png --mask " + dir + "/m.png -o " + dir +
+                                   "/p2.png"};
+  for (auto& cmd : again) ASSERT_EQ(run(cmd).rc, 0) << cmd;
+  EXPECT_TRUE(torch::equal(pixels("t.png"), pixels("t2.png")));
+  EXPECT_TRUE(torch::equal(pixels("t_1.png"), pixels("t2_1.png")));
+  EXPECT_FALSE(torch::equal(pixels("t.png"), pixels("t_1.png")));  // batch items differ
+  EXPECT_TRUE(torch::equal(pixels("i.png"), pixels("i2.png")));
+  EXPECT_TRUE(torch::equal(pixels("p.png"), pixels("p2.png")));
+  ASSERT_EQ(run("txt2img" + base + " --steps 4 --seed 43 -o " + dir + "/t3.png").rc, 0);
+  EXPECT_FALSE(torch::equal(pixels("t.png"), pixels("t3.png")));
+  auto init = pixels("t.png");
+
+  // VAE tiling: same size, close to the plain decode
+  ASSERT_EQ(run("txt2img" + base + " --steps 4 --vae-tiling --vae-tile-size 4 --vae-tile-overlap 2 -o " + dir + "/tt.png").rc, 0);
+  auto tiled = pixels("tt.png");
+  ASSERT_EQ(tiled.sizes(), init.sizes());
+  EXPECT_LT((tiled - init).abs().mean().item<double>(), 0.1);
+
+  // without --config the tiny model matches no Stable Diffusion family: a clear error
+  r = run("txt2img -m " + test::fixture("tiny_sd_v1.ckpt") + " -p x -o " + dir + "/x.png");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.out.find("give --config"), std::string::npos) << r.out;
 }

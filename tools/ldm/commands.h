@@ -2,12 +2,16 @@
 #pragma once
 #include <CLI/CLI.hpp>
 #include <string>
+#include <vector>
 
 namespace at { class Tensor; }
 namespace torch { using at::Tensor; }
 
 namespace ldm::cli {
 // Each registers its subcommand on `app`; the callback runs it.
+// The command line as main() received it (ldm train --nproc re-runs it per rank).
+std::vector<std::string>& argv_copy();
+
 void add_info(CLI::App& app);
 void add_convert(CLI::App& app);
 void add_forward(CLI::App& app);

@@ -1,8 +1,17 @@
 // ldm convert IN OUT [--dtype fp32|fp16|bf16] [--ema]: any weights file to safetensors.
+// ldm init --config CFG OUT: a random-weight checkpoint of a config's shapes
+// (benchmarks and load tests at SD size without downloading weights).
+#include <torch/torch.h>
+
 #include <iostream>
 
 #include "ldm/error.h"
 #include "ldm/io/ckpt.h"
+#include "ldm/models/diffusion/load.h"
+#include "ldm/models/diffusion/sd_configs.h"
+#include "ldm/util/config.h"
+#include "ldm/util/instantiate.h"
+#include "ldm/util/state_dict.h"
 #include "tools/ldm/commands.h"
 
 namespace ldm::cli {
@@ -16,9 +25,45 @@ std::string ema_name(const std::string& key) {
     if (c != '.') out += c;
   return out;
 }
+
+torch::ScalarType dtype_of(const std::string& d) {
+  return d == "fp16" ? torch::kFloat16 : d == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+}
+
+void add_init(CLI::App& app) {
+  struct Opts {
+    std::string config, out, dtype = "fp32";
+    uint64_t seed = 0;
+  };
+  auto o = std::make_shared<Opts>();
+  auto* sub = app.add_subcommand("init", "write a random-weight checkpoint of a config's model (the config's own init)");
+  sub->add_option("--config", o->config, "model config: a YAML file or a built-in name (v1-inference.yaml, ...)")
+      ->required();
+  sub->add_option("OUT", o->out, "output .safetensors")->required();
+  sub->add_option("--dtype", o->dtype, "stored dtype of floating tensors: fp32, fp16 or bf16")
+      ->check(CLI::IsMember({"fp32", "fp16", "bf16"}))
+      ->capture_default_str();
+  sub->add_option("--seed", o->seed, "seed of the initialisation")->capture_default_str();
+  sub->callback([o] {
+    torch::manual_seed(o->seed);
+    const bool file = std::filesystem::exists(o->config);
+    auto cfg = file ? load_yaml(o->config) : YAML::Load(builtin_config(o->config));
+    auto m = instantiate_from_config(model_node(cfg), o->config + ": model");
+    io::TensorMap out;
+    int64_t n = 0;
+    for (auto& [k, t] : state_dict(*m)) {
+      out[k] = torch::isFloatingType(t.scalar_type()) ? t.to(dtype_of(o->dtype)) : t;
+      n += t.numel();
+    }
+    m.reset();
+    io::save_safetensors(o->out, out, {{"format", "pt"}, {"ldm_init_config", o->config}});
+    std::cout << "wrote " << o->out << " (" << out.size() << " tensors, " << n << " values, " << o->dtype << ")\n";
+  });
+}
 }  // namespace
 
 void add_convert(CLI::App& app) {
+  add_init(app);
   struct Opts {
     std::string in, out, dtype;
     bool ema = false;
@@ -44,8 +89,7 @@ void add_convert(CLI::App& app) {
         ++swapped;
       }
       if (!o->dtype.empty() && torch::isFloatingType(v.scalar_type())) {
-        auto dt = o->dtype == "fp16" ? torch::kFloat16 : o->dtype == "bf16" ? torch::kBFloat16 : torch::kFloat32;
-        v = v.to(dt);
+        v = v.to(dtype_of(o->dtype));
       }
       out[k] = v;
     }

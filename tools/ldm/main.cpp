@@ -10,6 +10,7 @@
 
 int main(int argc, char** argv) {
   ldm::reexec_with_runtime_env(argv);
+  ldm::cli::argv_copy().assign(argv, argv + argc);
   CLI::App app{"ldm: latent diffusion models in C++ (train, sample, convert, inspect)"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "help for every subcommand");

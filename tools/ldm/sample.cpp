@@ -3,6 +3,8 @@
 // injected (safetensors) to reproduce a reference run exactly.
 #include <torch/torch.h>
 
+#include <chrono>
+#include <cstdio>
 #include <filesystem>
 #include <iostream>
 #include <sstream>
@@ -43,7 +45,9 @@ struct Opts {
                             schedule = "discrete", discretize = "uniform", labels, prompt, negative, vocab;
   int64_t steps = 50, batch = 1, width = 0, height = 0, seed = 42;
   double eta = 0.0, cfg_scale = 1.0;
-  bool no_ema = false, no_grid = false;
+  bool no_ema = false, no_grid = false, vae_tiling = false;
+  std::string prediction;
+  int64_t vae_tile = 32, vae_overlap = 8;  // latent units (256 px tiles, 64 px overlap for SD)
   // img2img / inpaint (stable-diffusion.cpp's flags)
   std::string init_image, mask;
   double strength = 0.75;
@@ -80,7 +84,13 @@ std::vector<int64_t> parse_labels(const std::string& s, int64_t n) {
 }
 
 void run(const Opts& o) {
-  auto m = load_latent_diffusion(o.config, o.ckpt);
+  ModelLoadOptions lo;
+  lo.prediction = o.prediction;
+  const auto t_load = std::chrono::steady_clock::now();
+  auto m = load_latent_diffusion(o.config, o.ckpt, lo);
+  std::fprintf(stderr, "loaded %s in %.2f s (peak memory %.2f GB)\n", o.ckpt.c_str(),
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count(), peak_rss_gb());  if (o.vae_tiling) m->vae_tiling = {o.vae_tile, o.vae_overlap, 1};
+  torch::manual_seed(o.seed);  // the posterior sample of img2img's encoder, as the reference's seed_everything
   torch::NoGradGuard ng;
   auto ema = o.no_ema ? nullptr : m->ema_scope();
   auto gen = torch::make_generator<at::CPUGeneratorImpl>(o.seed);  // torch.manual_seed(seed) on CPU
@@ -171,6 +181,7 @@ void run(const Opts& o) {
   };
   auto x = sample(d, noise, so);
   prog.finish(std::to_string(d.calls) + " model evaluations");
+  const auto t_decode = std::chrono::steady_clock::now();
   if (!o.save_latents.empty()) io::save_safetensors(o.save_latents, {{"latents", x.contiguous()}});
 
   auto img = m->decode_first_stage(x);
@@ -179,6 +190,8 @@ void run(const Opts& o) {
               << (o.save_latents.empty() ? " (use --save-latents)" : "") << "\n";
     return;
   }
+  std::fprintf(stderr, "decoded in %.2f s; peak memory %.2f GB\n",
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_decode).count(), peak_rss_gb());
   auto unit = io::to_unit_range(img);
   std::ostringstream params;
   params << prompt << "\nSteps: " << o.steps << ", Sampler: " << o.sampler << ", Schedule type: " << o.schedule
@@ -223,7 +236,10 @@ void add_generate(CLI::App& app, const std::string& mode) {
                      : mode == "img2img" ? "image to image: -i image, --strength"
                                          : "inpainting: -i image, --mask (white = repaint)";
   auto* sub = app.add_subcommand(mode, what);
-  sub->add_option("--config", o->config, "model config (reference YAML)")->required();
+  sub->add_option("--config", o->config,
+                  "model config: a reference YAML or a built-in name (v1-inference.yaml, v2-inference-v.yaml, ...); "
+                  "default: detected from the checkpoint (SD 1.x, 2.x, 2.x-v, inpainting)");
+  sub->add_option("--prediction", o->prediction, "eps or v: overrides the config's parameterization");
   sub->add_option("--ckpt,-m", o->ckpt, "checkpoint (.ckpt, .safetensors, or an ldm train run directory)")->required();
   std::string names;
   for (auto& s : sampler_names()) names += (names.empty() ? "" : ", ") + s;
@@ -245,6 +261,9 @@ void add_generate(CLI::App& app, const std::string& mode) {
   sub->add_option("--cond", o->cond, "conditioning tensor from a safetensors file, FILE[:name]");
   sub->add_option("--uncond", o->uncond, "negative/unconditional conditioning, FILE[:name]");
   sub->add_option("--save-latents", o->save_latents, "write the final latents as \"latents\" to this .safetensors");
+  sub->add_flag("--vae-tiling", o->vae_tiling, "decode/encode in overlapping tiles (large images in bounded memory)");
+  sub->add_option("--vae-tile-size", o->vae_tile, "tile side in latent pixels")->capture_default_str();
+  sub->add_option("--vae-tile-overlap", o->vae_overlap, "tile overlap in latent pixels")->capture_default_str();
   sub->add_flag("--no-ema", o->no_ema, "use the trained weights, not the EMA weights");
   sub->add_flag("--no-grid", o->no_grid, "write the images only, no grid.png");
   sub->add_option("-o,--output", o->out, sdcpp ? "output PNG" : "output directory")->capture_default_str();

@@ -199,12 +199,16 @@ std::unique_ptr<EmaScope> LatentDiffusion::ema_scope() { return std::make_unique
 
 torch::Tensor LatentDiffusion::encode_first_stage(const torch::Tensor& x) {
   if (!first_stage_) return x;
-  return first_stage_->encode_to_latent(x, true) * scale_factor.item<double>();
+  const int64_t f = first_stage_->downsample_factor();
+  TileOptions t{vae_tiling.tile * f, vae_tiling.overlap * f, f};
+  auto enc = [&](const torch::Tensor& p) { return first_stage_->encode_to_latent(p, true); };
+  return tiled_apply(enc, x, t) * scale_factor.item<double>();
 }
 
 torch::Tensor LatentDiffusion::decode_first_stage(const torch::Tensor& z) {
   if (!first_stage_) return z;
-  return first_stage_->decode(z / scale_factor.item<double>());
+  return tiled_apply([&](const torch::Tensor& l) { return first_stage_->decode(l); }, z / scale_factor.item<double>(),
+                     vae_tiling);
 }
 
 }  // namespace ldm

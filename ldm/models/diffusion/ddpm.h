@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "ldm/models/autoencoder.h"
+#include "ldm/models/tiling.h"
 #include "ldm/models/diffusion/schedule.h"
 #include "ldm/modules/ema.h"
 #include "ldm/modules/diffusionmodules/openaimodel.h"
@@ -77,7 +78,9 @@ class LatentDiffusion : public torch::nn::Module {
   // Swaps EMA weights in for the scope (no-op without EMA).
   std::unique_ptr<EmaScope> ema_scope();
 
-  // Pixels in [-1,1] -> scaled latents, and back.
+  // Pixels in [-1,1] -> scaled latents, and back; tiled when vae_tiling.tile
+  // > 0 (tile and overlap in latent units).
+  TileOptions vae_tiling;
   torch::Tensor encode_first_stage(const torch::Tensor& x);
   torch::Tensor decode_first_stage(const torch::Tensor& z);
 

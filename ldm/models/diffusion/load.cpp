@@ -8,6 +8,7 @@
 
 #include "ldm/error.h"
 #include "ldm/io/ckpt.h"
+#include "ldm/models/diffusion/sd_configs.h"
 #include "ldm/train/checkpoint.h"
 #include "ldm/util/config.h"
 #include "ldm/util/instantiate.h"
@@ -17,18 +18,37 @@ namespace ldm {
 
 YAML::Node model_node(const YAML::Node& cfg) { return cfg["model"] ? cfg["model"] : cfg; }
 
-std::shared_ptr<LatentDiffusion> load_latent_diffusion(const std::string& config, const std::string& ckpt,
+std::shared_ptr<LatentDiffusion> load_latent_diffusion(const std::string& config_arg, const std::string& ckpt,
                                                        const ModelLoadOptions& o) {
-  std::shared_ptr<LatentDiffusion> m;
-  {
-    nn::InitScope empty(nn::Init::Empty);  // every parameter is then required from the file
-    m = instantiate_as<LatentDiffusion>(model_node(load_yaml(config)), config + ": model");
-  }
-  if (!m) throw Error(config + ": model.target must be ldm.models.diffusion.ddpm.LatentDiffusion or DDPM");
   // a training run directory or one of its checkpoints: the model weights in it
   std::string file = ckpt;
   if (std::filesystem::is_directory(ckpt)) file = latest_checkpoint(ckpt) + "/model.safetensors";
   auto w = io::load_weights(file).tensors;
+  if (!o.prediction.empty() && o.prediction != "eps" && o.prediction != "v")
+    throw Error("--prediction: expected eps or v, got \"" + o.prediction + "\"");
+  // the config: a file, a built-in name, or detected from the checkpoint's tensors
+  std::string config = config_arg;
+  YAML::Node cfg;
+  if (config.empty()) {
+    auto d = detect_sd_config(w, file, o.prediction);
+    if (!o.quiet) std::cerr << "note: " << ckpt << ": " << d.why << "; using built-in " << d.name << "\n";
+    config = "built-in " + d.name;
+    cfg = YAML::Load(builtin_config(d.name));
+  } else if (!std::filesystem::exists(config) && config.find('/') == std::string::npos &&
+             config.size() > 5 && config.substr(config.size() - 5) == ".yaml") {
+    cfg = YAML::Load(builtin_config(config));
+    config = "built-in " + config;
+  } else {
+    cfg = load_yaml(config);
+  }
+  auto node = model_node(cfg);
+  if (!o.prediction.empty()) node["params"]["parameterization"] = o.prediction;
+  std::shared_ptr<LatentDiffusion> m;
+  {
+    nn::InitScope empty(nn::Init::Empty);  // every parameter is then required from the file
+    m = instantiate_as<LatentDiffusion>(node, config + ": model");
+  }
+  if (!m) throw Error(config + ": model.target must be ldm.models.diffusion.ddpm.LatentDiffusion or DDPM");
   bool has_ema = false;
   for (auto& [k, v] : w)
     if (k.rfind("model_ema.", 0) == 0) has_ema = true;

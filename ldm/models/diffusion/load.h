@@ -12,11 +12,14 @@
 namespace ldm {
 
 struct ModelLoadOptions {
-  bool quiet = false;  // no note on stderr about ignored or computed keys
+  bool quiet = false;      // no note on stderr about ignored or computed keys
+  std::string prediction;  // "eps" or "v" overrides the config's parameterization
 };
 
 // `config` is the YAML file (model: {target, params}, or {target, params} at
-// the top); `ckpt` a .ckpt or .safetensors. The model is returned in eval mode.
+// the top), a built-in name (configs/stable-diffusion/*.yaml), or empty: then
+// detected from the checkpoint (SD 1.x/2.x/2.x-v/inpainting). `ckpt` is a
+// .ckpt or .safetensors or a training run dir. The model is returned in eval mode.
 std::shared_ptr<LatentDiffusion> load_latent_diffusion(const std::string& config, const std::string& ckpt,
                                                        const ModelLoadOptions& o = {});
 // The model node of a config file: cfg["model"] or the root.

@@ -21,13 +21,17 @@ std::shared_ptr<ClassEmbedder> ClassEmbedder::from_params(const Params& p) {
 }
 
 torch::Tensor ClassEmbedder::forward(const torch::Tensor& labels, const std::optional<torch::Generator>& gen) {
+  torch::Tensor drop;
+  if (is_training() && ucg_rate > 0)
+    drop = gen ? torch::rand(labels.sizes(), *gen).lt(ucg_rate) : torch::rand(labels.sizes()).lt(ucg_rate);
+  return embed(labels, drop);
+}
+
+torch::Tensor ClassEmbedder::embed(const torch::Tensor& labels, const torch::Tensor& drop) {
   auto c = labels.to(torch::kInt64);
   if (c.numel() > 0 && (c.min().item<int64_t>() < 0 || c.max().item<int64_t>() >= n_classes))
     throw Error("ClassEmbedder: class labels must be in [0, " + std::to_string(n_classes) + ")");
-  if (is_training() && ucg_rate > 0) {
-    auto drop = gen ? torch::rand(c.sizes(), *gen).lt(ucg_rate) : torch::rand(c.sizes()).lt(ucg_rate);
-    c = torch::where(drop.to(c.device()), torch::full_like(c, n_classes - 1), c);
-  }
+  if (drop.defined()) c = torch::where(drop.to(c.device()), torch::full_like(c, n_classes - 1), c);
   return embedding->forward(c.unsqueeze(1));
 }
 

@@ -21,6 +21,8 @@ class ClassEmbedder : public torch::nn::Module {
   // labels [N] int64 -> [N, 1, embed_dim]. In training mode each label is
   // replaced by the unconditional class with probability ucg_rate.
   torch::Tensor forward(const torch::Tensor& labels, const std::optional<torch::Generator>& gen = std::nullopt);
+  // The same with the dropout decided by the caller: drop [N] bool -> null class.
+  torch::Tensor embed(const torch::Tensor& labels, const torch::Tensor& drop = {});
   torch::Tensor unconditional(int64_t n, torch::Device device = torch::kCPU);  // [n, 1, embed_dim]
   int64_t n_classes;
   std::string key;

@@ -1,0 +1,188 @@
+#include "ldm/train/distributed.h"
+
+#include <signal.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <torch/csrc/distributed/c10d/PrefixStore.hpp>
+#include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
+#include <torch/csrc/distributed/c10d/TCPStore.hpp>
+
+#include "ldm/error.h"
+
+namespace ldm {
+namespace {
+
+int env_int(const char* name, int def, int lo) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return def;
+  char* end = nullptr;
+  long x = std::strtol(v, &end, 10);
+  if (*end || x < lo || x > 1 << 20)
+    throw Error(std::string("environment ") + name + "=\"" + v + "\": expected an integer >= " + std::to_string(lo));
+  return static_cast<int>(x);
+}
+
+std::string hostname() {
+  char buf[256] = {0};
+  gethostname(buf, sizeof buf - 1);
+  return buf;
+}
+
+}  // namespace
+
+DistEnv dist_env_from_environment() {
+  DistEnv e;
+  e.world = env_int("WORLD_SIZE", 1, 1);
+  e.rank = env_int("RANK", 0, 0);
+  e.local_rank = env_int("LOCAL_RANK", e.rank, 0);
+  if (e.rank >= e.world)
+    throw Error("environment RANK=" + std::to_string(e.rank) + ": must be below WORLD_SIZE=" + std::to_string(e.world));
+  if (const char* a = std::getenv("MASTER_ADDR"); a && *a) e.master_addr = a;
+  e.master_port = env_int("MASTER_PORT", 29500, 1);
+  if (e.master_port > 65535) throw Error("environment MASTER_PORT: expected a port number below 65536");
+  return e;
+}
+
+struct Distributed::Impl {
+  c10::intrusive_ptr<c10d::Store> store;
+  c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
+  std::chrono::milliseconds timeout;
+  std::vector<std::pair<std::string, int>> peers;  // host, pid of every rank (for naming the dead)
+};
+
+Distributed::Distributed(const DistEnv& e, std::chrono::milliseconds timeout) : env_(e), impl_(new Impl) {
+  impl_->timeout = timeout;
+  try {
+    c10d::TCPStoreOptions so;
+    so.port = static_cast<uint16_t>(e.master_port);
+    so.isServer = e.rank == 0;
+    so.numWorkers = e.world;
+    so.waitWorkers = true;
+    so.timeout = timeout;
+    auto tcp = c10::make_intrusive<c10d::TCPStore>(e.master_addr, so);
+    impl_->store = c10::make_intrusive<c10d::PrefixStore>("ldm", tcp);
+    auto o = c10d::ProcessGroupGloo::Options::create(timeout);
+    // the interface Gloo binds: GLOO_SOCKET_IFNAME as PyTorch, loopback for a
+    // local job, else the address this host's name resolves to
+    const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
+    const bool local = e.master_addr == "localhost" || e.master_addr.rfind("127.", 0) == 0;
+    o->devices.push_back(ifname && *ifname ? c10d::ProcessGroupGloo::createDeviceForInterface(ifname)
+                         : local           ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
+                                           : c10d::ProcessGroupGloo::createDefaultDevice());
+    impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, e.rank, e.world, o);
+    const std::string me = hostname() + " " + std::to_string(getpid());
+    impl_->store->set("peer/" + std::to_string(e.rank), std::vector<uint8_t>(me.begin(), me.end()));
+    for (int r = 0; r < e.world; ++r) {
+      auto v = impl_->store->get("peer/" + std::to_string(r));
+      std::string s(v.begin(), v.end());
+      auto sp = s.rfind(' ');
+      impl_->peers.emplace_back(s.substr(0, sp), std::atoi(s.c_str() + sp + 1));
+    }
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& ex) {
+    std::string msg = ex.what();
+    msg = msg.substr(0, msg.find('\n'));
+    throw Error("distributed: rank " + std::to_string(e.rank) + " of " + std::to_string(e.world) +
+                " could not join the group at " + e.master_addr + ":" + std::to_string(e.master_port) + " within " +
+                std::to_string(timeout.count() / 1000) + " s: " + msg);
+  }
+}
+
+Distributed::~Distributed() = default;
+
+void Distributed::fail(const std::string& what, const std::exception& ex) {
+  // Name the ranks that are gone: local peers are probed by pid; a remote one
+  // cannot be told apart from a hang.
+  std::string gone;
+  const std::string host = hostname();
+  for (int r = 0; r < env_.world; ++r) {
+    if (r == env_.rank || r >= static_cast<int>(impl_->peers.size())) continue;
+    const auto& [h, pid] = impl_->peers[r];
+    if (h == host && pid > 0 && kill(pid, 0) != 0 && errno == ESRCH) gone += (gone.empty() ? "" : ", ") + std::to_string(r);
+  }
+  std::string msg = ex.what();
+  msg = msg.substr(0, msg.find('\n'));
+  throw Error("distributed: rank " + std::to_string(env_.rank) + ": " + what + " failed (" +
+              (gone.empty() ? "a peer rank died or hung" : "rank " + gone + " exited") + "): " + msg);
+}
+
+void Distributed::broadcast(const std::vector<torch::Tensor>& tensors, int root) {
+  try {
+    std::vector<c10::intrusive_ptr<c10d::Work>> works;
+    for (auto& t : tensors) {
+      std::vector<at::Tensor> v{t};
+      c10d::BroadcastOptions bo;
+      bo.rootRank = root;
+      works.push_back(impl_->pg->broadcast(v, bo));
+    }
+    for (auto& w : works) w->wait(impl_->timeout);
+  } catch (const std::exception& e) {
+    fail("broadcast", e);
+  }
+}
+
+void Distributed::average_gradients(const std::vector<torch::Tensor>& params, double bucket_mb) {
+  if (env_.world == 1) return;
+  // buckets of same-dtype parameters up to bucket_mb, flattened, reduced concurrently
+  struct Bucket {
+    std::vector<torch::Tensor> params;
+    torch::Tensor flat;
+    c10::intrusive_ptr<c10d::Work> work;
+  };
+  std::vector<Bucket> buckets;
+  size_t bytes = 0;
+  const size_t cap = static_cast<size_t>(bucket_mb * 1048576);
+  for (const auto& p : params) {
+    if (buckets.empty() || bytes + p.nbytes() > cap || buckets.back().params.front().scalar_type() != p.scalar_type()) {
+      buckets.emplace_back();
+      bytes = 0;
+    }
+    buckets.back().params.push_back(p);
+    bytes += p.nbytes();
+  }
+  try {
+    for (auto& b : buckets) {
+      std::vector<torch::Tensor> g;
+      for (auto& p : b.params) g.push_back(p.grad().defined() ? p.grad().reshape({-1}) : torch::zeros({p.numel()}, p.options()));
+      b.flat = torch::cat(g);
+      std::vector<at::Tensor> v{b.flat};
+      b.work = impl_->pg->allreduce(v);
+    }
+    for (auto& b : buckets) {
+      b.work->wait(impl_->timeout);
+      b.flat.div_(env_.world);
+      int64_t off = 0;
+      for (auto& p : b.params) {
+        auto part = b.flat.narrow(0, off, p.numel()).view(p.sizes());
+        if (p.grad().defined()) p.mutable_grad().copy_(part);
+        else p.mutable_grad() = part.clone();
+        off += p.numel();
+      }
+    }
+  } catch (const Error&) {
+    throw;
+  } catch (const std::exception& e) {
+    fail("gradient allreduce", e);
+  }
+}
+
+void Distributed::allreduce_sum(torch::Tensor& t) {
+  try {
+    std::vector<at::Tensor> v{t};
+    impl_->pg->allreduce(v)->wait(impl_->timeout);
+  } catch (const std::exception& e) {
+    fail("allreduce", e);
+  }
+}
+
+void Distributed::barrier() {
+  try {
+    impl_->pg->barrier()->wait(impl_->timeout);
+  } catch (const std::exception& e) {
+    fail("barrier", e);
+  }
+}
+
+}  // namespace ldm

@@ -1,0 +1,52 @@
+// Data-parallel training on PyTorch's c10d: rendezvous through a TCPStore
+// (rank 0 hosts it), a Gloo process group, bucketed gradient averaging.
+// The environment is torchrun's (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+// MASTER_PORT), so any launcher of PyTorch jobs starts ours.
+#pragma once
+#include <torch/types.h>
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ldm {
+
+struct DistEnv {
+  int rank = 0, world = 1, local_rank = 0;
+  std::string master_addr = "127.0.0.1";
+  int master_port = 29500;
+};
+
+// torchrun's variables; world 1 when WORLD_SIZE is unset. ldm::Error names
+// the variable when a value is malformed or inconsistent.
+DistEnv dist_env_from_environment();
+
+class Distributed {
+ public:
+  // Blocks until all `e.world` ranks joined (or `timeout`). Every collective
+  // afterwards fails within `timeout` when a peer dies or hangs, with an
+  // ldm::Error naming the ranks that are gone where they can be told.
+  Distributed(const DistEnv& e, std::chrono::milliseconds timeout);
+  ~Distributed();
+  int rank() const { return env_.rank; }
+  int world() const { return env_.world; }
+
+  // Rank `root`'s values into every rank's tensors, in place.
+  void broadcast(const std::vector<torch::Tensor>& tensors, int root = 0);
+  // p.grad <- mean over ranks of p.grad, in flat buckets of ~bucket_mb
+  // (one allreduce each, all in flight together). Parameters without a
+  // gradient count as zero, as DDP does.
+  void average_gradients(const std::vector<torch::Tensor>& params, double bucket_mb = 25);
+  // Elementwise sum over ranks, in place (small tensors: losses, statistics).
+  void allreduce_sum(torch::Tensor& t);
+  void barrier();
+
+ private:
+  struct Impl;
+  DistEnv env_;
+  std::unique_ptr<Impl> impl_;
+  [[noreturn]] void fail(const std::string& what, const std::exception& e);
+};
+
+}  // namespace ldm
