@@ -3,7 +3,9 @@
 #include <signal.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <fstream>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -21,6 +23,16 @@ int env_int(const char* name, int def, int lo) {
   if (*end || x < lo || x > 1 << 20)
     throw Error(std::string("environment ") + name + "=\"" + v + "\": expected an integer >= " + std::to_string(lo));
   return static_cast<int>(x);
+}
+
+// A local process that is gone: no such pid, or a zombie not yet reaped.
+bool process_gone(int pid) {
+  if (kill(pid, 0) != 0) return errno == ESRCH;
+  std::ifstream f("/proc/" + std::to_string(pid) + "/stat");
+  std::string line;
+  std::getline(f, line);
+  auto paren = line.rfind(')');
+  return paren != std::string::npos && paren + 2 < line.size() && (line[paren + 2] == 'Z' || line[paren + 2] == 'X');
 }
 
 std::string hostname() {
@@ -100,7 +112,7 @@ void Distributed::fail(const std::string& what, const std::exception& ex) {
   for (int r = 0; r < env_.world; ++r) {
     if (r == env_.rank || r >= static_cast<int>(impl_->peers.size())) continue;
     const auto& [h, pid] = impl_->peers[r];
-    if (h == host && pid > 0 && kill(pid, 0) != 0 && errno == ESRCH) gone += (gone.empty() ? "" : ", ") + std::to_string(r);
+    if (h == host && pid > 0 && process_gone(pid)) gone += (gone.empty() ? "" : ", ") + std::to_string(r);
   }
   std::string msg = ex.what();
   msg = msg.substr(0, msg.find('\n'));

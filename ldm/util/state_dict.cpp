@@ -33,7 +33,7 @@ std::map<std::string, torch::Tensor> state_dict(const torch::nn::Module& m) {
 }
 
 LoadReport load_state_dict(torch::nn::Module& m, const std::map<std::string, torch::Tensor>& tensors, bool strict,
-                           const std::string& what) {
+                           const std::string& what, bool alias) {
   LoadReport r;
   auto targets = state_dict(m);
   torch::NoGradGuard ng;
@@ -57,7 +57,13 @@ LoadReport load_state_dict(torch::nn::Module& m, const std::map<std::string, tor
     auto it = tensors.find(name);
     if (it == tensors.end() || it->second.sizes() != dst.sizes()) continue;
     if (dst.device().is_meta()) continue;
-    dst.copy_(it->second);
+    const auto& src = it->second;
+    // alias: the parameter takes the file's (mapped) storage, no copy; the
+    // mapping is private, so later in-place writes never reach the file
+    if (alias && src.scalar_type() == dst.scalar_type() && src.device() == dst.device() && src.is_contiguous())
+      dst.set_data(src);
+    else
+      dst.copy_(src);
   }
   return r;
 }

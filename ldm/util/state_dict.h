@@ -20,8 +20,10 @@ struct LoadReport {
 // Copies `tensors` (names relative to `m`) into m's parameters and buffers,
 // converting dtype/device to the module's. strict: any problem throws
 // ldm::Error mentioning `what` (the file). Otherwise the report is returned.
+// alias: tensors of matching dtype/device become the parameters' storage
+// (zero-copy loading from a mapped file; tensors shared between names stay shared).
 LoadReport load_state_dict(torch::nn::Module& m, const std::map<std::string, torch::Tensor>& tensors,
-                           bool strict, const std::string& what);
+                           bool strict, const std::string& what, bool alias = false);
 
 // Tensors under `prefix` with the prefix removed.
 std::map<std::string, torch::Tensor> strip_prefix(const std::map<std::string, torch::Tensor>& t, const std::string& prefix);

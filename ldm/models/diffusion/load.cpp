@@ -55,7 +55,7 @@ std::shared_ptr<LatentDiffusion> load_latent_diffusion(const std::string& config
   if (!m->model_ema) {  // the reference without use_ema ignores them too
     for (auto it = w.begin(); it != w.end();) it = it->first.rfind("model_ema.", 0) == 0 ? w.erase(it) : std::next(it);
   }
-  auto rep = load_state_dict(*m, w, false, ckpt);
+  auto rep = load_state_dict(*m, w, false, ckpt, /*alias=*/true);  // zero-copy from the mapping
   if (!rep.mismatched.empty()) throw Error(ckpt + ": " + rep.summary());
   std::set<std::string> params;
   for (auto& p : m->named_parameters()) params.insert(p.key());
