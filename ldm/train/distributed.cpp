@@ -135,51 +135,6 @@ void Distributed::broadcast(const std::vector<torch::Tensor>& tensors, int root)
   }
 }
 
-void Distributed::average_gradients(const std::vector<torch::Tensor>& params, double bucket_mb) {
-  if (env_.world == 1) return;
-  // buckets of same-dtype parameters up to bucket_mb, flattened, reduced concurrently
-  struct Bucket {
-    std::vector<torch::Tensor> params;
-    torch::Tensor flat;
-    c10::intrusive_ptr<c10d::Work> work;
-  };
-  std::vector<Bucket> buckets;
-  size_t bytes = 0;
-  const size_t cap = static_cast<size_t>(bucket_mb * 1048576);
-  for (const auto& p : params) {
-    if (buckets.empty() || bytes + p.nbytes() > cap || buckets.back().params.front().scalar_type() != p.scalar_type()) {
-      buckets.emplace_back();
-      bytes = 0;
-    }
-    buckets.back().params.push_back(p);
-    bytes += p.nbytes();
-  }
-  try {
-    for (auto& b : buckets) {
-      std::vector<torch::Tensor> g;
-      for (auto& p : b.params) g.push_back(p.grad().defined() ? p.grad().reshape({-1}) : torch::zeros({p.numel()}, p.options()));
-      b.flat = torch::cat(g);
-      std::vector<at::Tensor> v{b.flat};
-      b.work = impl_->pg->allreduce(v);
-    }
-    for (auto& b : buckets) {
-      b.work->wait(impl_->timeout);
-      b.flat.div_(env_.world);
-      int64_t off = 0;
-      for (auto& p : b.params) {
-        auto part = b.flat.narrow(0, off, p.numel()).view(p.sizes());
-        if (p.grad().defined()) p.mutable_grad().copy_(part);
-        else p.mutable_grad() = part.clone();
-        off += p.numel();
-      }
-    }
-  } catch (const Error&) {
-    throw;
-  } catch (const std::exception& e) {
-    fail("gradient allreduce", e);
-  }
-}
-
 void Distributed::allreduce_sum(torch::Tensor& t) {
   try {
     std::vector<at::Tensor> v{t};
@@ -194,6 +149,129 @@ void Distributed::barrier() {
     impl_->pg->barrier()->wait(impl_->timeout);
   } catch (const std::exception& e) {
     fail("barrier", e);
+  }
+}
+
+}  // namespace ldm
+
+namespace ldm {
+
+struct GradSync::Bucket {
+  std::vector<size_t> members;  // indices into params_
+  torch::Tensor flat;
+  std::vector<bool> filled;
+  size_t n_filled = 0;
+  c10::intrusive_ptr<c10d::Work> work;
+};
+
+GradSync::GradSync(Distributed& d, std::vector<torch::Tensor> params, double bucket_mb)
+    : d_(d), params_(std::move(params)) {
+  const size_t cap = static_cast<size_t>(bucket_mb * 1048576);
+  bucket_of_.resize(params_.size());
+  slot_of_.resize(params_.size());
+  size_t bytes = 0;
+  for (size_t k = params_.size(); k-- > 0;) {
+    const auto& p = params_[k];
+    if (buckets_.empty() || bytes + p.nbytes() > cap ||
+        params_[buckets_.back()->members.front()].scalar_type() != p.scalar_type()) {
+      buckets_.push_back(std::make_unique<Bucket>());
+      bytes = 0;
+    }
+    bucket_of_[k] = buckets_.size() - 1;
+    slot_of_[k] = buckets_.back()->members.size();
+    buckets_.back()->members.push_back(k);
+    bytes += p.nbytes();
+  }
+  for (auto& b : buckets_) {
+    int64_t n = 0;
+    for (size_t k : b->members) n += params_[k].numel();
+    b->flat = torch::zeros({n}, params_[b->members.front()].options());
+    b->filled.assign(b->members.size(), false);
+  }
+  for (size_t k = 0; k < params_.size(); ++k)
+    hooks_.push_back(params_[k].register_hook([this, k](const torch::Tensor& g) { on_grad(k, g); }));
+}
+
+GradSync::~GradSync() {
+  for (size_t k = 0; k < params_.size(); ++k) params_[k].remove_hook(hooks_[k]);
+}
+
+void GradSync::arm() {
+  armed_ = true;
+  next_ = 0;
+  for (auto& b : buckets_) {
+    b->filled.assign(b->members.size(), false);
+    b->n_filled = 0;
+    b->work.reset();
+  }
+}
+
+// The hook sees this backward's gradient before it is added to p.grad: the
+// final gradient is both together.
+void GradSync::on_grad(size_t k, const torch::Tensor& g) {
+  if (!armed_) return;
+  auto& b = *buckets_[bucket_of_[k]];
+  const size_t s = slot_of_[k];
+  if (b.filled[s]) return;
+  int64_t off = 0;
+  for (size_t j = 0; j < s; ++j) off += params_[b.members[j]].numel();
+  auto dst = b.flat.narrow(0, off, params_[k].numel());
+  torch::NoGradGuard ng;
+  dst.copy_(g.reshape({-1}));
+  if (params_[k].grad().defined()) dst.add_(params_[k].grad().reshape({-1}));
+  b.filled[s] = true;
+  ++b.n_filled;
+  launch_ready();
+}
+
+void GradSync::launch_ready() {
+  try {
+    while (next_ < buckets_.size() && buckets_[next_]->n_filled == buckets_[next_]->members.size()) {
+      std::vector<at::Tensor> v{buckets_[next_]->flat};
+      buckets_[next_]->work = d_.impl_->pg->allreduce(v);
+      ++next_;
+    }
+  } catch (const std::exception& e) {
+    d_.fail("gradient allreduce", e);
+  }
+}
+
+void GradSync::finish() {
+  if (!armed_) throw Error("GradSync::finish without arm");
+  torch::NoGradGuard ng;
+  // parameters whose hook did not run (no gradient this step, or a
+  // gradient only from earlier micro-batches): their p.grad or zero
+  for (auto& b : buckets_) {
+    int64_t off = 0;
+    for (size_t j = 0; j < b->members.size(); ++j) {
+      const auto& p = params_[b->members[j]];
+      if (!b->filled[j]) {
+        auto dst = b->flat.narrow(0, off, p.numel());
+        if (p.grad().defined()) dst.copy_(p.grad().reshape({-1}));
+        else dst.zero_();
+        b->filled[j] = true;
+        ++b->n_filled;
+      }
+      off += p.numel();
+    }
+  }
+  launch_ready();
+  armed_ = false;
+  try {
+    for (auto& b : buckets_) b->work->wait(d_.impl_->timeout);
+  } catch (const std::exception& e) {
+    d_.fail("gradient allreduce", e);
+  }
+  for (auto& b : buckets_) {
+    b->flat.div_(d_.world());
+    int64_t off = 0;
+    for (size_t k : b->members) {
+      auto& p = params_[k];
+      auto part = b->flat.narrow(0, off, p.numel()).view(p.sizes());
+      if (p.grad().defined()) p.mutable_grad().copy_(part);
+      else p.mutable_grad() = part.clone();
+      off += p.numel();
+    }
   }
 }
 

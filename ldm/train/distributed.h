@@ -34,10 +34,6 @@ class Distributed {
 
   // Rank `root`'s values into every rank's tensors, in place.
   void broadcast(const std::vector<torch::Tensor>& tensors, int root = 0);
-  // p.grad <- mean over ranks of p.grad, in flat buckets of ~bucket_mb
-  // (one allreduce each, all in flight together). Parameters without a
-  // gradient count as zero, as DDP does.
-  void average_gradients(const std::vector<torch::Tensor>& params, double bucket_mb = 25);
   // Elementwise sum over ranks, in place (small tensors: losses, statistics).
   void allreduce_sum(torch::Tensor& t);
   void barrier();
@@ -46,7 +42,36 @@ class Distributed {
   struct Impl;
   DistEnv env_;
   std::unique_ptr<Impl> impl_;
+  friend class GradSync;
   [[noreturn]] void fail(const std::string& what, const std::exception& e);
+};
+
+// DDP's gradient averaging for one parameter list: flat buckets of ~bucket_mb
+// in reverse parameter order (the order backward produces them), each
+// allreduced as soon as its gradients are final, in bucket order on every
+// rank (Gloo pairs collectives by order), while backward goes on.
+class GradSync {
+ public:
+  GradSync(Distributed& d, std::vector<torch::Tensor> params, double bucket_mb = 25);
+  ~GradSync();
+  // Call before the backward that completes the gradients (the last
+  // micro-batch of an accumulation); earlier backwards only accumulate.
+  void arm();
+  // After that backward: reduces what the hooks did not (parameters without
+  // a gradient count as zero), waits, and sets p.grad to the mean over ranks.
+  void finish();
+
+ private:
+  struct Bucket;
+  void on_grad(size_t i, const torch::Tensor& g);
+  void launch_ready();
+  Distributed& d_;
+  std::vector<torch::Tensor> params_;
+  std::vector<unsigned> hooks_;
+  std::vector<size_t> bucket_of_, slot_of_;
+  std::vector<std::unique_ptr<Bucket>> buckets_;
+  size_t next_ = 0;
+  bool armed_ = false;
 };
 
 }  // namespace ldm

@@ -342,19 +342,27 @@ class DiffusionTask : public Task {
     if (!want || !kl) return;
     // The first stage is frozen: encode the dataset once and keep the
     // posterior moments; each step still samples from the posterior.
+    // Data parallel: each rank encodes a contiguous share, an allreduce (sum
+    // over zero-filled rows) gives every rank the whole table.
     torch::NoGradGuard ng;
     kl->eval();
-    const int64_t n = ds.size(), bs = 256;
+    const int64_t n = ds.size(), bs = 256, lo = n * rank / world, hi = n * (rank + 1) / world;
     std::optional<Progress> prog;
-    if (!s.quiet) prog.emplace("caching latents", (n + bs - 1) / bs);
+    if (!quiet) prog.emplace("caching latents", (hi - lo + bs - 1) / bs);
     std::vector<torch::Tensor> parts;
-    for (int64_t i = 0; i < n; i += bs) {
+    for (int64_t i = lo; i < hi; i += bs) {
       std::vector<torch::Tensor> imgs;
-      for (int64_t j = i; j < std::min(n, i + bs); ++j) imgs.push_back(apply_transforms(ds.get(j).image, tf, 0));
+      for (int64_t j = i; j < std::min(hi, i + bs); ++j) imgs.push_back(apply_transforms(ds.get(j).image, tf, 0));
       parts.push_back(kl->quant_conv->forward(kl->encoder->forward(torch::stack(imgs).to(dev))));
-      if (prog) prog->update(i / bs + 1);
+      if (prog) prog->update((i - lo) / bs + 1);
     }
     moments_ = torch::cat(parts, 0);
+    if (dist) {
+      auto all = torch::zeros({n, moments_.size(1), moments_.size(2), moments_.size(3)}, moments_.options());
+      all.narrow(0, lo, hi - lo).copy_(moments_);
+      dist->allreduce_sum(all);
+      moments_ = all;
+    }
     if (prog) prog->finish(std::to_string(n) + " latents " + c10::str(moments_.sizes().slice(1)));
   }
 
@@ -558,6 +566,11 @@ TrainResult train(const YAML::Node& config, const TrainOptions& o) {
     auto ck = latest_checkpoint(o.resume);
     st = load_checkpoint(ck, task->module(), opts);
     if (st.rng.defined()) gen.set_state(st.rng);
+    // the loader's position and the sharding depend on the number of processes
+    if (st.extra.count("world_size") && static_cast<int>(st.extra["world_size"]) != o.world)
+      throw Error("--resume " + o.resume + ": the run was trained with " +
+                  std::to_string(static_cast<int>(st.extra["world_size"])) + " processes, this one has " +
+                  std::to_string(o.world) + "; resume with the same number (--nproc / WORLD_SIZE)");
     loader.seek(st.batches);
     resumed = true;
     if (!o.quiet) std::cerr << "resumed from " << ck << " at step " << st.step << "\n";
@@ -582,6 +595,7 @@ TrainResult train(const YAML::Node& config, const TrainOptions& o) {
   int64_t window_n = 0;
   auto window_t0 = std::chrono::steady_clock::now();
   Batch last;
+  std::map<int, std::unique_ptr<GradSync>> syncs;  // per optimizer
   while (st.step < s.max_steps) {
     std::vector<Batch> bs;
     for (int a = 0; a < s.accumulate; ++a) bs.push_back(loader.next());
@@ -593,7 +607,10 @@ TrainResult train(const YAML::Node& config, const TrainOptions& o) {
     for (int idx = 0; idx < static_cast<int>(opts.size()); ++idx) {
       if (!task->active(idx, st.step)) continue;
       task->module().zero_grad();
-      for (auto& b : bs) {
+      if (dist && !syncs.count(idx)) syncs[idx] = std::make_unique<GradSync>(*dist, task->params(idx));
+      for (size_t mb = 0; mb < bs.size(); ++mb) {
+        const auto& b = bs[mb];
+        if (dist && mb + 1 == bs.size()) syncs[idx]->arm();  // the last backward reduces while it runs
         LossOut L;
         {
           Autocast ac(s.precision, dev);
@@ -621,7 +638,7 @@ TrainResult train(const YAML::Node& config, const TrainOptions& o) {
           window_loss += v / s.accumulate;
         }
       }
-      if (dist) dist->average_gradients(task->params(idx));
+      if (dist) syncs[idx]->finish();
       if (s.grad_clip > 0) torch::nn::utils::clip_grad_norm_(task->params(idx), s.grad_clip);
       opts[idx].opt->step();
     }
@@ -654,6 +671,7 @@ TrainResult train(const YAML::Node& config, const TrainOptions& o) {
     }
     if (rank0 && (st.step % s.checkpoint_every == 0 || st.step == s.max_steps)) {
       st.rng = gen.get_state();
+      st.extra["world_size"] = o.world;
       res.last_checkpoint = save_checkpoint(o.out_dir, task->module(), opts, st, config_yaml, s.keep);
     }
     (void)window_loss;

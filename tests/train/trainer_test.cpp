@@ -370,7 +370,7 @@ TEST(Trainer, Bf16AutocastOnCpu) {
 // Data parallel on c10d/Gloo over loopback: `ldm train --nproc 2` with batch 4
 // per rank ends with the weights of one process with batch 8 and the same
 // seed (the randomness is drawn for the global batch, gradients averaged).
-TEST(Distributed, TwoRanksEqualOneProcessWithTheGlobalBatch) {
+static void two_ranks_equal_one_process(const std::string& extra) {
   auto dir = test::temp_dir();
   auto folder = make_folder(dir + "/data");
   std::ofstream(dir + "/cfg.yaml") << ldm_config(folder, "");
@@ -378,15 +378,16 @@ TEST(Distributed, TwoRanksEqualOneProcessWithTheGlobalBatch) {
     return std::system((std::string(LDM_BINARY) + " train " + dir + "/cfg.yaml -q " + args + " > " + dir +
                         "/log.txt 2>&1").c_str());
   };
-  ASSERT_EQ(sh("-o " + dir + "/one data.params.batch_size=8"), 0);
-  ASSERT_EQ(sh("-o " + dir + "/two --nproc 2 data.params.batch_size=4"), 0) << [&] {
+  ASSERT_EQ(sh("-o " + dir + "/one data.params.batch_size=8 " + extra), 0);
+  ASSERT_EQ(sh("-o " + dir + "/two --nproc 2 data.params.batch_size=4 " + extra), 0) << [&] {
     std::ifstream in(dir + "/log.txt");
     return std::string(std::istreambuf_iterator<char>(in), {});
   }();
   auto a = io::load_safetensors(latest_checkpoint(dir + "/one") + "/model.safetensors");
   auto b = io::load_safetensors(latest_checkpoint(dir + "/two") + "/model.safetensors");
   ASSERT_EQ(a.size(), b.size());
-  auto w0 = io::load_safetensors(dir + "/one/checkpoints/step-000000003/model.safetensors");  // keep: 2
+  auto w0 = io::load_safetensors(latest_checkpoint(dir + "/one") + "/../" + (extra.empty() ? "step-000000003" : "step-000000002") +
+                                 "/model.safetensors");  // keep: 2
   // Adam's first steps are lr * sign(grad) per element, so an element whose
   // gradient is at rounding level may step either way in either run: compare
   // the whole difference with the whole change over steps 4-6 (relative L2)
@@ -409,6 +410,12 @@ TEST(Distributed, TwoRanksEqualOneProcessWithTheGlobalBatch) {
   auto la = csv_column(dir + "/one/metrics.csv", "train/loss"), lb = csv_column(dir + "/two/metrics.csv", "train/loss");
   ASSERT_EQ(la.size(), lb.size());
   for (size_t i = 0; i < la.size(); ++i) EXPECT_NEAR(std::stod(la[i]), std::stod(lb[i]), 1e-5) << "step " << i;
+}
+
+TEST(Distributed, TwoRanksEqualOneProcessWithTheGlobalBatch) { two_ranks_equal_one_process(""); }
+// with gradient accumulation: the earlier micro-batch only accumulates, the last one reduces during backward
+TEST(Distributed, TwoRanksEqualOneProcessWithAccumulation) {
+  two_ranks_equal_one_process("lightning.trainer.accumulate_grad_batches=2 lightning.trainer.max_steps=3 training.checkpoint_every=1");
 }
 
 // A rank killed mid-run: the other stops with an error naming it within the
@@ -458,4 +465,13 @@ TEST(Distributed, KilledRankStopsTheOthers) {
   EXPECT_NE(log.find("rank 1 exited"), std::string::npos) << log;
   auto ck = latest_checkpoint(dir + "/run");
   EXPECT_NO_THROW(load_latent_diffusion(dir + "/run/config.yaml", ck, {true})) << ck;
+  // resuming takes the same number of processes
+  auto o = quiet(dir + "/run");
+  o.resume = dir + "/run";
+  try {
+    train(parse_yaml(ldm_config(folder, ""), "ldm"), o);
+    FAIL() << "resumed a 2-process run with 1";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("trained with 2 processes"), std::string::npos) << e.what();
+  }
 }
