@@ -59,13 +59,23 @@ Conv::Conv(int d, int64_t in, int64_t out, int64_t k, std::vector<int64_t> s, in
   if (b) bias = register_parameter("bias", make_param({out}, bound));
 }
 
+namespace {
+std::atomic<std::atomic<double>*> g_conv_flops{nullptr};
+}
+void set_conv_flop_counter(std::atomic<double>* counter) { g_conv_flops = counter; }
+
 torch::Tensor Conv::forward(const torch::Tensor& x) {
   std::vector<int64_t> pad(dims, padding);
-  switch (dims) {
-    case 1: return torch::conv1d(x, weight, bias, stride, pad);
-    case 2: return torch::conv2d(x, weight, bias, stride, pad);
-    default: return torch::conv3d(x, weight, bias, stride, pad);
+  torch::Tensor y = dims == 1 ? torch::conv1d(x, weight, bias, stride, pad)
+                  : dims == 2 ? torch::conv2d(x, weight, bias, stride, pad)
+                              : torch::conv3d(x, weight, bias, stride, pad);
+  if (auto* c = g_conv_flops.load(std::memory_order_relaxed)) {
+    // 2 x output elements x (in channels x kernel volume)
+    double f = 2.0 * static_cast<double>(y.numel()) * static_cast<double>(weight.numel() / weight.size(0));
+    double cur = c->load();
+    while (!c->compare_exchange_weak(cur, cur + f)) {}
   }
+  return y;
 }
 
 void Conv::zero_() {
@@ -96,7 +106,9 @@ GroupNorm::GroupNorm(int64_t g, int64_t c, double e) : groups(g), eps(e) {
 }
 
 torch::Tensor GroupNorm::forward(const torch::Tensor& x) {
-  if (x.scalar_type() == torch::kFloat32) return torch::group_norm(x, groups, weight, bias, eps);
+  if (x.scalar_type() == weight.scalar_type() && x.scalar_type() != torch::kBFloat16 && x.scalar_type() != torch::kHalf)
+    return torch::group_norm(x, groups, weight, bias, eps);
+  // reduced precision (autocast, bf16 inference): statistics in float32
   return torch::group_norm(x.to(torch::kFloat32), groups, weight.to(torch::kFloat32), bias.to(torch::kFloat32), eps)
       .to(x.scalar_type());
 }
@@ -107,10 +119,12 @@ LayerNorm::LayerNorm(int64_t d, double e) : dim(d), eps(e) {
 }
 
 torch::Tensor LayerNorm::forward(const torch::Tensor& x) {
-  // Under bf16/fp16 autocast the input may be reduced while the weights are
-  // float32 (torch 1.13's CPU kernel needs one dtype): normalise in the weights' dtype.
-  if (x.scalar_type() != weight.scalar_type())
-    return torch::layer_norm(x.to(weight.scalar_type()), {dim}, weight, bias, eps).to(x.scalar_type());
+  // Reduced-precision inputs or weights (bf16/fp16 autocast, bf16 inference;
+  // torch 1.13's CPU kernel needs one dtype): normalise in float32, as GroupNorm.
+  auto reduced = [](const torch::Tensor& t) { return t.scalar_type() == torch::kBFloat16 || t.scalar_type() == torch::kHalf; };
+  if (reduced(x) || reduced(weight))
+    return torch::layer_norm(x.to(torch::kFloat32), {dim}, weight.to(torch::kFloat32), bias.to(torch::kFloat32), eps)
+        .to(x.scalar_type());
   return torch::layer_norm(x, {dim}, weight, bias, eps);
 }
 

@@ -6,6 +6,7 @@
 #include <torch/nn/module.h>
 #include <torch/types.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -38,6 +39,10 @@ class Holder : public torch::nn::Module {
     return register_module(name, m);
   }
 };
+
+// Multiply-add FLOPs of every Conv::forward while a counter is set (benchmarks:
+// libtorch's profiler counts matmuls but not convolutions). nullptr = off.
+void set_conv_flop_counter(std::atomic<double>* counter);
 
 // conv_nd: 1, 2 or 3 spatial dims; weight [out, in, k...], bias [out].
 class Conv : public torch::nn::Module {

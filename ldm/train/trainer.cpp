@@ -27,6 +27,7 @@
 #include "ldm/train/metrics.h"
 #include "ldm/util/config.h"
 #include "ldm/util/instantiate.h"
+#include "ldm/util/autocast.h"
 #include "ldm/util/progress.h"
 
 namespace fs = std::filesystem;
@@ -124,41 +125,6 @@ DataSpec make_dataset(const YAML::Node& node, const std::string& where) {
   p.check_unused(tc.target);
   return d;
 }
-
-class Autocast {
- public:
-  Autocast(const std::string& precision, torch::Device dev) {
-    if (precision == "32") return;
-    on_ = true;
-    cuda_ = dev.is_cuda();
-    auto dtype = precision == "bf16" ? at::kBFloat16 : at::kHalf;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    at::autocast::set_autocast_dtype(cuda_ ? at::kCUDA : at::kCPU, dtype);
-    at::autocast::set_autocast_enabled(cuda_ ? at::kCUDA : at::kCPU, true);
-#else
-    if (cuda_) {
-      at::autocast::set_autocast_gpu_dtype(dtype);
-      at::autocast::set_enabled(true);
-    } else {
-      at::autocast::set_autocast_cpu_dtype(dtype);
-      at::autocast::set_cpu_enabled(true);
-    }
-#endif
-  }
-  ~Autocast() {
-    if (!on_) return;
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-    at::autocast::set_autocast_enabled(cuda_ ? at::kCUDA : at::kCPU, false);
-#else
-    if (cuda_) at::autocast::set_enabled(false);
-    else at::autocast::set_cpu_enabled(false);
-#endif
-    at::autocast::clear_cache();
-  }
-
- private:
-  bool on_ = false, cuda_ = false;
-};
 
 // What differs between models: parameters, optimizers, loss, images.
 class Task {

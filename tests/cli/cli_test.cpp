@@ -237,6 +237,11 @@ TEST(CliSample, Txt2ImgImg2ImgInpaint) {
   ASSERT_EQ(tiled.sizes(), init.sizes());
   EXPECT_LT((tiled - init).abs().mean().item<double>(), 0.1);
 
+  // --precision bf16: weights converted on load, conv/matmul in bf16; the same image up to bf16 rounding
+  ASSERT_EQ(run("txt2img" + base + " --steps 4 -b 2 --precision bf16 -o " + dir + "/b.png").rc, 0);
+  const double bf16_err = (pixels("b.png") - init).abs().mean().item<double>();
+  EXPECT_LT(bf16_err, 0.05) << bf16_err;
+
   // without --config the tiny model matches no Stable Diffusion family: a clear error
   r = run("txt2img -m " + test::fixture("tiny_sd_v1.ckpt") + " -p x -o " + dir + "/x.png");
   EXPECT_EQ(r.rc, 1);

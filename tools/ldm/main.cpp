@@ -21,6 +21,7 @@ int main(int argc, char** argv) {
   ldm::cli::add_train(app);
   ldm::cli::add_fashion_eval(app);
   ldm::cli::add_tokenize(app);
+  ldm::cli::add_bench(app);
   try {
     ldm::init_runtime();
     app.parse(argc, argv);

@@ -15,6 +15,7 @@
 #include "ldm/models/diffusion/load.h"
 #include "ldm/models/diffusion/samplers/sampler.h"
 #include "ldm/modules/encoders/clip_text.h"
+#include "ldm/util/autocast.h"
 #include "ldm/util/progress.h"
 #include "tools/ldm/commands.h"
 
@@ -46,7 +47,7 @@ struct Opts {
   int64_t steps = 50, batch = 1, width = 0, height = 0, seed = 42;
   double eta = 0.0, cfg_scale = 1.0;
   bool no_ema = false, no_grid = false, vae_tiling = false;
-  std::string prediction;
+  std::string prediction, precision = "fp32";
   int64_t vae_tile = 32, vae_overlap = 8;  // latent units (256 px tiles, 64 px overlap for SD)
   // img2img / inpaint (stable-diffusion.cpp's flags)
   std::string init_image, mask;
@@ -86,12 +87,14 @@ std::vector<int64_t> parse_labels(const std::string& s, int64_t n) {
 void run(const Opts& o) {
   ModelLoadOptions lo;
   lo.prediction = o.prediction;
+  if (o.precision == "bf16") lo.dtype = torch::kBFloat16;
   const auto t_load = std::chrono::steady_clock::now();
   auto m = load_latent_diffusion(o.config, o.ckpt, lo);
   std::fprintf(stderr, "loaded %s in %.2f s (peak memory %.2f GB)\n", o.ckpt.c_str(),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count(), peak_rss_gb());  if (o.vae_tiling) m->vae_tiling = {o.vae_tile, o.vae_overlap, 1};
   torch::manual_seed(o.seed);  // the posterior sample of img2img's encoder, as the reference's seed_everything
   torch::NoGradGuard ng;
+  Autocast ac(o.precision == "bf16" ? "bf16" : "32", torch::kCPU);  // bf16 weights: conv/matmul in bf16 (AMX where present)
   auto ema = o.no_ema ? nullptr : m->ema_scope();
   auto gen = torch::make_generator<at::CPUGeneratorImpl>(o.seed);  // torch.manual_seed(seed) on CPU
 
@@ -143,7 +146,7 @@ void run(const Opts& o) {
     const int64_t ic = m->first_stage() ? m->first_stage()->image_channels() : 0;
     const int ch = static_cast<int>(ic ? ic : noise.size(1));
     auto img = read_image(o.init_image, ch, H, W).expand({n, ch, H, W}).contiguous();
-    auto x0 = m->encode_first_stage(img);
+    auto x0 = m->encode_first_stage(img).to(torch::kFloat32);
     if (!o.mask.empty()) {
       auto mask_px = (read_image(o.mask, 1, H, W) + 1) / 2;  // 1 = repaint
       mask_px = (mask_px >= 0.5).to(torch::kFloat32).expand({n, 1, H, W});
@@ -153,7 +156,7 @@ void run(const Opts& o) {
                        .mode(torch::kNearest));
       if (mo.conditioning_key == "hybrid" && m->unet()->options().in_channels == 2 * noise.size(1) + 1) {
         // the 9-channel inpainting UNet: [x, mask, masked-image latents], as SD inpainting checkpoints
-        auto masked = m->encode_first_stage(img * (1 - mask_px));
+        auto masked = m->encode_first_stage(img * (1 - mask_px)).to(torch::kFloat32);
         cond.concat = torch::cat({mask_lat, masked}, 1);
         if (uncond.crossattn.defined()) uncond.concat = cond.concat;
       } else {
@@ -184,7 +187,7 @@ void run(const Opts& o) {
   const auto t_decode = std::chrono::steady_clock::now();
   if (!o.save_latents.empty()) io::save_safetensors(o.save_latents, {{"latents", x.contiguous()}});
 
-  auto img = m->decode_first_stage(x);
+  auto img = m->decode_first_stage(x).to(torch::kFloat32);
   if (img.size(1) != 1 && img.size(1) != 3) {
     std::cerr << "note: decoded output has " << img.size(1) << " channels, not an image; no PNG written"
               << (o.save_latents.empty() ? " (use --save-latents)" : "") << "\n";
@@ -240,6 +243,11 @@ void add_generate(CLI::App& app, const std::string& mode) {
                   "model config: a reference YAML or a built-in name (v1-inference.yaml, v2-inference-v.yaml, ...); "
                   "default: detected from the checkpoint (SD 1.x, 2.x, 2.x-v, inpainting)");
   sub->add_option("--prediction", o->prediction, "eps or v: overrides the config's parameterization");
+  sub->add_option("--precision", o->precision,
+                  "fp32, or bf16: weights converted on load (half the memory) and conv/matmul in bf16 (AMX/AVX512-BF16 "
+                  "CPUs run them 2-3x faster)")
+      ->check(CLI::IsMember({"fp32", "bf16"}))
+      ->capture_default_str();
   sub->add_option("--ckpt,-m", o->ckpt, "checkpoint (.ckpt, .safetensors, or an ldm train run directory)")->required();
   std::string names;
   for (auto& s : sampler_names()) names += (names.empty() ? "" : ", ") + s;

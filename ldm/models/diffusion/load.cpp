@@ -8,6 +8,7 @@
 
 #include "ldm/error.h"
 #include "ldm/io/ckpt.h"
+#include "ldm/io/mapped_file.h"
 #include "ldm/models/diffusion/sd_configs.h"
 #include "ldm/train/checkpoint.h"
 #include "ldm/util/config.h"
@@ -54,6 +55,23 @@ std::shared_ptr<LatentDiffusion> load_latent_diffusion(const std::string& config
     if (k.rfind("model_ema.", 0) == 0) has_ema = true;
   if (!m->model_ema) {  // the reference without use_ema ignores them too
     for (auto it = w.begin(); it != w.end();) it = it->first.rfind("model_ema.", 0) == 0 ? w.erase(it) : std::next(it);
+  }
+  if (o.dtype) {
+    // convert the networks' floating weights one by one, dropping each source
+    // tensor's pages; the module's tensors take the new dtype (aliased below)
+    std::map<std::string, torch::Tensor> targets;
+    for (auto& p : m->named_parameters()) targets[p.key()] = p.value();
+    for (auto& b : m->named_buffers()) targets[b.key()] = b.value();
+    for (auto& [k, v] : w) {
+      const bool net = k.rfind("model.diffusion_model.", 0) == 0 || k.rfind("first_stage_model.", 0) == 0 ||
+                       k.rfind("cond_stage_model.", 0) == 0;
+      auto it = targets.find(k);
+      if (!net || !v.is_floating_point() || v.scalar_type() == *o.dtype || it == targets.end()) continue;
+      auto c = v.to(*o.dtype);
+      if (v.is_contiguous() && v.storage().use_count() == 1) io::release_pages(v.data_ptr(), v.nbytes());  // no other view reads it
+      v = c;
+      it->second.set_data(torch::empty(it->second.sizes(), it->second.options().dtype(*o.dtype)));
+    }
   }
   auto rep = load_state_dict(*m, w, false, ckpt, /*alias=*/true);  // zero-copy from the mapping
   if (!rep.mismatched.empty()) throw Error(ckpt + ": " + rep.summary());

@@ -5,6 +5,7 @@
 #include <yaml-cpp/yaml.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "ldm/models/diffusion/ddpm.h"
@@ -14,6 +15,9 @@ namespace ldm {
 struct ModelLoadOptions {
   bool quiet = false;      // no note on stderr about ignored or computed keys
   std::string prediction;  // "eps" or "v" overrides the config's parameterization
+  // bf16: the UNet, first stage and cond stage weights converted as they are
+  // read (peak memory near the converted size); run them under Autocast("bf16").
+  std::optional<torch::ScalarType> dtype;
 };
 
 // `config` is the YAML file (model: {target, params}, or {target, params} at

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""The original PyTorch code doing the same work as `ldm bench`, for side-by-side ratios.
+
+`ldm bench --reference CHECKOUT` runs this with a checkout of Stability-AI/stablediffusion or
+CompVis/latent-diffusion (never part of this repository), once as is and once with tcmalloc in
+LD_PRELOAD. Needs python3-torch (Debian's is libtorch 1.13, the same kernels as our build). When
+einops is not installed, a small stand-in below covers the patterns the reference modules use.
+Prints one line: RESULT {"median_s": ..., "runs_s": [...]}.
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+import types
+
+import yaml
+
+
+def _groups(side):
+    """'b (h w) c' -> [(False, ['b']), (True, ['h', 'w']), (False, ['c'])]; '()' -> (True, [])."""
+    out, cur, depth = [], None, 0
+    for tok in side.replace("(", " ( ").replace(")", " ) ").split():
+        if tok == "(":
+            cur, depth = [], 1
+        elif tok == ")":
+            out.append((True, cur))
+            cur, depth = None, 0
+        elif depth:
+            cur.append(tok)
+        else:
+            out.append((False, [tok]))
+    return out
+
+
+def _einops(tensor, pattern, sizes, allow_new):
+    left, right = (_groups(s) for s in pattern.split("->"))
+    # the ellipsis stands for the dimensions no other group takes
+    n_ell = tensor.dim() - (len(left) - 1) if any("..." in g for _, g in left) else 0
+
+    def expand(groups):
+        names = [f"_e{i}" for i in range(n_ell)]
+        res = []
+        for paren, g in groups:
+            if not paren and g == ["..."]:  # a bare ellipsis: one group per dimension
+                res.extend([n] for n in names)
+            else:  # inside parentheses: flattened into the group
+                res.append([x for a in g for x in (names if a == "..." else [a])])
+        return res
+
+    left, right = expand(left), expand(right)
+    known = dict(sizes)
+    for g, size in zip(left, tensor.shape):
+        unknown = [a for a in g if a not in known]
+        prod = 1
+        for a in g:
+            prod *= known.get(a, 1)
+        if len(unknown) == 1:
+            known[unknown[0]] = size // prod
+    flat_left = [a for g in left for a in g]
+    t = tensor.reshape([known[a] for a in flat_left])
+    flat_right = [a for g in right for a in g]
+    order = [flat_left.index(a) for a in flat_right if a in flat_left]
+    t = t.permute(order)
+    if allow_new:  # repeat: new axes are inserted and expanded
+        shape_now, idx = [], 0
+        for a in flat_right:
+            if a in flat_left:
+                shape_now.append(t.shape[idx])
+                idx += 1
+            else:
+                shape_now.append(1)
+        t = t.reshape(shape_now).expand([known[a] for a in flat_right])
+    out_shape = []
+    for g in right:
+        p = 1
+        for a in g:
+            p *= known[a]
+        out_shape.append(p)
+    return t.reshape(out_shape)
+
+
+def install_einops_stand_in():
+    m = types.ModuleType("einops")
+    m.rearrange = lambda t, pattern, **sizes: _einops(t, pattern, sizes, False)
+    m.repeat = lambda t, pattern, **sizes: _einops(t, pattern, sizes, True)
+    sys.modules["einops"] = m
+
+
+def median_time(fn, runs):
+    fn()  # warm-up
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "runs_s": times}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--repo", required=True)
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (ldm bench passes its own count)")
+    ap.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "stable-diffusion",
+                                                     "v1-inference.yaml"))
+    a = ap.parse_args()
+    sys.path.insert(0, a.repo)
+    try:
+        import einops  # noqa: F401
+    except ImportError:
+        install_einops_stand_in()
+    import torch
+
+    if a.threads > 0:
+        torch.set_num_threads(a.threads)
+    torch.manual_seed(0)
+    params = yaml.safe_load(open(a.config))["model"]["params"]
+    if a.work.startswith("unet") or a.work.startswith("train"):
+        from ldm.modules.diffusionmodules.openaimodel import UNetModel
+
+        up = dict(params["unet_config"]["params"])
+        up["use_checkpoint"] = False
+        unet = UNetModel(**up)
+        if a.work.startswith("unet"):
+            lat = 32 if a.work == "unet256" else 64
+            unet.eval()
+            x, ctx = torch.randn(2, 4, lat, lat), torch.randn(2, 77, 768)
+            t = torch.full((2,), 500.0)
+            with torch.no_grad():
+                r = median_time(lambda: unet(x, t, context=ctx), a.runs)
+        else:
+            unet.train()
+            opt = torch.optim.AdamW(unet.parameters(), lr=1e-5)
+            x, ctx, target = torch.randn(1, 4, 32, 32), torch.randn(1, 77, 768), torch.randn(1, 4, 32, 32)
+            t = torch.full((1,), 500.0)
+
+            def step():
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(unet(x, t, context=ctx), target).backward()
+                opt.step()
+
+            r = median_time(step, max(2, a.runs - 1))
+    elif a.work.startswith("vae"):
+        from ldm.modules.diffusionmodules.model import Decoder
+
+        fp = params["first_stage_config"]["params"]
+        dec = Decoder(**fp["ddconfig"]).eval()
+        post_quant = torch.nn.Conv2d(fp["embed_dim"], fp["ddconfig"]["z_channels"], 1)
+        lat = 32 if a.work == "vae256" else 64
+        z = torch.randn(1, 4, lat, lat)
+        with torch.no_grad():
+            r = median_time(lambda: dec(post_quant(z)), a.runs)  # AutoencoderKL.decode
+    else:
+        raise SystemExit(f"unknown work {a.work}")
+    r["threads"] = torch.get_num_threads()
+    print("RESULT " + json.dumps(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,446 @@
+// ldm bench: the work people compare Stable Diffusion tools on, at SD 1.5's
+// shapes with random weights, each in its own process (so each peak memory
+// is that work's alone): median seconds, achieved GFLOP/s (conv + matmul
+// FLOPs counted by libtorch's profiler), peak RSS, and the machine's practical
+// peak (sgemm, 3x3 conv) measured in the same run. Peers run in the same
+// invocation when given: the original PyTorch code (--reference CHECKOUT, as
+// is and with tcmalloc preloaded) and a stable-diffusion.cpp binary (--sdcpp).
+#include <spawn.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <torch/csrc/autograd/profiler_legacy.h>
+#include <torch/torch.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <filesystem>
+#include <iostream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "ldm/error.h"
+#include "ldm/models/autoencoder.h"
+#include "ldm/models/diffusion/ddpm.h"
+#include "ldm/models/diffusion/load.h"
+#include "ldm/models/diffusion/sd_configs.h"
+#include "ldm/modules/diffusionmodules/openaimodel.h"
+#include "ldm/modules/encoders/clip_text.h"
+#include "ldm/modules/layers.h"
+#include "ldm/util/config.h"
+#include "ldm/util/instantiate.h"
+#include "ldm/util/autocast.h"
+#include "ldm/util/progress.h"
+#include "tools/ldm/commands.h"
+
+extern char** environ;
+
+namespace ldm::cli {
+namespace {
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+using Clock = std::chrono::steady_clock;
+
+struct Opts {
+  std::string only, child, weights, weights16, vocab, reference, sdcpp, json_out, python = "/usr/bin/python3";
+  std::string fashion_config = "configs/fashion/ldm.yaml";
+  int runs = 3;
+};
+
+double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
+}
+
+// conv + matmul GFLOP of fn (convolutions counted by nn::Conv, matmuls by
+// libtorch's profiler; a training step's backward convs are not), and where the
+// time goes: outermost aten ops grouped into conv / matmul / softmax / norm / other.
+struct Profile {
+  double gflop = 0;
+  std::map<std::string, double> ms;
+};
+Profile profile(const std::function<void()>& fn) {
+  namespace prof = torch::autograd::profiler;
+  torch::profiler::impl::ProfilerConfig cfg(torch::profiler::impl::ProfilerState::CPU, /*shapes=*/true,
+                                            /*memory=*/false, /*stack=*/false, /*flops=*/true);
+  std::atomic<double> conv_flops{0};
+  nn::set_conv_flop_counter(&conv_flops);
+  prof::enableProfilerLegacy(cfg);
+  fn();
+  auto lists = prof::disableProfilerLegacy();
+  nn::set_conv_flop_counter(nullptr);
+  Profile p;
+  p.gflop = conv_flops.load() / 1e9;
+  auto group = [](const std::string& n) -> std::string {
+    if (n.find("conv") != std::string::npos) return "conv";
+    if (n == "aten::mm" || n == "aten::addmm" || n == "aten::bmm" || n == "aten::baddbmm" || n == "aten::matmul" ||
+        n == "aten::linear" || n == "aten::einsum")
+      return "matmul";
+    if (n.find("softmax") != std::string::npos) return "softmax";
+    if (n.find("norm") != std::string::npos) return "norm";
+    return "other";
+  };
+  for (auto& list : lists) {
+    std::vector<const prof::LegacyEvent*> stack;
+    for (auto& e : list) {
+      const std::string name = e.name();
+      if (e.kind() == prof::EventKind::PushRange) {
+        if (name == "aten::mm" || name == "aten::addmm" || name == "aten::bmm" || name == "aten::baddbmm")
+          p.gflop += const_cast<prof::LegacyEvent&>(e).flops() / 1e9;
+        stack.push_back(&e);
+      } else if (e.kind() == prof::EventKind::PopRange && !stack.empty()) {
+        const auto* start = stack.back();
+        stack.pop_back();
+        if (stack.empty()) p.ms[group(start->name())] += start->cpuElapsedUs(e) / 1e3;
+      }
+    }
+  }
+  return p;
+}
+
+// Times fn: one warm-up, then `runs` timed calls; the profile of one more.
+json time_work(const std::function<void()>& fn, int runs, bool with_profile = true) {
+  fn();
+  std::vector<double> t;
+  for (int i = 0; i < runs; ++i) {
+    auto t0 = Clock::now();
+    fn();
+    t.push_back(seconds_since(t0));
+  }
+  json r = {{"median_s", median(t)}, {"runs_s", t}};
+  if (with_profile) {
+    auto p = profile(fn);
+    r["gflop"] = p.gflop;
+    r["gflops_per_s"] = p.gflop / median(t);
+    r["profile_ms"] = p.ms;
+  }
+  return r;
+}
+
+YAML::Node sd15(const std::string& key) { return YAML::Load(builtin_config("v1-inference.yaml"))["model"]["params"][key]; }
+
+std::shared_ptr<UNetModel> sd15_unet(bool checkpointing = false) {
+  auto node = YAML::Clone(sd15("unet_config"));
+  node["params"]["use_checkpoint"] = checkpointing;
+  return instantiate_as<UNetModel>(node, "v1-inference.yaml: unet_config");
+}
+
+json run_child_work(const Opts& o) {
+  torch::manual_seed(0);
+  const std::string& w = o.child;
+  if (w == "peak_gemm") {
+    auto a = torch::randn({2048, 2048}), b = torch::randn({2048, 2048}), c = torch::empty({2048, 2048});
+    auto r = time_work([&] { torch::mm_out(c, a, b); }, o.runs, false);
+    r["gflop"] = 2.0 * 2048 * 2048 * 2048 / 1e9;
+    r["gflops_per_s"] = r["gflop"].get<double>() / r["median_s"].get<double>();
+    return r;
+  }
+  if (w == "peak_conv640" || w == "peak_conv1280") {
+    const int64_t c = w == "peak_conv640" ? 640 : 1280, s = w == "peak_conv640" ? 32 : 16;
+    auto x = torch::randn({2, c, s, s}), k = torch::randn({c, c, 3, 3}) * 0.01;
+    torch::NoGradGuard ng;
+    auto r = time_work([&] { (void)torch::conv2d(x, k, {}, 1, 1); }, o.runs, false);
+    r["gflop"] = 2.0 * 2 * c * s * s * c * 9 / 1e9;
+    r["gflops_per_s"] = r["gflop"].get<double>() / r["median_s"].get<double>();
+    return r;
+  }
+  const bool bf16 = w.size() > 5 && w.substr(w.size() - 5) == "_bf16";
+  Autocast ac(bf16 ? "bf16" : "32", torch::kCPU);
+  if (w.rfind("unet256", 0) == 0 || w.rfind("unet512", 0) == 0) {
+    const int64_t l = w.rfind("unet256", 0) == 0 ? 32 : 64;
+    auto unet = sd15_unet();
+    unet->eval();
+    if (bf16) unet->to(torch::kBFloat16);
+    torch::NoGradGuard ng;
+    auto x = torch::randn({2, 4, l, l}), ctx = torch::randn({2, 77, 768});
+    auto t = torch::full({2}, 500.0);
+    return time_work([&] { (void)unet->forward(x, t, ctx); }, o.runs);
+  }
+  if (w.rfind("vae256", 0) == 0 || w.rfind("vae512", 0) == 0) {
+    const int64_t l = w.rfind("vae256", 0) == 0 ? 32 : 64;
+    auto vae = instantiate_as<AutoencoderKL>(sd15("first_stage_config"), "first_stage_config");
+    vae->eval();
+    if (bf16) vae->to(torch::kBFloat16);
+    torch::NoGradGuard ng;
+    auto z = torch::randn({1, 4, l, l});
+    return time_work([&] { (void)vae->decode(z); }, o.runs);
+  }
+  if (w == "clip") {
+    auto te = instantiate_as<TextEncoder>(sd15("cond_stage_config"), "cond_stage_config");
+    te->eval();
+    torch::NoGradGuard ng;
+    auto ids = torch::randint(1, 49407, {2, 77}, torch::kInt64);
+    return time_work([&] { (void)te->encode_ids(ids); }, o.runs);
+  }
+  if (w == "train256" || w == "train256_ckpt") {
+    auto unet = sd15_unet(w == "train256_ckpt");
+    unet->train();
+    torch::optim::AdamW opt(unet->parameters(), torch::optim::AdamWOptions(1e-5));
+    auto x = torch::randn({1, 4, 32, 32}), ctx = torch::randn({1, 77, 768}), target = torch::randn({1, 4, 32, 32});
+    auto t = torch::full({1}, 500.0);
+    auto step = [&] {
+      opt.zero_grad();
+      torch::mse_loss(unet->forward(x, t, ctx), target).backward();
+      opt.step();
+    };
+    return time_work(step, std::max(2, o.runs - 1));
+  }
+  if (w == "train_fashion") {
+    auto cfg = load_yaml(o.fashion_config);
+    auto model = YAML::Clone(cfg["model"]);
+    model["params"]["first_stage_config"]["params"].remove("ckpt_path");  // random first stage: only the UNet step counts
+    auto m = instantiate_as<LatentDiffusion>(model, o.fashion_config + ": model");
+    m->train();
+    torch::optim::AdamW opt(m->unet()->parameters(), torch::optim::AdamWOptions(1e-4));
+    const int64_t bs = cfg["data"]["params"]["batch_size"].as<int64_t>();
+    const auto& mo = m->options();
+    auto z = torch::randn({bs, mo.channels, mo.image_size, mo.image_size});
+    auto labels = torch::randint(0, 10, {bs}, torch::kInt64);
+    auto gen = torch::make_generator<at::CPUGeneratorImpl>(0);
+    auto step = [&] {
+      opt.zero_grad();
+      m->training_loss(z, m->make_cond(m->get_learned_conditioning(labels)), gen).backward();
+      opt.step();
+    };
+    auto r = time_work(step, std::max(5, o.runs * 3));
+    r["samples_per_s"] = bs / r["median_s"].get<double>();
+    return r;
+  }
+  throw Error("bench: unknown work \"" + w + "\"");
+}
+
+struct Spawned {
+  int status = 0;
+  double wall_s = 0, peak_gb = 0;
+  std::string out;
+};
+
+// Runs argv (with extra environment), capturing stdout+stderr; peak RSS from wait4.
+Spawned spawn(const std::vector<std::string>& args, const std::vector<std::string>& env_extra = {}) {
+  std::vector<char*> argv, envp;
+  for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  std::vector<std::string> env;
+  for (char** e = environ; *e; ++e) env.push_back(*e);
+  for (auto& e : env_extra) env.push_back(e);
+  for (auto& e : env) envp.push_back(e.data());
+  envp.push_back(nullptr);
+  int fds[2];
+  if (pipe(fds) != 0) throw Error("bench: pipe failed");
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
+  posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
+  posix_spawn_file_actions_addclose(&fa, fds[0]);
+  pid_t pid;
+  const auto t0 = Clock::now();
+  if (posix_spawnp(&pid, args[0].c_str(), &fa, nullptr, argv.data(), envp.data()) != 0)
+    throw Error("bench: cannot start " + args[0]);
+  close(fds[1]);
+  Spawned s;
+  char buf[4096];
+  ssize_t n;
+  while ((n = read(fds[0], buf, sizeof buf)) > 0) s.out.append(buf, n);
+  close(fds[0]);
+  rusage ru{};
+  wait4(pid, &s.status, 0, &ru);
+  s.wall_s = seconds_since(t0);
+  s.peak_gb = ru.ru_maxrss / 1048576.0;
+  return s;
+}
+
+bool ok(const Spawned& s) { return WIFEXITED(s.status) && WEXITSTATUS(s.status) == 0; }
+
+// The JSON line a child printed after "RESULT ".
+json result_of(const Spawned& s, const std::string& what) {
+  auto p = s.out.rfind("RESULT ");
+  if (!ok(s) || p == std::string::npos) {
+    std::string tail = s.out.size() > 400 ? s.out.substr(s.out.size() - 400) : s.out;
+    throw Error("bench: " + what + " failed: " + tail);
+  }
+  auto r = json::parse(s.out.substr(p + 7, s.out.find('\n', p) - p - 7));
+  r["peak_gb"] = s.peak_gb;
+  return r;
+}
+
+std::string self_exe() { return fs::read_symlink("/proc/self/exe").string(); }
+
+std::string find_tcmalloc() {
+  for (const char* p : {"/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4"})
+    if (fs::exists(p)) return p;
+  return "";
+}
+
+// A random-weight SD 1.5 file of the real shapes, made by `ldm init` once.
+std::string ensure_weights(const std::string& given, const std::string& dtype) {
+  if (!given.empty()) return given;
+  const char* home = std::getenv("HOME");
+  fs::path dir = std::getenv("XDG_CACHE_HOME") ? fs::path(std::getenv("XDG_CACHE_HOME")) / "ldm"
+                                                : fs::path(home ? home : "/tmp") / ".cache" / "ldm";
+  fs::create_directories(dir);
+  auto file = (dir / ("sd15_random_" + dtype + ".safetensors")).string();
+  if (fs::exists(file)) return file;
+  std::cerr << "bench: writing " << file << " (random SD 1.5 weights, " << dtype << ")\n";
+  auto s = spawn({self_exe(), "init", "--config", "v1-inference.yaml", "--dtype", dtype, file});
+  if (!ok(s)) throw Error("bench: ldm init failed: " + s.out);
+  return file;
+}
+
+const std::vector<std::pair<std::string, std::string>> kWork = {
+    {"peak_gemm", "sgemm 2048^3 (practical peak)"},
+    {"peak_conv640", "3x3 conv 640ch 32x32, batch 2 (practical peak)"},
+    {"peak_conv1280", "3x3 conv 1280ch 16x16, batch 2"},
+    {"unet256", "UNet step with CFG (2 images), 256x256"},
+    {"unet512", "UNet step with CFG (2 images), 512x512"},
+    {"vae256", "VAE decode 256x256"},
+    {"vae512", "VAE decode 512x512"},
+    {"clip", "CLIP text encode, 2 prompts"},
+    {"txt2img256", "txt2img 256x256, 5 steps euler_a, CFG (whole command)"},
+    {"txt2img256_fp16", "txt2img 256x256, 5 steps, fp16 weights file"},
+    {"unet256_bf16", "UNet step with CFG, 256x256, --precision bf16"},
+    {"unet512_bf16", "UNet step with CFG, 512x512, --precision bf16"},
+    {"vae256_bf16", "VAE decode 256x256, --precision bf16"},
+    {"vae512_bf16", "VAE decode 512x512, --precision bf16"},
+    {"txt2img256_bf16", "txt2img 256x256, 5 steps, fp16 file, --precision bf16"},
+    {"train256", "training step, SD 1.5 UNet 256x256, batch 1, AdamW"},
+    {"train256_ckpt", "the same with gradient checkpointing"},
+    {"train_fashion", "training step, configs/fashion/ldm.yaml (UNet + class cond)"},
+};
+// the works the reference script runs (bench/reference_bench.py)
+const std::vector<std::string> kRefWork = {"unet256", "unet512", "vae256", "vae512", "train256"};
+
+void run_bench(const Opts& o) {
+  std::vector<std::string> works;
+  if (o.only.empty()) {
+    for (auto& [k, _] : kWork) works.push_back(k);
+  } else {
+    std::stringstream ss(o.only);
+    for (std::string k; std::getline(ss, k, ',');) {
+      if (std::none_of(kWork.begin(), kWork.end(), [&](auto& w) { return w.first == k; })) {
+        std::string all;
+        for (auto& [n, _] : kWork) all += (all.empty() ? "" : ", ") + n;
+        throw Error("--only: unknown work \"" + k + "\" (have: " + all + ")");
+      }
+      works.push_back(k);
+    }
+  }
+  const std::string tcm = find_tcmalloc();
+  json all = json::object();
+  std::printf("%-58s %9s %9s %8s %s\n", "work (SD 1.5 shapes, fp32, random weights)", "median s", "GFLOP/s", "peak GB",
+              "peers (s, ours/theirs)");
+  for (auto& name : works) {
+    const std::string desc = std::find_if(kWork.begin(), kWork.end(), [&](auto& w) { return w.first == name; })->second;
+    json r;
+    if (name.rfind("txt2img", 0) == 0) {
+      auto weights = ensure_weights(name == "txt2img256" ? o.weights : o.weights16, name == "txt2img256" ? "fp32" : "fp16");
+      const bool bf16 = name == "txt2img256_bf16";
+      std::vector<std::string> args = {self_exe(), "txt2img", "-m", weights, "-p", "a lighthouse at dusk, oil painting",
+                                       "-W", "256", "-H", "256", "--steps", "5", "--cfg-scale", "7",
+                                       "-o", (fs::temp_directory_path() / "ldm_bench_txt2img.png").string()};
+      if (!o.vocab.empty()) args.insert(args.end(), {"--vocab", o.vocab});
+      if (bf16) args.insert(args.end(), {"--precision", "bf16"});
+      auto s = spawn(args);
+      if (!ok(s)) throw Error("bench: txt2img failed: " + s.out.substr(s.out.size() > 400 ? s.out.size() - 400 : 0));
+      r = {{"median_s", s.wall_s}, {"peak_gb", s.peak_gb}, {"weights_gb", fs::file_size(weights) / 1e9}};
+    } else {
+      std::vector<std::string> args = {self_exe(), "bench", "--child", name, "--runs", std::to_string(o.runs),
+                                       "--fashion-config", o.fashion_config};
+      r = result_of(spawn(args), name);
+    }
+    std::string peers;
+    if (!o.reference.empty() && std::count(kRefWork.begin(), kRefWork.end(), name)) {
+      fs::path script = fs::path(LDM_SOURCE_DIR) / "bench" / "reference_bench.py";
+      for (bool with_tcm : {false, true}) {
+        if (with_tcm && tcm.empty()) continue;
+        std::vector<std::string> env;
+        if (with_tcm) env.push_back("LD_PRELOAD=" + tcm);
+        auto s = spawn({o.python, script.string(), "--repo", o.reference, "--work", name, "--runs", std::to_string(o.runs),
+                        "--threads", std::to_string(torch::get_num_threads())},
+                       env);
+        const std::string key = with_tcm ? "reference_tcmalloc" : "reference";
+        try {
+          auto pr = result_of(s, "the reference (" + key + ")");
+          r[key] = pr;
+          char b[96];
+          std::snprintf(b, sizeof b, "%s %.2f (x%.2f) ", with_tcm ? "ref+tcmalloc" : "ref", pr["median_s"].get<double>(),
+                        r["median_s"].get<double>() / pr["median_s"].get<double>());
+          peers += b;
+        } catch (const Error& e) {
+          peers += std::string(with_tcm ? "ref+tcmalloc" : "ref") + " failed ";
+          r[key] = {{"error", e.what()}};
+        }
+      }
+    }
+    if (!o.sdcpp.empty() && name == "txt2img256") {
+      auto s = spawn({o.sdcpp, "-m", o.weights.empty() ? ensure_weights("", "fp32") : o.weights, "-p",
+                      "a lighthouse at dusk, oil painting", "-W", "256", "-H", "256", "--steps", "5", "--cfg-scale", "7",
+                      "-t", std::to_string(torch::get_num_threads()), "-o",
+                      (fs::temp_directory_path() / "ldm_bench_sdcpp.png").string()});
+      if (ok(s)) {
+        r["sdcpp"] = {{"median_s", s.wall_s}, {"peak_gb", s.peak_gb}};
+        char b[96];
+        std::snprintf(b, sizeof b, "sd.cpp %.2f (x%.2f) ", s.wall_s, r["median_s"].get<double>() / s.wall_s);
+        peers += b;
+      } else {
+        peers += "sd.cpp failed ";
+      }
+    }
+    char gf[32] = "-";
+    if (r.contains("gflops_per_s")) std::snprintf(gf, sizeof gf, "%.1f", r["gflops_per_s"].get<double>());
+    std::printf("%-58s %9.3f %9s %8.2f %s\n", desc.c_str(), r["median_s"].get<double>(), gf, r["peak_gb"].get<double>(),
+                peers.c_str());
+    std::fflush(stdout);
+    all[name] = r;
+  }
+  if (all.contains("train256") && all.contains("train256_ckpt")) {
+    const double t = all["train256_ckpt"]["median_s"].get<double>() / all["train256"]["median_s"].get<double>();
+    const double m = all["train256_ckpt"]["peak_gb"].get<double>() / all["train256"]["peak_gb"].get<double>();
+    std::printf("gradient checkpointing: time x%.2f, peak memory x%.2f\n", t, m);
+  }
+  for (auto& [k, v] : all.items())
+    if (v.contains("profile_ms")) {
+      std::printf("profile %-14s", k.c_str());
+      for (auto& [g, ms] : v["profile_ms"].items()) std::printf("  %s %.0f ms", g.c_str(), ms.get<double>());
+      std::printf("\n");
+    }
+  all["threads"] = torch::get_num_threads();
+  all["torch"] = TORCH_VERSION;
+  if (!o.json_out.empty()) {
+    const std::string text = all.dump(2) + "\n";
+    write_file_atomic(o.json_out, text.data(), text.size());
+  }
+}
+
+}  // namespace
+
+void add_bench(CLI::App& app) {
+  auto o = std::make_shared<Opts>();
+  std::string names;
+  for (auto& [k, _] : kWork) names += (names.empty() ? "" : ", ") + k;
+  auto* sub = app.add_subcommand("bench", "benchmarks at SD 1.5 shapes (random weights), with the peers when given");
+  sub->add_option("--only", o->only, "comma-separated works: " + names);
+  sub->add_option("--runs", o->runs, "timed runs per work (median; one warm-up before)")->capture_default_str();
+  sub->add_option("--weights", o->weights, "SD 1.5 fp32 weights for txt2img (default: generated once by ldm init)");
+  sub->add_option("--weights-fp16", o->weights16, "the same stored as fp16");
+  sub->add_option("--vocab", o->vocab, "CLIP vocabulary for txt2img (default: beside the weights)");
+  sub->add_option("--reference", o->reference, "checkout of Stability-AI/stablediffusion or CompVis/latent-diffusion");
+  sub->add_option("--python", o->python, "python with torch for --reference")->capture_default_str();
+  sub->add_option("--sdcpp", o->sdcpp, "stable-diffusion.cpp's sd binary");
+  sub->add_option("--fashion-config", o->fashion_config, "config of the train_fashion work")->capture_default_str();
+  sub->add_option("--json", o->json_out, "write all figures to this JSON file");
+  sub->add_option("--child", o->child)->group("");  // internal: run one work in this process
+  sub->callback([o] {
+    if (!o->child.empty()) {
+      auto r = run_child_work(*o);
+      std::printf("RESULT %s\n", r.dump().c_str());
+      return;
+    }
+    run_bench(*o);
+  });
+}
+
+}  // namespace ldm::cli
