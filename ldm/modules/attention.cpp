@@ -148,11 +148,15 @@ torch::Tensor SpatialTransformer::forward(const torch::Tensor& x_in, const torch
   auto x = norm->forward(x_in);
   if (!use_linear) x = proj_in_conv->forward(x);
   int64_t inner = x.size(1);
-  x = x.view({B, inner, H * W}).transpose(1, 2);  // b (h w) c
+  // b (h w) c, made contiguous as the reference does: a transposed view here
+  // makes every later elementwise result strided, so each linear takes
+  // matmul's copying path instead of addmm and each conv copies its input
+  // (measured: 30% of an SD 1.5 UNet step)
+  x = x.view({B, inner, H * W}).transpose(1, 2).contiguous();
   if (use_linear) x = proj_in_lin->forward(x);
   for (auto& b : blocks) x = b->forward(x, context);
   if (use_linear) x = proj_out_lin->forward(x);
-  x = x.transpose(1, 2).reshape({B, -1, H, W});
+  x = x.transpose(1, 2).reshape({B, -1, H, W}).contiguous();
   if (!use_linear) x = proj_out_conv->forward(x);
   return x + x_in;
 }

@@ -62,6 +62,7 @@ double median(std::vector<double> v) {
 struct Profile {
   double gflop = 0;
   std::map<std::string, double> ms;
+  std::map<std::string, std::pair<double, int>> ops;
 };
 Profile profile(const std::function<void()>& fn) {
   namespace prof = torch::autograd::profiler;
@@ -96,6 +97,11 @@ Profile profile(const std::function<void()>& fn) {
         const auto* start = stack.back();
         stack.pop_back();
         if (stack.empty()) p.ms[group(start->name())] += start->cpuElapsedUs(e) / 1e3;
+        if (std::getenv("LDM_BENCH_OPS")) {  // every op's self-inclusive time and count, for digging
+          auto& [ms, n] = p.ops[start->name()];
+          ms += start->cpuElapsedUs(e) / 1e3;
+          ++n;
+        }
       }
     }
   }
@@ -117,6 +123,7 @@ json time_work(const std::function<void()>& fn, int runs, bool with_profile = tr
     r["gflop"] = p.gflop;
     r["gflops_per_s"] = p.gflop / median(t);
     r["profile_ms"] = p.ms;
+    for (auto& [name, v] : p.ops) std::fprintf(stderr, "op %-40s %9.1f ms %5d calls\n", name.c_str(), v.first, v.second);
   }
   return r;
 }

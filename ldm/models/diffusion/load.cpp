@@ -56,9 +56,13 @@ std::shared_ptr<LatentDiffusion> load_latent_diffusion(const std::string& config
   if (!m->model_ema) {  // the reference without use_ema ignores them too
     for (auto it = w.begin(); it != w.end();) it = it->first.rfind("model_ema.", 0) == 0 ? w.erase(it) : std::next(it);
   }
-  if (o.dtype) {
-    // convert the networks' floating weights one by one, dropping each source
-    // tensor's pages; the module's tensors take the new dtype (aliased below)
+  {
+    // Convert the networks' floating weights that are not in the compute
+    // dtype (fp16 files for fp32, anything for --precision bf16) one by one,
+    // dropping each source tensor's pages: peak memory stays near the
+    // converted size. The module's tensors take the new dtype; all are then
+    // aliased, not copied.
+    const auto want = o.dtype.value_or(torch::kFloat32);
     std::map<std::string, torch::Tensor> targets;
     for (auto& p : m->named_parameters()) targets[p.key()] = p.value();
     for (auto& b : m->named_buffers()) targets[b.key()] = b.value();
@@ -66,11 +70,12 @@ std::shared_ptr<LatentDiffusion> load_latent_diffusion(const std::string& config
       const bool net = k.rfind("model.diffusion_model.", 0) == 0 || k.rfind("first_stage_model.", 0) == 0 ||
                        k.rfind("cond_stage_model.", 0) == 0;
       auto it = targets.find(k);
-      if (!net || !v.is_floating_point() || v.scalar_type() == *o.dtype || it == targets.end()) continue;
-      auto c = v.to(*o.dtype);
+      if (!net || !v.is_floating_point() || v.scalar_type() == want || it == targets.end()) continue;
+      auto c = v.to(want);
       if (v.is_contiguous() && v.storage().use_count() == 1) io::release_pages(v.data_ptr(), v.nbytes());  // no other view reads it
       v = c;
-      it->second.set_data(torch::empty(it->second.sizes(), it->second.options().dtype(*o.dtype)));
+      if (it->second.scalar_type() != want)
+        it->second.set_data(torch::empty(it->second.sizes(), it->second.options().dtype(want)));
     }
   }
   auto rep = load_state_dict(*m, w, false, ckpt, /*alias=*/true);  // zero-copy from the mapping
