@@ -2,6 +2,8 @@
 
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -10,6 +12,12 @@
 #include "ldm/error.h"
 
 namespace ldm::io {
+
+namespace {
+// Live mappings, so release_pages only ever drops file-backed pages.
+std::mutex g_live_mutex;
+std::map<uintptr_t, uintptr_t> g_live;  // start -> end
+}  // namespace
 
 std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
   int fd = ::open(path.c_str(), O_RDONLY);
@@ -32,20 +40,33 @@ std::shared_ptr<MappedFile> MappedFile::open(const std::string& path) {
       throw Error(path + ": mmap failed: " + std::strerror(e));
     }
     m->data_ = static_cast<uint8_t*>(p);
+    std::lock_guard<std::mutex> lock(g_live_mutex);
+    g_live[reinterpret_cast<uintptr_t>(p)] = reinterpret_cast<uintptr_t>(p) + m->size_;
   }
   ::close(fd);
   return m;
 }
 
 MappedFile::~MappedFile() {
-  if (data_) ::munmap(data_, size_);
+  if (!data_) return;
+  {
+    std::lock_guard<std::mutex> lock(g_live_mutex);
+    g_live.erase(reinterpret_cast<uintptr_t>(data_));
+  }
+  ::munmap(data_, size_);
 }
 
 void release_pages(const void* data, size_t bytes) {
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
   const uintptr_t lo = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
   const uintptr_t hi = (reinterpret_cast<uintptr_t>(data) + bytes) / page * page;
-  if (hi > lo) ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  if (hi <= lo) return;
+  std::lock_guard<std::mutex> lock(g_live_mutex);
+  auto it = g_live.upper_bound(lo);
+  if (it == g_live.begin()) return;
+  --it;
+  if (lo >= it->first && hi <= it->second)  // wholly inside a file mapping: pages read back from the file
+    ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
 }
 
 }  // namespace ldm::io

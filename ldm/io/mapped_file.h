@@ -24,10 +24,10 @@ class MappedFile {
   std::string path_;
 };
 
-// Drops the resident pages wholly inside [data, data + bytes) of a private
-// file mapping that nothing will read again (after converting a tensor), so
-// peak memory stays near the converted size. Only for memory no other
-// tensor reads: anonymous pages read back as zeros afterwards.
+// Drops the resident pages wholly inside [data, data + bytes) when that range
+// lies in a live MappedFile (elsewhere: nothing happens). A later read faults
+// the file's bytes back in, so it is safe; it lowers the peak after a tensor
+// was converted or a module is no longer needed.
 void release_pages(const void* data, size_t bytes);
 
 }  // namespace ldm::io

@@ -11,6 +11,7 @@
 
 #include "ldm/error.h"
 #include "ldm/io/image.h"
+#include "ldm/io/mapped_file.h"
 #include "ldm/io/safetensors.h"
 #include "ldm/models/diffusion/load.h"
 #include "ldm/models/diffusion/samplers/sampler.h"
@@ -82,6 +83,15 @@ std::vector<int64_t> parse_labels(const std::string& s, int64_t n) {
   if (static_cast<int64_t>(v.size()) != n)
     throw Error("--class: give one label or one per image (" + std::to_string(n) + "), got " + std::to_string(v.size()));
   return v;
+}
+
+// A module this run no longer needs: its pages (mapped file) or heap
+// (converted weights) go back, lowering the peak of the stages after it.
+void release_weights(torch::nn::Module& mod) {
+  for (auto& p : mod.parameters()) {
+    io::release_pages(p.data_ptr(), p.nbytes());
+    p.set_data(torch::empty({0}, p.options()));
+  }
 }
 
 void run(const Opts& o) {
@@ -170,6 +180,7 @@ void run(const Opts& o) {
   } else if (!o.mask.empty()) {
     throw Error("--mask needs -i/--init-img (the image to inpaint)");
   }
+  if (te) release_weights(*te);  // the text encoder is done before the UNet's working set grows
   GuidedDenoiser d(*m, cond, uncond, o.cfg_scale);
   so.sampler = o.sampler;
   so.steps = o.steps;
@@ -183,7 +194,8 @@ void run(const Opts& o) {
     (void)total;
   };
   auto x = sample(d, noise, so);
-  prog.finish(std::to_string(d.calls) + " model evaluations");
+  prog.finish(std::to_string(d.calls) + " model evaluations; peak memory " + std::to_string(peak_rss_gb()).substr(0, 4) + " GB");
+  release_weights(*m->unet());  // the UNet is done before the decoder's working set grows
   const auto t_decode = std::chrono::steady_clock::now();
   if (!o.save_latents.empty()) io::save_safetensors(o.save_latents, {{"latents", x.contiguous()}});
 
