@@ -192,6 +192,25 @@ TEST(Trainer, ResumeContinuesExactly) {
   }
 }
 
+// `ldm sample` on a run directory of an EMA model: the EMA weights are swapped
+// in for sampling and back at the end (the memory release after sampling must
+// leave them alone), with and without --no-ema.
+TEST(Trainer, SampleFromAnEmaRunDirectory) {
+  auto dir = test::temp_dir();
+  auto folder = make_folder(dir + "/data");
+  auto cfg = parse_yaml(ldm_config(folder, ""), "ldm");
+  auto o = quiet(dir + "/run");
+  o.max_steps = 2;
+  train(cfg, o);
+  for (std::string extra : {"", " --no-ema"}) {
+    std::string cmd = std::string(LDM_BINARY) + " sample --config " + dir + "/run/config.yaml --ckpt " + dir +
+                      "/run --class 1 -b 2 --steps 2 -o " + dir + "/s" + extra + " > " + dir + "/log.txt 2>&1";
+    EXPECT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    EXPECT_TRUE(fs::exists(dir + "/s/000001.png")) << extra;
+    fs::remove_all(dir + "/s");
+  }
+}
+
 TEST(Trainer, NonFiniteLossStopsAndKeepsTheLastCheckpoint) {
   auto dir = test::temp_dir();
   auto folder = make_folder(dir + "/data");

@@ -106,6 +106,7 @@ void run(const Opts& o) {
   torch::NoGradGuard ng;
   Autocast ac(o.precision == "bf16" ? "bf16" : "32", torch::kCPU);  // bf16 weights: conv/matmul in bf16 (AMX where present)
   auto ema = o.no_ema ? nullptr : m->ema_scope();
+  const bool ema_active = !o.no_ema && m->model_ema;
   auto gen = torch::make_generator<at::CPUGeneratorImpl>(o.seed);  // torch.manual_seed(seed) on CPU
 
   const auto& mo = m->options();
@@ -195,7 +196,9 @@ void run(const Opts& o) {
   };
   auto x = sample(d, noise, so);
   prog.finish(std::to_string(d.calls) + " model evaluations; peak memory " + std::to_string(peak_rss_gb()).substr(0, 4) + " GB");
-  release_weights(*m->unet());  // the UNet is done before the decoder's working set grows
+  // the UNet is done before the decoder's working set grows (unless an EMA
+  // scope will restore the trained weights into it at the end)
+  if (!ema_active) release_weights(*m->unet());
   const auto t_decode = std::chrono::steady_clock::now();
   if (!o.save_latents.empty()) io::save_safetensors(o.save_latents, {{"latents", x.contiguous()}});
 
