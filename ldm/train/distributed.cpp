@@ -107,12 +107,17 @@ Distributed::~Distributed() = default;
 void Distributed::fail(const std::string& what, const std::exception& ex) {
   // Name the ranks that are gone: local peers are probed by pid; a remote one
   // cannot be told apart from a hang.
+  // A peer's sockets close while it is still exiting, before it is a
+  // zombie: give it up to 2 s to be seen gone.
   std::string gone;
   const std::string host = hostname();
-  for (int r = 0; r < env_.world; ++r) {
-    if (r == env_.rank || r >= static_cast<int>(impl_->peers.size())) continue;
-    const auto& [h, pid] = impl_->peers[r];
-    if (h == host && pid > 0 && process_gone(pid)) gone += (gone.empty() ? "" : ", ") + std::to_string(r);
+  for (int attempt = 0; attempt < 40 && gone.empty(); ++attempt) {
+    if (attempt) usleep(50000);
+    for (int r = 0; r < env_.world; ++r) {
+      if (r == env_.rank || r >= static_cast<int>(impl_->peers.size())) continue;
+      const auto& [h, pid] = impl_->peers[r];
+      if (h == host && pid > 0 && process_gone(pid)) gone += (gone.empty() ? "" : ", ") + std::to_string(r);
+    }
   }
   std::string msg = ex.what();
   msg = msg.substr(0, msg.find('\n'));
