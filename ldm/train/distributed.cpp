@@ -187,11 +187,18 @@ GradSync::GradSync(Distributed& d, std::vector<torch::Tensor> params, double buc
     buckets_.back()->members.push_back(k);
     bytes += p.nbytes();
   }
+  // each parameter's slice of its bucket, shaped like the parameter
+  slice_of_.resize(params_.size());
   for (auto& b : buckets_) {
     int64_t n = 0;
     for (size_t k : b->members) n += params_[k].numel();
     b->flat = torch::zeros({n}, params_[b->members.front()].options());
     b->filled.assign(b->members.size(), false);
+    int64_t off = 0;
+    for (size_t k : b->members) {
+      slice_of_[k] = b->flat.narrow(0, off, params_[k].numel()).view(params_[k].sizes());
+      off += params_[k].numel();
+    }
   }
   for (size_t k = 0; k < params_.size(); ++k)
     hooks_.push_back(params_[k].register_hook([this, k](const torch::Tensor& g) { on_grad(k, g); }));
@@ -218,12 +225,10 @@ void GradSync::on_grad(size_t k, const torch::Tensor& g) {
   auto& b = *buckets_[bucket_of_[k]];
   const size_t s = slot_of_[k];
   if (b.filled[s]) return;
-  int64_t off = 0;
-  for (size_t j = 0; j < s; ++j) off += params_[b.members[j]].numel();
-  auto dst = b.flat.narrow(0, off, params_[k].numel());
+  auto& dst = slice_of_[k];
   torch::NoGradGuard ng;
-  dst.copy_(g.reshape({-1}));
-  if (params_[k].grad().defined()) dst.add_(params_[k].grad().reshape({-1}));
+  dst.copy_(g);
+  if (params_[k].grad().defined()) dst.add_(params_[k].grad());
   b.filled[s] = true;
   ++b.n_filled;
   launch_ready();
@@ -247,17 +252,13 @@ void GradSync::finish() {
   // parameters whose hook did not run (no gradient this step, or a
   // gradient only from earlier micro-batches): their p.grad or zero
   for (auto& b : buckets_) {
-    int64_t off = 0;
     for (size_t j = 0; j < b->members.size(); ++j) {
-      const auto& p = params_[b->members[j]];
-      if (!b->filled[j]) {
-        auto dst = b->flat.narrow(0, off, p.numel());
-        if (p.grad().defined()) dst.copy_(p.grad().reshape({-1}));
-        else dst.zero_();
-        b->filled[j] = true;
-        ++b->n_filled;
-      }
-      off += p.numel();
+      if (b->filled[j]) continue;
+      const size_t k = b->members[j];
+      if (params_[k].grad().defined()) slice_of_[k].copy_(params_[k].grad());
+      else slice_of_[k].zero_();
+      b->filled[j] = true;
+      ++b->n_filled;
     }
   }
   launch_ready();
@@ -267,16 +268,11 @@ void GradSync::finish() {
   } catch (const std::exception& e) {
     d_.fail("gradient allreduce", e);
   }
-  for (auto& b : buckets_) {
-    b->flat.div_(d_.world());
-    int64_t off = 0;
-    for (size_t k : b->members) {
-      auto& p = params_[k];
-      auto part = b->flat.narrow(0, off, p.numel()).view(p.sizes());
-      if (p.grad().defined()) p.mutable_grad().copy_(part);
-      else p.mutable_grad() = part.clone();
-      off += p.numel();
-    }
+  for (auto& b : buckets_) b->flat.div_(d_.world());
+  for (size_t k = 0; k < params_.size(); ++k) {
+    auto& p = params_[k];
+    if (p.grad().defined()) p.mutable_grad().copy_(slice_of_[k]);
+    else p.mutable_grad() = slice_of_[k].clone();
   }
 }
 

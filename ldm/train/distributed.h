@@ -69,6 +69,7 @@ class GradSync {
   std::vector<torch::Tensor> params_;
   std::vector<unsigned> hooks_;
   std::vector<size_t> bucket_of_, slot_of_;
+  std::vector<torch::Tensor> slice_of_;  // views into the buckets' flat buffers
   std::vector<std::unique_ptr<Bucket>> buckets_;
   size_t next_ = 0;
   bool armed_ = false;
