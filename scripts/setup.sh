@@ -11,6 +11,7 @@ PKGS=(
   libyaml-cpp-dev nlohmann-json3-dev libstb-dev libcli11-dev libgtest-dev
   zlib1g-dev              # gzip idx files, zip checkpoints
   libgloo-dev             # headers for c10d ProcessGroupGloo (distributed training)
+  libdnnl-dev             # oneDNN headers: cached inference conv primitives, Winograd
   dataset-fashion-mnist   # the built-in default dataset
 )
 

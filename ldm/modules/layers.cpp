@@ -1,5 +1,7 @@
 #include "ldm/modules/layers.h"
 
+#include "ldm/modules/fast_conv.h"
+
 #include <torch/torch.h>
 
 #include <cmath>
@@ -66,7 +68,10 @@ void set_conv_flop_counter(std::atomic<double>* counter) { g_conv_flops = counte
 
 torch::Tensor Conv::forward(const torch::Tensor& x) {
   std::vector<int64_t> pad(dims, padding);
-  torch::Tensor y = dims == 1 ? torch::conv1d(x, weight, bias, stride, pad)
+  torch::Tensor y;
+  if (dims == 2) y = fast_conv2d(x, weight, bias, stride, padding, fast);
+  if (!y.defined())
+    y = dims == 1 ? torch::conv1d(x, weight, bias, stride, pad)
                   : dims == 2 ? torch::conv2d(x, weight, bias, stride, pad)
                               : torch::conv3d(x, weight, bias, stride, pad);
   if (auto* c = g_conv_flops.load(std::memory_order_relaxed)) {
@@ -76,6 +81,11 @@ torch::Tensor Conv::forward(const torch::Tensor& x) {
     while (!c->compare_exchange_weak(cur, cur + f)) {}
   }
   return y;
+}
+
+void release_fast_conv(torch::nn::Module& m) {
+  for (auto& sub : m.modules(/*include_self=*/true))
+    if (auto* c = dynamic_cast<Conv*>(sub.get())) c->fast.reset();
 }
 
 void Conv::zero_() {

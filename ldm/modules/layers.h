@@ -44,6 +44,8 @@ class Holder : public torch::nn::Module {
 // libtorch's profiler counts matmuls but not convolutions). nullptr = off.
 void set_conv_flop_counter(std::atomic<double>* counter);
 
+struct FastConvCache;  // fast_conv.h
+
 // conv_nd: 1, 2 or 3 spatial dims; weight [out, in, k...], bias [out].
 class Conv : public torch::nn::Module {
  public:
@@ -56,7 +58,13 @@ class Conv : public torch::nn::Module {
   int dims;
   std::vector<int64_t> stride;
   int64_t padding;
+  // inference: the oneDNN primitive and packed weights of fast_conv2d
+  std::shared_ptr<FastConvCache> fast;
 };
+
+// Drops the inference caches (packed conv weights) of every Conv in `m`: after
+// sampling inside a training run, where the weights change next step anyway.
+void release_fast_conv(torch::nn::Module& m);
 
 class Linear : public torch::nn::Module {
  public:

@@ -21,6 +21,7 @@
 #include "ldm/models/diffusion/samplers/sampler.h"
 #include "ldm/modules/encoders/clip_text.h"
 #include "ldm/modules/encoders/modules.h"
+#include "ldm/modules/layers.h"
 #include "ldm/modules/losses/contperceptual.h"
 #include "ldm/train/checkpoint.h"
 #include "ldm/train/distributed.h"
@@ -323,6 +324,7 @@ class DiffusionTask : public Task {
       if (prog) prog->update((i - lo) / bs + 1);
     }
     moments_ = torch::cat(parts, 0);
+    nn::release_fast_conv(*kl);  // the encoder's packed inference weights are not needed again
     if (dist) {
       auto all = torch::zeros({n, moments_.size(1), moments_.size(2), moments_.size(3)}, moments_.options());
       all.narrow(0, lo, hi - lo).copy_(moments_);
@@ -634,6 +636,7 @@ TrainResult train(const YAML::Node& config, const TrainOptions& o) {
       char name[64];
       std::snprintf(name, sizeof name, "step-%09lld.png", (long long)st.step);
       task->log_images((fs::path(o.out_dir) / "images" / name).string(), last, s);
+      nn::release_fast_conv(task->module());  // packed inference weights: stale after the next step
     }
     if (rank0 && (st.step % s.checkpoint_every == 0 || st.step == s.max_steps)) {
       st.rng = gen.get_state();

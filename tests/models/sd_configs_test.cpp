@@ -114,6 +114,7 @@ TEST(Tiling, TinySdDecoderMatchesUntiled) {
   const double err = (got - ref).abs().mean().item<double>(), scale = ref.std().item<double>();
   EXPECT_LT(err, 0.1 * scale) << err << " vs std " << scale;
   EXPECT_GT(err, 0.0);  // it did tile
-  m->vae_tiling = {24, 4, 1};  // one tile: the plain call
-  EXPECT_TRUE(torch::equal(m->decode_first_stage(z), ref));
+  m->vae_tiling = {24, 4, 1};  // one tile: the plain call (up to the kernel change: a layer
+  // switches to Winograd after its second call, ~1e-6 of the range apart)
+  EXPECT_LT(test::max_abs_err(m->decode_first_stage(z), ref), 1e-5 * ref.abs().max().item<double>());
 }

@@ -10,6 +10,8 @@
 #include <sstream>
 
 #include "ldm/error.h"
+#include "ldm/modules/fast_conv.h"
+#include "ldm/modules/layers.h"
 #include "ldm/io/image.h"
 #include "ldm/io/mapped_file.h"
 #include "ldm/io/safetensors.h"
@@ -88,6 +90,7 @@ std::vector<int64_t> parse_labels(const std::string& s, int64_t n) {
 // A module this run no longer needs: its pages (mapped file) or heap
 // (converted weights) go back, lowering the peak of the stages after it.
 void release_weights(torch::nn::Module& mod) {
+  nn::release_fast_conv(mod);
   for (auto& p : mod.parameters()) {
     io::release_pages(p.data_ptr(), p.nbytes());
     p.set_data(torch::empty({0}, p.options()));
@@ -101,12 +104,16 @@ void run(const Opts& o) {
   const auto t_load = std::chrono::steady_clock::now();
   auto m = load_latent_diffusion(o.config, o.ckpt, lo);
   std::fprintf(stderr, "loaded %s in %.2f s (peak memory %.2f GB)\n", o.ckpt.c_str(),
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count(), peak_rss_gb());  if (o.vae_tiling) m->vae_tiling = {o.vae_tile, o.vae_overlap, 1};
+               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count(), peak_rss_gb());
+  if (o.vae_tiling) m->vae_tiling = {o.vae_tile, o.vae_overlap, 1};
   torch::manual_seed(o.seed);  // the posterior sample of img2img's encoder, as the reference's seed_everything
   torch::NoGradGuard ng;
   Autocast ac(o.precision == "bf16" ? "bf16" : "32", torch::kCPU);  // bf16 weights: conv/matmul in bf16 (AMX where present)
   auto ema = o.no_ema ? nullptr : m->ema_scope();
   const bool ema_active = !o.no_ema && m->model_ema;
+  // Packed conv weights replace the plain ones' mapped pages (a later read
+  // faults them in from the file). Not under EMA: the scope writes into them.
+  if (!ema_active) nn::set_fast_conv_packed_hook([](const torch::Tensor& w) { io::release_pages(w.data_ptr(), w.nbytes()); });
   auto gen = torch::make_generator<at::CPUGeneratorImpl>(o.seed);  // torch.manual_seed(seed) on CPU
 
   const auto& mo = m->options();

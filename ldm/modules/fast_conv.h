@@ -1,0 +1,49 @@
+// Inference convolutions through oneDNN primitives that are built once per
+// shape and keep their weights in the primitive's own layout.
+//
+// Why: libtorch 1.13's mkldnn path reorders the weights on every call, which
+// dominates the UNet's 1280-channel convolutions at 4x4/8x8 (26-75 GFLOP/s
+// against 150-200 with packed weights), and it never uses oneDNN's Winograd
+// F(4x4, 3x3) kernels, 2-3x faster on the 3x3 convolutions of large maps (same
+// result to ~5e-6 of the output's range). Training (autograd) keeps libtorch's
+// path: weights change every step there.
+#pragma once
+#include <torch/types.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace ldm::nn {
+
+// aten: always libtorch's conv. direct: packed weights, oneDNN direct kernels.
+// auto: direct, and Winograd for 3x3/stride 1 convolutions on maps large enough
+// to pay for the 4x larger transformed weights (see fast_conv.cpp).
+enum class FastConv { Aten, Direct, Auto };
+// Initially from LDM_CONV=aten|direct|auto (default auto); for tests/benchmarks.
+void set_fast_conv(FastConv mode);
+FastConv fast_conv();
+// Whether oneDNN was found at build time.
+bool fast_conv_available();
+
+struct FastConvCache;
+
+// 2-D convolution (groups 1, dilation 1, float32, contiguous weights) through
+// the cached primitive, or an undefined tensor where the fast path does not
+// apply (grad needed, autocast, other dtypes, oneDNN refuses the shape): then
+// the caller runs libtorch's conv. `cache` belongs to the calling layer and is
+// rebuilt when the weight changes (data pointer or version counter).
+torch::Tensor fast_conv2d(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                          const std::vector<int64_t>& stride, int64_t padding,
+                          std::shared_ptr<FastConvCache>& cache);
+
+// Called with each weight right after its packed copy is made. Inference CLIs
+// give the plain weight's file-mapped pages back here (io::release_pages): the
+// packed copy replaces them, and a later read faults them in from the file.
+void set_fast_conv_packed_hook(std::function<void(const torch::Tensor&)> hook);
+
+// Bytes held by a cache's packed weights (0 for none).
+size_t fast_conv_cache_bytes(const std::shared_ptr<FastConvCache>& cache);
+
+}  // namespace ldm::nn

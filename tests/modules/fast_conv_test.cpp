@@ -1,0 +1,118 @@
+// The oneDNN inference convolutions against libtorch's conv2d (an independent
+// computation), and when they must step aside.
+#include <ATen/autocast_mode.h>
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include "ldm/modules/fast_conv.h"
+#include "ldm/modules/layers.h"
+#include "tests/testing.h"
+
+using namespace ldm;
+
+namespace {
+struct ModeScope {
+  explicit ModeScope(nn::FastConv m) : prev(nn::fast_conv()) { nn::set_fast_conv(m); }
+  ~ModeScope() { nn::set_fast_conv(prev); }
+  nn::FastConv prev;
+};
+torch::Tensor aten_conv(nn::Conv& c, const torch::Tensor& x) {
+  return torch::conv2d(x, c.weight, c.bias, c.stride, {c.padding, c.padding});
+}
+}  // namespace
+
+TEST(FastConv, MatchesLibtorchOnEveryKernelKind) {
+  torch::manual_seed(0);
+  torch::NoGradGuard ng;
+  struct Case {
+    int64_t in, out, k, stride, pad, n, hw;
+    bool bias;
+  };
+  // 3x3 on a large map (Winograd from its first call), 3x3 small map (Winograd
+  // after two calls), strided 3x3 (direct), 1x1 without bias, odd sizes
+  const std::vector<Case> cases = {{16, 24, 3, 1, 1, 1, 128, true}, {32, 32, 3, 1, 1, 2, 24, true},
+                                   {8, 16, 3, 2, 1, 2, 17, true},    {24, 8, 1, 1, 0, 3, 9, false},
+                                   {5, 7, 3, 1, 1, 1, 13, true}};
+  for (auto mode : {nn::FastConv::Direct, nn::FastConv::Auto}) {
+    ModeScope ms(mode);
+    for (const auto& k : cases) {
+      nn::Conv c(2, k.in, k.out, k.k, k.stride, k.pad, k.bias);
+      auto x = torch::randn({k.n, k.in, k.hw, k.hw});
+      auto ref = aten_conv(c, x);
+      for (int call = 0; call < 4; ++call) {  // Auto changes kernels after the second call
+        auto y = c.forward(x);
+        ASSERT_EQ(y.sizes(), ref.sizes());
+        EXPECT_LT(test::max_abs_err(y, ref), 1e-5 * ref.abs().max().item<double>())
+            << "mode " << static_cast<int>(mode) << " in " << k.in << " k " << k.k << " call " << call;
+      }
+      if (nn::fast_conv_available()) EXPECT_GT(nn::fast_conv_cache_bytes(c.fast), 0u) << "fast path not taken";
+      // once settled the result repeats bit for bit
+      EXPECT_TRUE(torch::equal(c.forward(x), c.forward(x)));
+    }
+  }
+}
+
+TEST(FastConv, FollowsInPlaceWeightChanges) {
+  ModeScope ms(nn::FastConv::Auto);
+  torch::manual_seed(1);
+  nn::Conv c(2, 8, 8, 3, 1, 1);
+  auto x = torch::randn({1, 8, 40, 40});
+  torch::NoGradGuard ng;
+  for (int i = 0; i < 3; ++i) c.forward(x);
+  c.weight.mul_(-2.0);  // an optimiser step or an EMA swap: same storage, new version
+  auto ref = aten_conv(c, x);
+  EXPECT_LT(test::max_abs_err(c.forward(x), ref), 1e-5 * ref.abs().max().item<double>());
+  c.weight.set_data(torch::randn_like(c.weight));  // new storage
+  ref = aten_conv(c, x);
+  EXPECT_LT(test::max_abs_err(c.forward(x), ref), 1e-5 * ref.abs().max().item<double>());
+}
+
+TEST(FastConv, StepsAsideForAutogradAutocastAndOtherDtypes) {
+  ModeScope ms(nn::FastConv::Auto);
+  torch::manual_seed(2);
+  nn::Conv c(2, 4, 6, 3, 1, 1);
+  auto x = torch::randn({2, 4, 8, 8});
+  std::shared_ptr<nn::FastConvCache> cache;
+  // weights that need gradients with grad mode on: libtorch's differentiable conv
+  EXPECT_FALSE(nn::fast_conv2d(x, c.weight, c.bias, c.stride, c.padding, cache).defined());
+  auto y = c.forward(x);
+  y.sum().backward();
+  ASSERT_TRUE(c.weight.grad().defined());
+  EXPECT_GT(c.weight.grad().abs().sum().item<double>(), 0.0);
+  torch::NoGradGuard ng;
+  EXPECT_EQ(nn::fast_conv2d(x, c.weight, c.bias, c.stride, c.padding, cache).defined(), nn::fast_conv_available());
+  {
+    at::autocast::set_cpu_enabled(true);
+    auto r = nn::fast_conv2d(x, c.weight, c.bias, c.stride, c.padding, cache);
+    at::autocast::set_cpu_enabled(false);
+    EXPECT_FALSE(r.defined());
+  }
+  auto xb = x.to(torch::kBFloat16);
+  auto wb = c.weight.to(torch::kBFloat16);
+  EXPECT_FALSE(nn::fast_conv2d(xb, wb, c.bias.to(torch::kBFloat16), c.stride, c.padding, cache).defined());
+  {
+    ModeScope off(nn::FastConv::Aten);
+    EXPECT_FALSE(nn::fast_conv2d(x, c.weight, c.bias, c.stride, c.padding, cache).defined());
+  }
+}
+
+TEST(FastConv, PackedHookSeesEachWeightOnceAndReleaseDropsThePacking) {
+  if (!nn::fast_conv_available()) GTEST_SKIP() << "built without oneDNN headers";
+  ModeScope ms(nn::FastConv::Direct);
+  int calls = 0;
+  nn::set_fast_conv_packed_hook([&](const torch::Tensor& w) {
+    EXPECT_EQ(w.dim(), 4);
+    ++calls;
+  });
+  auto holder = std::make_shared<nn::Holder>();
+  auto a = holder->add("a", std::make_shared<nn::Conv>(2, 3, 5, 3, 1, 1));
+  auto b = holder->add("b", std::make_shared<nn::Conv>(2, 5, 2, 1, 1, 0));
+  torch::NoGradGuard ng;
+  auto x = torch::randn({1, 3, 10, 10});
+  for (int i = 0; i < 3; ++i) b->forward(a->forward(x));
+  nn::set_fast_conv_packed_hook(nullptr);
+  EXPECT_EQ(calls, 2);
+  EXPECT_GT(nn::fast_conv_cache_bytes(a->fast), 0u);
+  nn::release_fast_conv(*holder);
+  EXPECT_EQ(nn::fast_conv_cache_bytes(a->fast) + nn::fast_conv_cache_bytes(b->fast), 0u);
+}
