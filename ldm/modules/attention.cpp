@@ -39,18 +39,23 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
 #else
   const int64_t B = q.size(0), N = q.size(1), M = k.size(1);
   bool needs_grad = torch::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
-  if (needs_grad || B * N * M <= g_chunk_elements) return attention_plain(q, k, v, scale);
-  // Inference: chunk over query rows; each row's softmax is independent, so
-  // the result is exact while the score matrix stays within the budget.
+  if (needs_grad) return attention_plain(q, k, v, scale);
+  // Inference: chunk over query rows (each row's softmax is independent, so
+  // the result is exact) with the scores in two buffers reused by every chunk:
+  // the scale rides in the GEMM (alpha), the softmax writes the second buffer,
+  // and the output goes straight into its rows. Fresh 64-128 MB score
+  // matrices per call cost page faults and a separate scaling pass.
   auto out = torch::empty({B, N, v.size(2)}, q.options());
   auto kt = k.transpose(1, 2);
-  int64_t rows = std::max<int64_t>(1, g_chunk_elements / (B * M));
+  const int64_t rows = std::min(N, std::max<int64_t>(1, g_chunk_elements / (B * M)));
+  auto sim_buf = torch::empty({B, rows, M}, q.options()), p_buf = torch::empty({B, rows, M}, q.options());
   for (int64_t s = 0; s < N; s += rows) {
-    int64_t n = std::min(rows, N - s);
-    auto sim = torch::bmm(q.narrow(1, s, n), kt);
-    sim.mul_(scale);
+    const int64_t n = std::min(rows, N - s);
+    auto sim = sim_buf.narrow(1, 0, n), p = p_buf.narrow(1, 0, n);
+    torch::baddbmm_out(sim, sim, q.narrow(1, s, n), kt, /*beta=*/0.0, /*alpha=*/scale);
+    torch::_softmax_out(p, sim, -1, false);
     auto o = out.narrow(1, s, n);
-    torch::bmm_out(o, sim.softmax(-1), v);
+    torch::bmm_out(o, p, v);
   }
   return out;
 #endif
@@ -86,9 +91,17 @@ FeedForward::FeedForward(int64_t dim, int64_t mult, bool g) : glu(g) {
 
 torch::Tensor FeedForward::forward(const torch::Tensor& x) {
   auto h = proj_in->forward(x);
+  const bool inference = !torch::GradMode::is_enabled() || !h.requires_grad();
   if (glu) {
     auto parts = h.chunk(2, -1);  // (a, gate): a * GELU(gate), exact erf GELU
-    h = parts[0] * torch::gelu(parts[1]);
+    if (inference) {  // in place, two passes over h and no fresh buffers; the strided half feeds the GEMM as is
+      torch::gelu_(parts[1]);
+      h = parts[0].mul_(parts[1]);
+    } else {
+      h = parts[0] * torch::gelu(parts[1]);
+    }
+  } else if (inference) {
+    torch::gelu_(h);
   } else {
     h = torch::gelu(h);
   }

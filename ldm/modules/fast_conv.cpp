@@ -72,6 +72,10 @@ const int64_t kWinoMaxInOut = std::getenv("LDM_WINO_MAX_INOUT") ? std::atoll(std
 // channels at 128x128, 190 ms with it against 404 ms direct).
 constexpr int kWinoAfterCalls = 2;
 constexpr int64_t kWinoNowPixels = 128 * 128;
+// Packed direct kernels pay where the weights outweigh the maps (SD's 1280
+// channels at 4x4/8x8: libtorch reorders 59 MB of weights per call there); on
+// larger maps libtorch's per-call reorder is amortised and its kernel the same.
+const int64_t kDirectMaxPixels = std::getenv("LDM_DIRECT_MAX") ? std::atoll(std::getenv("LDM_DIRECT_MAX")) : 512;
 
 struct Entry {
   std::vector<int64_t> in_sizes;
@@ -169,11 +173,14 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
   }
   ++c.calls;
   bool wino = false;
-  if (mode == FastConv::Auto && !c.no_wino) {
+  if (mode == FastConv::Auto) {
     const int64_t pixels = x.size(0) * x.size(2) * x.size(3);
-    wino = w.size(2) == 3 && w.size(3) == 3 && stride[0] == 1 && stride[1] == 1 && padding == 1 &&
-           w.size(0) * w.size(1) <= kWinoMaxInOut && pixels >= kWinoMinPixels &&
-           (c.calls > kWinoAfterCalls || pixels >= kWinoNowPixels);
+    const bool wino_shape = !c.no_wino && w.size(2) == 3 && w.size(3) == 3 && stride[0] == 1 && stride[1] == 1 &&
+                            padding == 1 && w.size(0) * w.size(1) <= kWinoMaxInOut && pixels >= kWinoMinPixels;
+    wino = wino_shape && (c.calls > kWinoAfterCalls || pixels >= kWinoNowPixels);
+    const int64_t out_pixels = x.size(0) * ((x.size(2) + 2 * padding - w.size(2)) / stride[0] + 1) *
+                               ((x.size(3) + 2 * padding - w.size(3)) / stride[1] + 1);
+    if (!wino && out_pixels > kDirectMaxPixels) return {};
   }
   Entry* e = nullptr;
   for (auto& en : c.entries)

@@ -26,6 +26,7 @@
 #include "ldm/train/checkpoint.h"
 #include "ldm/train/distributed.h"
 #include "ldm/train/metrics.h"
+#include "ldm/train/optim.h"
 #include "ldm/util/config.h"
 #include "ldm/util/instantiate.h"
 #include "ldm/util/autocast.h"
@@ -289,7 +290,7 @@ class DiffusionTask : public Task {
     }
     // the reference's LatentDiffusion.configure_optimizers: AdamW over the UNet,
     // the cond stage when trainable, and logvar when learned
-    opt_ = std::make_unique<torch::optim::AdamW>(params(0), torch::optim::AdamWOptions(lr));
+    opt_ = std::make_unique<FusedAdamW>(params(0), torch::optim::AdamWOptions(lr));
   }
   torch::nn::Module& module() override { return *m_; }
   std::vector<NamedOptimizer> optimizers() override { return {{"opt0", opt_.get()}}; }

@@ -356,7 +356,9 @@ TEST(Trainer, AutoencoderWithPerceptualLoss) {
   {
     LPIPS net;
     io::TensorMap w;
-    for (auto& [k, v] : state_dict(net)) w[k] = v.contiguous();
+    // the released lin layers are non-negative (LPIPS clamps them); random
+    // signed ones could make the distance negative
+    for (auto& [k, v] : state_dict(net)) w[k] = k.rfind("lin", 0) == 0 ? v.abs().contiguous() : v.contiguous();
     io::save_safetensors(dir + "/lpips.safetensors", w);
   }
   auto cfg = parse_yaml(ae_config(folder), "ae");

@@ -28,7 +28,9 @@
 #include "ldm/models/diffusion/sd_configs.h"
 #include "ldm/modules/diffusionmodules/openaimodel.h"
 #include "ldm/modules/encoders/clip_text.h"
+#include "ldm/modules/fast_conv.h"
 #include "ldm/modules/layers.h"
+#include "ldm/train/optim.h"
 #include "ldm/util/config.h"
 #include "ldm/util/instantiate.h"
 #include "ldm/util/autocast.h"
@@ -109,15 +111,32 @@ Profile profile(const std::function<void()>& fn) {
 }
 
 // Times fn: one warm-up, then `runs` timed calls; the profile of one more.
-json time_work(const std::function<void()>& fn, int runs, bool with_profile = true) {
+// conv_ab: inference works with convolutions also time libtorch's conv
+// (nn::FastConv::Aten), interleaved with ours in the same process, so the
+// fast path's ratio is not at the mercy of this machine's drift. Warm-up: 3
+// calls (a layer moves to Winograd on its third).
+json time_work(const std::function<void()>& fn, int runs, bool with_profile = true, bool conv_ab = false) {
+  const nn::FastConv mode = nn::fast_conv();
+  conv_ab = conv_ab && mode != nn::FastConv::Aten && nn::fast_conv_available();
+  auto t_first = Clock::now();
   fn();
-  std::vector<double> t;
+  const double first = seconds_since(t_first);  // a one-off call: weights packed/transformed inside
+  for (int i = 1; i < (conv_ab ? 3 : 1); ++i) fn();
+  std::vector<double> t, t_aten;
   for (int i = 0; i < runs; ++i) {
     auto t0 = Clock::now();
     fn();
     t.push_back(seconds_since(t0));
+    if (conv_ab) {
+      nn::set_fast_conv(nn::FastConv::Aten);
+      t0 = Clock::now();
+      fn();
+      t_aten.push_back(seconds_since(t0));
+      nn::set_fast_conv(mode);
+    }
   }
-  json r = {{"median_s", median(t)}, {"runs_s", t}};
+  json r = {{"median_s", median(t)}, {"runs_s", t}, {"first_s", first}};
+  if (conv_ab) r["libtorch_conv"] = {{"median_s", median(t_aten)}, {"runs_s", t_aten}};
   if (with_profile) {
     auto p = profile(fn);
     r["gflop"] = p.gflop;
@@ -165,7 +184,7 @@ json run_child_work(const Opts& o) {
     torch::NoGradGuard ng;
     auto x = torch::randn({2, 4, l, l}), ctx = torch::randn({2, 77, 768});
     auto t = torch::full({2}, 500.0);
-    return time_work([&] { (void)unet->forward(x, t, ctx); }, o.runs);
+    return time_work([&] { (void)unet->forward(x, t, ctx); }, o.runs, true, true);
   }
   if (w.rfind("vae256", 0) == 0 || w.rfind("vae512", 0) == 0) {
     const int64_t l = w.rfind("vae256", 0) == 0 ? 32 : 64;
@@ -174,7 +193,7 @@ json run_child_work(const Opts& o) {
     if (bf16) vae->to(torch::kBFloat16);
     torch::NoGradGuard ng;
     auto z = torch::randn({1, 4, l, l});
-    return time_work([&] { (void)vae->decode(z); }, o.runs);
+    return time_work([&] { (void)vae->decode(z); }, o.runs, true, true);
   }
   if (w == "clip") {
     auto te = instantiate_as<TextEncoder>(sd15("cond_stage_config"), "cond_stage_config");
@@ -186,7 +205,7 @@ json run_child_work(const Opts& o) {
   if (w == "train256" || w == "train256_ckpt") {
     auto unet = sd15_unet(w == "train256_ckpt");
     unet->train();
-    torch::optim::AdamW opt(unet->parameters(), torch::optim::AdamWOptions(1e-5));
+    FusedAdamW opt(unet->parameters(), torch::optim::AdamWOptions(1e-5));
     auto x = torch::randn({1, 4, 32, 32}), ctx = torch::randn({1, 77, 768}), target = torch::randn({1, 4, 32, 32});
     auto t = torch::full({1}, 500.0);
     auto step = [&] {
@@ -202,7 +221,7 @@ json run_child_work(const Opts& o) {
     model["params"]["first_stage_config"]["params"].remove("ckpt_path");  // random first stage: only the UNet step counts
     auto m = instantiate_as<LatentDiffusion>(model, o.fashion_config + ": model");
     m->train();
-    torch::optim::AdamW opt(m->unet()->parameters(), torch::optim::AdamWOptions(1e-4));
+    FusedAdamW opt(m->unet()->parameters(), torch::optim::AdamWOptions(1e-4));
     const int64_t bs = cfg["data"]["params"]["batch_size"].as<int64_t>();
     const auto& mo = m->options();
     auto z = torch::randn({bs, mo.channels, mo.image_size, mo.image_size});
@@ -413,6 +432,12 @@ void run_bench(const Opts& o) {
       std::printf("profile %-14s", k.c_str());
       for (auto& [g, ms] : v["profile_ms"].items()) std::printf("  %s %.0f ms", g.c_str(), ms.get<double>());
       std::printf("\n");
+    }
+  for (auto& [k, v] : all.items())
+    if (v.contains("libtorch_conv")) {
+      const double ours = v["median_s"].get<double>(), lt = v["libtorch_conv"]["median_s"].get<double>();
+      std::printf("conv A/B %-13s ours %.3f s, libtorch's conv %.3f s (x%.2f), same process, interleaved; "
+                  "first call %.3f s\n", k.c_str(), ours, lt, ours / lt, v["first_s"].get<double>());
     }
   all["threads"] = torch::get_num_threads();
   all["torch"] = TORCH_VERSION;
