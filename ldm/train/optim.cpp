@@ -1,5 +1,7 @@
 #include "ldm/train/optim.h"
 
+#include "ldm/train/adamw_kernel.h"
+
 #include <ATen/Parallel.h>
 #include <torch/torch.h>
 
@@ -8,23 +10,6 @@
 namespace ldm {
 
 namespace {
-// One pass: decay, both moments, the step. no-math-errno lets sqrt vectorise.
-#if defined(__GNUC__) && !defined(__clang__)
-__attribute__((optimize("no-math-errno")))
-#endif
-void adamw_pass(float* pd, const float* gd, float* md, float* vd, int64_t lo, int64_t hi, bool decay_on, float decay,
-                float b1, float a1, float b2, float a2, float sqrt_bc2, float eps, float step_size) {
-  for (int64_t i = lo; i < hi; ++i) {
-    const float g = gd[i];
-    const float w = decay_on ? pd[i] * decay : pd[i];
-    const float mi = md[i] * b1 + a1 * g;
-    const float vi = vd[i] * b2 + a2 * g * g;
-    md[i] = mi;
-    vd[i] = vi;
-    pd[i] = w + step_size * (mi / (std::sqrt(vi) / sqrt_bc2 + eps));
-  }
-}
-
 bool fusable(const torch::Tensor& p, const torch::optim::AdamWOptions& o) {
   const auto& g = p.grad();
   return !o.amsgrad() && p.device().is_cpu() && p.scalar_type() == torch::kFloat32 && p.is_contiguous() &&
@@ -81,7 +66,7 @@ torch::Tensor FusedAdamW::step(LossClosure closure) {
       float* md = m.data_ptr<float>();
       float* vd = v.data_ptr<float>();
       at::parallel_for(0, p.numel(), 1 << 15, [&](int64_t lo, int64_t hi) {
-        adamw_pass(pd, gd, md, vd, lo, hi, decay_on, decay, b1, a1, b2, a2, sqrt_bc2, eps, step_size);
+        adamw_kernel(pd, gd, md, vd, lo, hi, decay_on, decay, b1, a1, b2, a2, sqrt_bc2, eps, step_size);
       });
     }
   }
