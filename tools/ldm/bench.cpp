@@ -209,7 +209,7 @@ json run_child_work(const Opts& o) {
     auto x = torch::randn({1, 4, 32, 32}), ctx = torch::randn({1, 77, 768}), target = torch::randn({1, 4, 32, 32});
     auto t = torch::full({1}, 500.0);
     auto step = [&] {
-      opt.zero_grad();
+      unet->zero_grad(/*set_to_none=*/true);  // as the trainer
       torch::mse_loss(unet->forward(x, t, ctx), target).backward();
       opt.step();
     };
@@ -228,7 +228,7 @@ json run_child_work(const Opts& o) {
     auto labels = torch::randint(0, 10, {bs}, torch::kInt64);
     auto gen = torch::make_generator<at::CPUGeneratorImpl>(0);
     auto step = [&] {
-      opt.zero_grad();
+      m->zero_grad(/*set_to_none=*/true);
       m->training_loss(z, m->make_cond(m->get_learned_conditioning(labels)), gen).backward();
       opt.step();
     };
