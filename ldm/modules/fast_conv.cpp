@@ -33,6 +33,12 @@ std::atomic<int> g_mode{static_cast<int>(from_env())};
 void set_fast_conv(FastConv mode) { g_mode = static_cast<int>(mode); }
 
 namespace {
+thread_local int g_off = 0;
+}
+FastConvOff::FastConvOff() { ++g_off; }
+FastConvOff::~FastConvOff() { --g_off; }
+
+namespace {
 std::mutex g_hook_mu;
 std::function<void(const torch::Tensor&)> g_packed_hook;
 }  // namespace
@@ -243,7 +249,7 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
 
 torch::Tensor fast_conv2d(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
                           const std::vector<int64_t>& stride, int64_t padding, std::shared_ptr<FastConvCache>& cache) {
-  if (fast_conv() == FastConv::Aten || !applies(x, w, b)) return {};
+  if (fast_conv() == FastConv::Aten || g_off > 0 || !applies(x, w, b)) return {};
   if (!cache) cache = std::make_shared<FastConvCache>();
   std::lock_guard<std::mutex> lock(cache->mu);
   if (cache->refused) return {};

@@ -29,6 +29,17 @@ bool fast_conv_available();
 
 struct FastConvCache;
 
+// Off in this scope (per thread): the no-grad forward of gradient
+// checkpointing, where weights change every step and caching them would
+// only hold a stale copy.
+class FastConvOff {
+ public:
+  FastConvOff();
+  ~FastConvOff();
+  FastConvOff(const FastConvOff&) = delete;
+  FastConvOff& operator=(const FastConvOff&) = delete;
+};
+
 // 2-D convolution (groups 1, dilation 1, float32, contiguous weights) through
 // the cached primitive, or an undefined tensor where the fast path does not
 // apply (grad needed, autocast, other dtypes, oneDNN refuses the shape): then

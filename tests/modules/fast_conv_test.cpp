@@ -91,6 +91,10 @@ TEST(FastConv, StepsAsideForAutogradAutocastAndOtherDtypes) {
   auto wb = c.weight.to(torch::kBFloat16);
   EXPECT_FALSE(nn::fast_conv2d(xb, wb, c.bias.to(torch::kBFloat16), c.stride, c.padding, cache).defined());
   {
+    nn::FastConvOff off;  // gradient checkpointing's no-grad forward
+    EXPECT_FALSE(nn::fast_conv2d(x, c.weight, c.bias, c.stride, c.padding, cache).defined());
+  }
+  {
     ModeScope off(nn::FastConv::Aten);
     EXPECT_FALSE(nn::fast_conv2d(x, c.weight, c.bias, c.stride, c.padding, cache).defined());
   }

@@ -5,6 +5,7 @@
 #include <cmath>
 
 #include "ldm/error.h"
+#include "ldm/modules/fast_conv.h"
 
 namespace ldm {
 
@@ -75,6 +76,7 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
     torch::Tensor out;
     {
       torch::NoGradGuard ng;
+      nn::FastConvOff off;  // training weights: no inference caches
       out = h->fn(expand(*h, inputs));
     }
     ctx->saved_data["fn"] = holder;
