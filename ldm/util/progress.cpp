@@ -1,11 +1,19 @@
 #include "ldm/util/progress.h"
 
+#include <dlfcn.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include <cstdio>
 
 namespace ldm {
+
+void return_free_memory() {
+  // gperftools' C API, looked up at run time: the library does not link tcmalloc, the executables do
+  using Fn = void (*)();
+  static Fn fn = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "MallocExtension_ReleaseFreeMemory"));
+  if (fn) fn();
+}
 
 double peak_rss_gb() {
   rusage ru{};

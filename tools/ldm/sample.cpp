@@ -95,6 +95,7 @@ void release_weights(torch::nn::Module& mod) {
     io::release_pages(p.data_ptr(), p.nbytes());
     p.set_data(torch::empty({0}, p.options()));
   }
+  return_free_memory();  // converted weights lived on the heap: give the pages back, not just to tcmalloc
 }
 
 void run(const Opts& o) {
@@ -103,6 +104,7 @@ void run(const Opts& o) {
   if (o.precision == "bf16") lo.dtype = torch::kBFloat16;
   const auto t_load = std::chrono::steady_clock::now();
   auto m = load_latent_diffusion(o.config, o.ckpt, lo);
+  return_free_memory();  // conversion temporaries
   std::fprintf(stderr, "loaded %s in %.2f s (peak memory %.2f GB)\n", o.ckpt.c_str(),
                std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count(), peak_rss_gb());
   if (o.vae_tiling) m->vae_tiling = {o.vae_tile, o.vae_overlap, 1};
