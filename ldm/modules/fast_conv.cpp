@@ -64,24 +64,29 @@ dnnl::stream& stream() {
   return s;
 }
 
-// Winograd only on maps with >= this many output pixels (batch included):
-// below it the direct kernel with packed weights is as fast (measured on the
-// SD 1.5 shapes: 1280 channels at 8x8 x2 gain 25%, 320 at 32x32 x2 gain 2.3x).
+// Winograd only on maps with >= this many pixels (batch included): on smaller
+// ones it gains little (1280 channels at 8x8 x2: 25%; 320 at 32x32 x2: 2.3x).
 const int64_t kWinoMinPixels = std::getenv("LDM_WINO_MIN_PIXELS") ? std::atoll(std::getenv("LDM_WINO_MIN_PIXELS")) : 1024;
 // ... and only for weights up to 640x640x3x3: the transformed weights are 4x
 // the plain ones (6x6 tiles of 3x3 kernels), which bounds the extra memory.
 const int64_t kWinoMaxInOut = std::getenv("LDM_WINO_MAX_INOUT") ? std::atoll(std::getenv("LDM_WINO_MAX_INOUT")) : 640 * 640;
 // oneDNN's transform of the weights into the Winograd layout is slow (~12 ms
-// per MB), so a layer switches to Winograd only once its weights have been
-// used this many times (a sampling loop), never for a one-off call.
-// On maps this large one call pays for the transform (VAE decoder: 512
-// channels at 128x128, 190 ms with it against 404 ms direct).
+// per MB), so a layer switches only once its weights have been used this many
+// times (a sampling loop), never for a one-off call ...
 constexpr int kWinoAfterCalls = 2;
+// ... except on maps this large, where one call pays for the transform (VAE
+// decoder: 512 channels at 128x128, 190 ms with it against 404 ms direct).
 constexpr int64_t kWinoNowPixels = 128 * 128;
 // Packed direct kernels pay where the weights outweigh the maps (SD's 1280
 // channels at 4x4/8x8: libtorch reorders 59 MB of weights per call there); on
 // larger maps libtorch's per-call reorder is amortised and its kernel the same.
 const int64_t kDirectMaxPixels = std::getenv("LDM_DIRECT_MAX") ? std::atoll(std::getenv("LDM_DIRECT_MAX")) : 512;
+
+// Output height and width of a conv on x with weight w.
+std::pair<int64_t, int64_t> out_hw(const torch::Tensor& x, const torch::Tensor& w, const std::vector<int64_t>& stride,
+                                   int64_t padding) {
+  return {(x.size(2) + 2 * padding - w.size(2)) / stride[0] + 1, (x.size(3) + 2 * padding - w.size(3)) / stride[1] + 1};
+}
 
 struct Entry {
   std::vector<int64_t> in_sizes;
@@ -123,9 +128,8 @@ std::shared_ptr<dnnl::memory> pack_weights(FastConvCache& c, const dnnl::memory:
 
 Entry build(FastConvCache& c, const torch::Tensor& x, const torch::Tensor& w, bool has_bias,
             const std::vector<int64_t>& stride, int64_t padding, bool wino) {
-  const int64_t n = x.size(0), co = w.size(0), kh = w.size(2), kw = w.size(3);
-  const int64_t oh = (x.size(2) + 2 * padding - kh) / stride[0] + 1;
-  const int64_t ow = (x.size(3) + 2 * padding - kw) / stride[1] + 1;
+  const int64_t n = x.size(0), co = w.size(0);
+  const auto [oh, ow] = out_hw(x, w, stride, padding);
   Entry e;
   e.in_sizes = x.sizes().vec();
   e.wino = wino;
@@ -184,13 +188,15 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
     const bool wino_shape = !c.no_wino && w.size(2) == 3 && w.size(3) == 3 && stride[0] == 1 && stride[1] == 1 &&
                             padding == 1 && w.size(0) * w.size(1) <= kWinoMaxInOut && pixels >= kWinoMinPixels;
     wino = wino_shape && (c.calls > kWinoAfterCalls || pixels >= kWinoNowPixels);
-    const int64_t out_pixels = x.size(0) * ((x.size(2) + 2 * padding - w.size(2)) / stride[0] + 1) *
-                               ((x.size(3) + 2 * padding - w.size(3)) / stride[1] + 1);
-    if (!wino && out_pixels > kDirectMaxPixels) return {};
+    const auto [oh, ow] = out_hw(x, w, stride, padding);
+    if (!wino && x.size(0) * oh * ow > kDirectMaxPixels) return {};
   }
-  Entry* e = nullptr;
-  for (auto& en : c.entries)
-    if (en.in_sizes == x.sizes() && en.wino == wino) e = &en;
+  auto find = [&]() -> Entry* {
+    for (auto& en : c.entries)
+      if (en.in_sizes == x.sizes() && en.wino == wino) return &en;
+    return nullptr;
+  };
+  Entry* e = find();
   if (!e) {
     try {
       c.entries.push_back(build(c, x, w, b.defined(), stride, padding, wino));
@@ -200,6 +206,7 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
         return {};
       }
       c.no_wino = true;  // Winograd is AVX-512 only: direct
+      --c.calls;         // the retry counts this call again
       return fast_conv2d_locked(c, x, w, b, stride, padding);
     }
     if (wino) {  // Winograd took over this shape: drop its direct entry and unused packings
@@ -213,13 +220,10 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
     for (auto& en : c.entries)
       if (std::find(used.begin(), used.end(), en.weights) == used.end()) used.push_back(en.weights);
     c.packed = std::move(used);
-    for (auto& en : c.entries)
-      if (en.in_sizes == x.sizes() && en.wino == wino) e = &en;
+    e = find();
   }
   auto xc = x.contiguous();
-  const int64_t n = x.size(0), co = w.size(0);
-  auto od = e->user_dst.dims();
-  auto out = torch::empty({n, co, od[2], od[3]}, x.options());
+  auto out = torch::empty(e->user_dst.dims(), x.options());
   auto& s = stream();
   dnnl::memory usrc(e->user_src, engine(), xc.data_ptr());
   dnnl::memory udst(e->user_dst, engine(), out.data_ptr());
