@@ -21,7 +21,7 @@
 #include "ldm/error.h"
 #include "ldm/modules/diffusionmodules/openaimodel.h"
 #include "ldm/util/config.h"
-#include "ldm/util/instantiate.h"
+#include "ldm/models/registry.h"
 #include "ldm/util/runtime.h"
 
 extern char** environ;

@@ -11,7 +11,7 @@
 #include "ldm/io/image.h"
 #include "ldm/lr_scheduler.h"
 #include "ldm/models/diffusion/builder.h"
-#include "ldm/models/diffusion/samplers/sampler.h"
+#include "ldm/pipeline/pipeline.h"
 #include "ldm/util/runtime.h"
 
 int main(int argc, char** argv) {
@@ -60,17 +60,17 @@ int main(int argc, char** argv) {
     }
 
     // sample one image per class with the EMA weights and guidance 3
-    torch::NoGradGuard ng;
     model->eval();
     auto ema = model->ema_scope();
-    auto y = torch::arange(10);
-    ldm::GuidedDenoiser d(*model, model->make_cond(model->get_learned_conditioning(y)),
-                          model->make_cond(model->unconditional_conditioning(10)), 3.0);
-    ldm::SampleOptions so;
-    so.sampler = "dpm++2m";
-    so.steps = 20;
-    auto x = ldm::sample(d, torch::randn({10, 1, 32, 32}, gen), so);
-    ldm::io::save_png(out, ldm::io::make_grid(ldm::io::to_unit_range(x), 10));
+    ldm::pipeline::GenerateRequest r;
+    r.class_labels = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+    r.batch = 10;
+    r.cfg_scale = 3.0;
+    r.sampler = "dpm++2m";
+    r.steps = 20;
+    r.seed = 2;
+    auto x = ldm::pipeline::Pipeline::from_model(model)->generate(r).images;
+    ldm::io::save_png(out, ldm::io::make_grid(x, 10));
     std::cout << "wrote " << out << "\n";
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";

@@ -1,11 +1,13 @@
 #include "ldm/lr_scheduler.h"
 
 #include <cmath>
+#include <functional>
 
 #include <torch/optim/optimizer.h>
 
 #include "ldm/error.h"
 #include "ldm/util/config.h"
+#include "ldm/util/registry.h"
 
 namespace ldm {
 
@@ -50,36 +52,47 @@ double LambdaLinearScheduler::operator()(int64_t step) const {
                            static_cast<double>(o_.cycle_lengths[c]);
 }
 
+namespace {
+CycleOptions cycle_options(const Params& p) {
+  CycleOptions o;
+  auto ints = [&](const char* k) { return p.req<std::vector<int64_t>>(k); };
+  auto nums = [&](const char* k) { return p.req<std::vector<double>>(k); };
+  o.warm_up_steps = ints("warm_up_steps");
+  o.cycle_lengths = ints("cycle_lengths");
+  o.f_min = nums("f_min");
+  o.f_max = nums("f_max");
+  o.f_start = nums("f_start");
+  return o;
+}
+
+using ScheduleFactory = std::function<std::unique_ptr<LrSchedule>(const Params&)>;
+const Registry<ScheduleFactory>& schedules() {
+  static const Registry<ScheduleFactory> r(
+      "LR schedule",
+      {{"ldm.lr_scheduler.LambdaWarmUpCosineScheduler",
+        [](const Params& p) -> std::unique_ptr<LrSchedule> {
+          WarmUpCosineOptions o;
+          o.warm_up_steps = p.req<int64_t>("warm_up_steps");
+          o.lr_min = p.req<double>("lr_min");
+          o.lr_max = p.req<double>("lr_max");
+          o.lr_start = p.req<double>("lr_start");
+          o.max_decay_steps = p.req<int64_t>("max_decay_steps");
+          return std::make_unique<LambdaWarmUpCosineScheduler>(o);
+        }},
+       {"ldm.lr_scheduler.LambdaWarmUpCosineScheduler2",
+        [](const Params& p) -> std::unique_ptr<LrSchedule> {
+          return std::make_unique<LambdaWarmUpCosineScheduler2>(cycle_options(p));
+        }},
+       {"ldm.lr_scheduler.LambdaLinearScheduler", [](const Params& p) -> std::unique_ptr<LrSchedule> {
+          return std::make_unique<LambdaLinearScheduler>(cycle_options(p));
+        }}});
+  return r;
+}
+}  // namespace
+
 std::unique_ptr<LrSchedule> make_lr_schedule(const std::string& target, const Params& p) {
-  std::unique_ptr<LrSchedule> s;
   p.ignore({"verbosity_interval"});
-  if (target == "ldm.lr_scheduler.LambdaWarmUpCosineScheduler") {
-    WarmUpCosineOptions o;
-    o.warm_up_steps = p.req<int64_t>("warm_up_steps");
-    o.lr_min = p.req<double>("lr_min");
-    o.lr_max = p.req<double>("lr_max");
-    o.lr_start = p.req<double>("lr_start");
-    o.max_decay_steps = p.req<int64_t>("max_decay_steps");
-    s = std::make_unique<LambdaWarmUpCosineScheduler>(o);
-  } else if (target == "ldm.lr_scheduler.LambdaWarmUpCosineScheduler2" ||
-             target == "ldm.lr_scheduler.LambdaLinearScheduler") {
-    CycleOptions o;
-    auto ints = [&](const char* k) { return p.req<std::vector<int64_t>>(k); };
-    auto nums = [&](const char* k) { return p.req<std::vector<double>>(k); };
-    o.warm_up_steps = ints("warm_up_steps");
-    o.cycle_lengths = ints("cycle_lengths");
-    o.f_min = nums("f_min");
-    o.f_max = nums("f_max");
-    o.f_start = nums("f_start");
-    if (target.back() == '2')
-      s = std::make_unique<LambdaWarmUpCosineScheduler2>(o);
-    else
-      s = std::make_unique<LambdaLinearScheduler>(o);
-  } else {
-    throw Error(p.where() + ": unknown scheduler target \"" + target +
-                "\" (accepted: ldm.lr_scheduler.LambdaWarmUpCosineScheduler, "
-                "ldm.lr_scheduler.LambdaWarmUpCosineScheduler2, ldm.lr_scheduler.LambdaLinearScheduler)");
-  }
+  auto s = schedules().at(target, p.where())(p);
   p.check_unused(target);
   return s;
 }

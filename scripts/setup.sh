@@ -12,7 +12,9 @@ PKGS=(
   zlib1g-dev              # gzip idx files, zip checkpoints
   libgloo-dev             # headers for c10d ProcessGroupGloo (distributed training)
   libdnnl-dev             # oneDNN headers: cached inference conv primitives, Winograd
+  libcpp-httplib-dev      # ldm serve: HTTP server (and the tests' client)
   dataset-fashion-mnist   # the built-in default dataset
+  chromium chromium-driver python3-selenium  # tests only: the server's web page in a real browser
 )
 
 missing=()

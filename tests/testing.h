@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
+#include <sys/wait.h>
+
+#include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <string>
@@ -27,6 +30,23 @@ inline std::string temp_dir() {
   std::string tmpl = (std::filesystem::temp_directory_path() / "ldm_test_XXXXXX").string();
   char* d = mkdtemp(tmpl.data());
   return d ? std::string(d) : std::string();
+}
+
+// A shell command's exit status and its stdout and stderr together.
+struct CommandResult {
+  int rc;
+  std::string out;
+};
+inline CommandResult run_command(const std::string& cmd) {
+  CommandResult r{-1, ""};
+  FILE* p = popen((cmd + " 2>&1").c_str(), "r");
+  if (!p) return r;
+  char buf[4096];
+  size_t n;
+  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
+  const int st = pclose(p);
+  r.rc = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+  return r;
 }
 
 // max |a-b| - (atol + rtol |b|) <= 0 means within tolerance.

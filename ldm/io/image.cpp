@@ -5,11 +5,14 @@
 #include <torch/torch.h>
 #include <zlib.h>
 
+#include <climits>
+#include <cstdint>
 #include <cstring>
 #include <fstream>
 #include <iterator>
 
 #include "ldm/error.h"
+#include "ldm/io/atomic_file.h"
 
 namespace ldm::io {
 
@@ -20,6 +23,25 @@ torch::Tensor load_image(const std::string& path, int channels) {
   if (!data) {
     const char* why = stbi_failure_reason();
     throw Error(path + ": cannot read image (" + (why ? why : "unknown error") + ")");
+  }
+  auto t = torch::from_blob(data, {h, w, channels}, torch::kUInt8).permute({2, 0, 1}).to(torch::kFloat32).div_(255.0);
+  stbi_image_free(data);
+  return t.contiguous();
+}
+
+torch::Tensor decode_image(const std::string& bytes, int channels, const std::string& what, int64_t max_pixels) {
+  if (channels != 1 && channels != 3) throw Error("decode_image: channels must be 1 or 3");
+  const auto* p = reinterpret_cast<const stbi_uc*>(bytes.data());
+  const int len = static_cast<int>(std::min<size_t>(bytes.size(), INT32_MAX));
+  int w = 0, h = 0, c = 0;
+  if (!stbi_info_from_memory(p, len, &w, &h, &c)) throw Error(what + ": not a PNG, JPEG or BMP image");
+  if (static_cast<int64_t>(w) * h > max_pixels)
+    throw Error(what + ": " + std::to_string(w) + "x" + std::to_string(h) + " is larger than " +
+                std::to_string(max_pixels) + " pixels");
+  unsigned char* data = stbi_load_from_memory(p, len, &w, &h, &c, channels);
+  if (!data) {
+    const char* why = stbi_failure_reason();
+    throw Error(what + ": cannot decode the image (" + (why ? why : "unknown error") + ")");
   }
   auto t = torch::from_blob(data, {h, w, channels}, torch::kUInt8).permute({2, 0, 1}).to(torch::kFloat32).div_(255.0);
   stbi_image_free(data);
@@ -46,21 +68,30 @@ std::string text_chunk(const std::string& key, const std::string& value) {
 void append(void* ctx, void* data, int size) { static_cast<std::string*>(ctx)->append(static_cast<char*>(data), size); }
 }  // namespace
 
-void save_png(const std::string& path, const torch::Tensor& image, const std::map<std::string, std::string>& text) {
+torch::Tensor to_uint8(const torch::Tensor& image) {
+  return image.scalar_type() == torch::kUInt8
+             ? image
+             : image.detach().to(torch::kFloat32).clamp(0, 1).mul(255).round().to(torch::kUInt8);
+}
+
+std::string encode_png(const torch::Tensor& image, const std::map<std::string, std::string>& text) {
   if (image.dim() != 3 || (image.size(0) != 1 && image.size(0) != 3))
-    throw Error(path + ": save_png expects [C, H, W] with C = 1 or 3, got " + c10::str(image.sizes()));
-  auto u8 = image.scalar_type() == torch::kUInt8
-                ? image
-                : image.detach().to(torch::kFloat32).clamp(0, 1).mul(255).round().to(torch::kUInt8);
-  u8 = u8.cpu().permute({1, 2, 0}).contiguous();
+    throw Error("PNG: expected an image [C, H, W] with C = 1 or 3, got " + c10::str(image.sizes()));
+  auto u8 = to_uint8(image).cpu().permute({1, 2, 0}).contiguous();
   const int h = static_cast<int>(u8.size(0)), w = static_cast<int>(u8.size(1)), c = static_cast<int>(u8.size(2));
   std::string png;
-  if (!stbi_write_png_to_func(append, &png, w, h, c, u8.data_ptr<uint8_t>(), w * c))
-    throw Error(path + ": PNG encoding failed");
+  if (!stbi_write_png_to_func(append, &png, w, h, c, u8.data_ptr<uint8_t>(), w * c)) throw Error("PNG encoding failed");
   // text chunks go right after IHDR (8-byte signature + 25-byte IHDR chunk)
   std::string chunks;
   for (const auto& [k, v] : text) chunks += text_chunk(k, v);
   png.insert(33, chunks);
+  return png;
+}
+
+void save_png(const std::string& path, const torch::Tensor& image, const std::map<std::string, std::string>& text) {
+  if (image.dim() != 3 || (image.size(0) != 1 && image.size(0) != 3))
+    throw Error(path + ": save_png expects [C, H, W] with C = 1 or 3, got " + c10::str(image.sizes()));
+  auto png = encode_png(image, text);
   write_file_atomic(path, png.data(), png.size());
 }
 

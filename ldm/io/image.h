@@ -12,8 +12,16 @@ namespace ldm::io {
 // [C, H, W] float32 in [0, 1] with `channels` channels (1 or 3); ldm::Error
 // naming the file when it cannot be read or decoded.
 torch::Tensor load_image(const std::string& path, int channels = 3);
+// The same from encoded bytes (PNG, JPEG, BMP); `what` names them in errors.
+// Refuses images larger than max_pixels before decoding them.
+torch::Tensor decode_image(const std::string& bytes, int channels, const std::string& what,
+                           int64_t max_pixels = 64ll << 20);
 
-// [C, H, W] (C = 1 or 3) float in [0, 1] or uint8, written atomically.
+// Float in [0, 1] -> uint8 (rounded), as every PNG we write.
+torch::Tensor to_uint8(const torch::Tensor& image);
+// [C, H, W] (C = 1 or 3) float in [0, 1] or uint8 -> PNG bytes with tEXt chunks.
+std::string encode_png(const torch::Tensor& image, const std::map<std::string, std::string>& text = {});
+// The same, written atomically.
 void save_png(const std::string& path, const torch::Tensor& image, const std::map<std::string, std::string>& text = {});
 // The tEXt chunks of a PNG file.
 std::map<std::string, std::string> read_png_text(const std::string& path);

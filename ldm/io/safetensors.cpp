@@ -5,6 +5,7 @@
 #include <unistd.h>
 
 #include "ldm/error.h"
+#include "ldm/io/atomic_file.h"
 #include "ldm/io/mapped_file.h"
 #include "ldm/io/safetensors_format.h"
 #include "ldm/io/tensor_util.h"

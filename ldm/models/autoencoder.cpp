@@ -3,7 +3,7 @@
 #include <torch/torch.h>
 
 #include "ldm/error.h"
-#include "ldm/util/state_dict.h"
+#include "ldm/io/state_dict.h"
 #include "ldm/util/config.h"
 
 namespace ldm {
@@ -36,9 +36,9 @@ DiagonalGaussianDistribution AutoencoderKL::encode(const torch::Tensor& x) {
 
 torch::Tensor AutoencoderKL::decode(const torch::Tensor& z) { return decoder->forward(post_quant_conv->forward(z)); }
 
-torch::Tensor AutoencoderKL::encode_to_latent(const torch::Tensor& x, bool sample) {
+torch::Tensor AutoencoderKL::encode_to_latent(const torch::Tensor& x, bool sample, std::optional<torch::Generator> gen) {
   auto post = encode(x);
-  return sample ? post.sample() : post.mode();
+  return sample ? post.sample(gen) : post.mode();
 }
 
 std::pair<torch::Tensor, DiagonalGaussianDistribution> AutoencoderKL::forward(const torch::Tensor& x, bool sp) {
@@ -77,6 +77,46 @@ torch::Tensor VQModel::decode_quant(const torch::Tensor& q) { return decoder->fo
 std::pair<torch::Tensor, VectorQuantizer2::Out> VQModel::forward(const torch::Tensor& x) {
   auto q = quantize->forward(encode_prequant(x));
   return {decode_quant(q.z_q), q};
+}
+
+AutoencoderOutput FirstStage::train_forward(const torch::Tensor&, torch::Generator&) {
+  throw Error("this first stage has no training objective (train an AutoencoderKL or VQModel)");
+}
+std::vector<torch::Tensor> FirstStage::autoencoder_parameters() { return parameters(); }
+torch::Tensor FirstStage::last_layer() { throw Error("this first stage has no decoder to weight a GAN term on"); }
+torch::Tensor FirstStage::reconstruct(const torch::Tensor& x) { return decode(encode_to_latent(x, false)); }
+
+namespace {
+std::vector<torch::Tensor> params_of(std::initializer_list<torch::nn::Module*> mods) {
+  std::vector<torch::Tensor> v;
+  for (auto* m : mods)
+    for (auto& p : m->parameters()) v.push_back(p);
+  return v;
+}
+}  // namespace
+
+AutoencoderOutput AutoencoderKL::train_forward(const torch::Tensor& x, torch::Generator& g) {
+  AutoencoderOutput a;
+  a.inputs = x;
+  a.posterior.emplace(encode(x));
+  a.recon = decode(a.posterior->sample(g));
+  return a;
+}
+// the reference's opt_ae: encoder, decoder, quant_conv, post_quant_conv (not loss.logvar)
+std::vector<torch::Tensor> AutoencoderKL::autoencoder_parameters() {
+  return params_of({encoder.get(), decoder.get(), quant_conv.get(), post_quant_conv.get()});
+}
+
+AutoencoderOutput VQModel::train_forward(const torch::Tensor& x, torch::Generator&) {
+  auto [rec, q] = forward(x);
+  AutoencoderOutput a;
+  a.inputs = x;
+  a.recon = rec;
+  a.codebook_loss = q.loss;
+  return a;
+}
+std::vector<torch::Tensor> VQModel::autoencoder_parameters() {
+  return params_of({encoder.get(), decoder.get(), quantize.get(), quant_conv.get(), post_quant_conv.get()});
 }
 
 }  // namespace ldm

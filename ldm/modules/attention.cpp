@@ -10,7 +10,7 @@
 namespace ldm {
 
 namespace {
-int64_t g_chunk_elements = 32ll << 20;
+thread_local int64_t g_chunk_elements = kDefaultAttentionChunkElements;
 
 // [B, N, h*d] -> [B*h, N, d]
 torch::Tensor split_heads(const torch::Tensor& x, int64_t h) {
@@ -24,6 +24,7 @@ torch::Tensor merge_heads(const torch::Tensor& x, int64_t h) {
 }  // namespace
 
 void set_attention_chunk_elements(int64_t n) { g_chunk_elements = std::max<int64_t>(n, 1); }
+int64_t attention_chunk_elements() { return g_chunk_elements; }
 
 torch::Tensor attention_plain(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
   auto sim = torch::bmm(q, k.transpose(1, 2)) * scale;

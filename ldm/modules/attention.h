@@ -19,8 +19,21 @@ namespace ldm {
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale);
 // Plain one-shot path (reference behaviour), for tests and comparison.
 torch::Tensor attention_plain(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale);
-// Budget of score-matrix elements per chunk (default 32M floats = 128 MB).
+// Budget of score-matrix elements per chunk (default 32M floats = 128 MB),
+// per thread: a pipeline sets its own for the duration of a request.
+constexpr int64_t kDefaultAttentionChunkElements = 32ll << 20;
 void set_attention_chunk_elements(int64_t n);
+int64_t attention_chunk_elements();
+class AttentionChunkScope {
+ public:
+  explicit AttentionChunkScope(int64_t n) : prev_(attention_chunk_elements()) { set_attention_chunk_elements(n); }
+  ~AttentionChunkScope() { set_attention_chunk_elements(prev_); }
+  AttentionChunkScope(const AttentionChunkScope&) = delete;
+  AttentionChunkScope& operator=(const AttentionChunkScope&) = delete;
+
+ private:
+  int64_t prev_;
+};
 
 class CrossAttention : public torch::nn::Module {
  public:

@@ -27,10 +27,11 @@ FastConv from_env() {
   if (!std::strcmp(v, "direct")) return FastConv::Direct;
   return FastConv::Aten;  // "aten" (anything else: the safe path)
 }
-std::atomic<int> g_mode{static_cast<int>(from_env())};
+// per thread, so that pipelines on other threads are never affected
+thread_local FastConv g_mode = from_env();
 }  // namespace
 
-void set_fast_conv(FastConv mode) { g_mode = static_cast<int>(mode); }
+void set_fast_conv(FastConv mode) { g_mode = mode; }
 
 namespace {
 thread_local int g_off = 0;
@@ -39,14 +40,10 @@ FastConvOff::FastConvOff() { ++g_off; }
 FastConvOff::~FastConvOff() { --g_off; }
 
 namespace {
-std::mutex g_hook_mu;
-std::function<void(const torch::Tensor&)> g_packed_hook;
+thread_local std::function<void(const torch::Tensor&)> g_packed_hook;
 }  // namespace
-void set_fast_conv_packed_hook(std::function<void(const torch::Tensor&)> hook) {
-  std::lock_guard<std::mutex> lock(g_hook_mu);
-  g_packed_hook = std::move(hook);
-}
-FastConv fast_conv() { return static_cast<FastConv>(g_mode.load()); }
+void set_fast_conv_packed_hook(std::function<void(const torch::Tensor&)> hook) { g_packed_hook = std::move(hook); }
+FastConv fast_conv() { return g_mode; }
 
 #ifdef LDM_DNNL
 bool fast_conv_available() { return true; }
@@ -70,13 +67,11 @@ const int64_t kWinoMinPixels = std::getenv("LDM_WINO_MIN_PIXELS") ? std::atoll(s
 // ... and only for weights up to 640x640x3x3: the transformed weights are 4x
 // the plain ones (6x6 tiles of 3x3 kernels), which bounds the extra memory.
 const int64_t kWinoMaxInOut = std::getenv("LDM_WINO_MAX_INOUT") ? std::atoll(std::getenv("LDM_WINO_MAX_INOUT")) : 640 * 640;
-// oneDNN's transform of the weights into the Winograd layout is slow (~12 ms
-// per MB), so a layer switches only once its weights have been used this many
-// times (a sampling loop), never for a one-off call ...
-constexpr int kWinoAfterCalls = 2;
-// ... except on maps this large, where one call pays for the transform (VAE
-// decoder: 512 channels at 128x128, 190 ms with it against 404 ms direct).
-constexpr int64_t kWinoNowPixels = 128 * 128;
+// The choice depends on the shape alone, never on how often a layer ran:
+// the same request gives the same pixels whatever ran before it (a server's
+// tenth request, a pipeline after a LoRA was restored). oneDNN's transform
+// into the Winograd layout is slow (~12 ms per MB); a one-off call on a map
+// near kWinoMinPixels pays it without being repaid.
 // Packed direct kernels pay where the weights outweigh the maps (SD's 1280
 // channels at 4x4/8x8: libtorch reorders 59 MB of weights per call there); on
 // larger maps libtorch's per-call reorder is amortised and its kernel the same.
@@ -121,7 +116,6 @@ std::shared_ptr<dnnl::memory> pack_weights(FastConvCache& c, const dnnl::memory:
   dnnl::reorder(user, *packed).execute(stream(), user, *packed);
   stream().wait();
   c.packed.push_back(packed);
-  std::lock_guard<std::mutex> lock(g_hook_mu);
   if (g_packed_hook) g_packed_hook(w);
   return packed;
 }
@@ -187,7 +181,7 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
     const int64_t pixels = x.size(0) * x.size(2) * x.size(3);
     const bool wino_shape = !c.no_wino && w.size(2) == 3 && w.size(3) == 3 && stride[0] == 1 && stride[1] == 1 &&
                             padding == 1 && w.size(0) * w.size(1) <= kWinoMaxInOut && pixels >= kWinoMinPixels;
-    wino = wino_shape && (c.calls > kWinoAfterCalls || pixels >= kWinoNowPixels);
+    wino = wino_shape;
     const auto [oh, ow] = out_hw(x, w, stride, padding);
     if (!wino && x.size(0) * oh * ow > kDirectMaxPixels) return {};
   }

@@ -21,7 +21,7 @@ namespace ldm::nn {
 // auto: direct, and Winograd for 3x3/stride 1 convolutions on maps large enough
 // to pay for the 4x larger transformed weights (see fast_conv.cpp).
 enum class FastConv { Aten, Direct, Auto };
-// Initially from LDM_CONV=aten|direct|auto (default auto); for tests/benchmarks.
+// Per thread, initially from LDM_CONV=aten|direct|auto (default auto); for tests/benchmarks.
 // The auto policy's thresholds can be moved for experiments with
 // LDM_WINO_MIN_PIXELS, LDM_WINO_MAX_INOUT and LDM_DIRECT_MAX (fast_conv.cpp).
 void set_fast_conv(FastConv mode);
@@ -51,10 +51,19 @@ torch::Tensor fast_conv2d(const torch::Tensor& x, const torch::Tensor& weight, c
                           const std::vector<int64_t>& stride, int64_t padding,
                           std::shared_ptr<FastConvCache>& cache);
 
-// Called with each weight right after its packed copy is made. Inference CLIs
-// give the plain weight's file-mapped pages back here (io::release_pages): the
-// packed copy replaces them, and a later read faults them in from the file.
+// Called (on this thread) with each weight right after its packed copy is
+// made. A one-shot pipeline gives the plain weight's file-mapped pages back
+// here (io::release_pages): the packed copy replaces them, and a later read
+// faults them in from the file. Per thread: a pipeline sets it for the
+// duration of its request (PackedHookScope), never for the process.
 void set_fast_conv_packed_hook(std::function<void(const torch::Tensor&)> hook);
+class PackedHookScope {
+ public:
+  explicit PackedHookScope(std::function<void(const torch::Tensor&)> hook) { set_fast_conv_packed_hook(std::move(hook)); }
+  ~PackedHookScope() { set_fast_conv_packed_hook(nullptr); }
+  PackedHookScope(const PackedHookScope&) = delete;
+  PackedHookScope& operator=(const PackedHookScope&) = delete;
+};
 
 // Bytes held by a cache's packed weights (0 for none).
 size_t fast_conv_cache_bytes(const std::shared_ptr<FastConvCache>& cache);

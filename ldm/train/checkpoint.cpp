@@ -7,8 +7,9 @@
 #include <nlohmann/json.hpp>
 
 #include "ldm/error.h"
+#include "ldm/io/atomic_file.h"
 #include "ldm/io/safetensors.h"
-#include "ldm/util/state_dict.h"
+#include "ldm/io/state_dict.h"
 
 namespace fs = std::filesystem;
 
@@ -116,18 +117,6 @@ std::string save_checkpoint(const std::string& run_dir, torch::nn::Module& model
   std::sort(all.begin(), all.end());
   for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(all[i]);
   return final_dir.string();
-}
-
-std::string latest_checkpoint(const std::string& p) {
-  fs::path path(p);
-  if (fs::exists(path / "state.json")) return path.string();
-  fs::path ck = fs::exists(path / "checkpoints") ? path / "checkpoints" : path;
-  if (!fs::exists(ck / "latest")) throw Error(p + ": no checkpoint found (expected checkpoints/latest)");
-  std::string name = read_text(ck / "latest");
-  while (!name.empty() && (name.back() == '\n' || name.back() == '\r')) name.pop_back();
-  fs::path dir = ck / name;
-  if (!fs::exists(dir / "state.json")) throw Error((ck / "latest").string() + ": names " + name + ", which is incomplete");
-  return dir.string();
 }
 
 TrainState load_checkpoint(const std::string& dir, torch::nn::Module& model, const std::vector<NamedOptimizer>& opts) {

@@ -11,6 +11,8 @@
 #include <string>
 #include <vector>
 
+#include "ldm/io/run_dir.h"
+
 namespace torch::optim { class Optimizer; }
 namespace torch::nn { class Module; }
 
@@ -34,9 +36,6 @@ struct TrainState {
 std::string save_checkpoint(const std::string& run_dir, torch::nn::Module& model,
                             const std::vector<NamedOptimizer>& opts, const TrainState& st,
                             const std::string& config_yaml, int keep = 2);
-
-// The newest complete checkpoint of a run dir (or a checkpoint dir itself).
-std::string latest_checkpoint(const std::string& run_dir_or_ckpt);
 
 // Restores model weights/buffers (strict), optimizer states and the train state.
 TrainState load_checkpoint(const std::string& ckpt_dir, torch::nn::Module& model,

@@ -9,6 +9,7 @@
 #include <fstream>
 
 #include "ldm/error.h"
+#include "ldm/io/atomic_file.h"
 
 namespace ldm {
 

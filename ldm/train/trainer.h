@@ -1,8 +1,9 @@
 // The training loop for the reference's config schema: model (with
 // base_learning_rate and scale_lr), data (DataModuleFromConfig), the
 // lightning.trainer section, and this project's `training` section (seed,
-// device, log/checkpoint/image intervals). Trains AutoencoderKL (with its
-// LPIPSWithDiscriminator loss) and LatentDiffusion/DDPM.
+// device, log/checkpoint/image intervals). The loop is here; what differs
+// between models is a task (task.h): the GAN autoencoder task (AutoencoderKL,
+// VQModel) and the diffusion task (LatentDiffusion/DDPM).
 #pragma once
 #include <yaml-cpp/yaml.h>
 

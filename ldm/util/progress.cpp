@@ -8,19 +8,6 @@
 
 namespace ldm {
 
-void return_free_memory() {
-  // gperftools' C API, looked up at run time: the library does not link tcmalloc, the executables do
-  using Fn = void (*)();
-  static Fn fn = reinterpret_cast<Fn>(dlsym(RTLD_DEFAULT, "MallocExtension_ReleaseFreeMemory"));
-  if (fn) fn();
-}
-
-double peak_rss_gb() {
-  rusage ru{};
-  getrusage(RUSAGE_SELF, &ru);
-  return ru.ru_maxrss / 1048576.0;  // kB
-}
-
 std::string format_duration(double s) {
   if (!(s >= 0) || s > 1e7) return "--:--";
   long t = static_cast<long>(s + 0.5);

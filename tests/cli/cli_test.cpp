@@ -247,3 +247,27 @@ TEST(CliSample, Txt2ImgImg2ImgInpaint) {
   EXPECT_EQ(r.rc, 1);
   EXPECT_NE(r.out.find("give --config"), std::string::npos) << r.out;
 }
+
+// The CLI refuses bad request values with the library's one-line messages
+// (pipeline/validate.cpp), before anything is allocated.
+TEST(CliSample, BadRequestValuesAreTheLibrarysErrors) {
+  LDM_REQUIRE_SHARED();
+  auto dir = test::temp_dir();
+  auto base = "txt2img --config " + test::fixture("tiny_sd_v1.yaml") + " -m " + test::fixture("tiny_sd_v1.ckpt") +
+              " -p cat --steps 2 --vocab " + test::shared_dir() + "/data/bpe_simple_vocab_16e6.txt.gz -o " + dir + "/x.png";
+  const std::pair<std::string, std::string> cases[] = {
+      {" --cfg-scale nan", "cfg scale: expected a finite number, got nan"},
+      {" -W -64", "width: expected a positive number of pixels, got -64"},
+      {" -W 100 -H 80", "width: must be a multiple of 16 (the first stage's 4 x the UNet's 4), got 100"},
+      {" -b 0", "batch: expected at least 1 image, got 0"},
+      {" -b -1", "batch: expected at least 1 image, got -1"},
+      {" -b 100000", "request too large"},
+      {" -W 65536", "width: at most 8192 pixels, got 65536"},
+  };
+  for (const auto& [flags, want] : cases) {
+    auto r = run(base + flags);
+    EXPECT_EQ(r.rc, 1) << flags << ": " << r.out;
+    EXPECT_NE(r.out.find("ldm: error: " + want), std::string::npos) << flags << ": " << r.out;
+    EXPECT_FALSE(std::filesystem::exists(dir + "/x.png")) << flags;
+  }
+}

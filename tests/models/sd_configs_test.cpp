@@ -6,7 +6,7 @@
 #include "ldm/models/diffusion/load.h"
 #include "ldm/models/diffusion/sd_configs.h"
 #include "ldm/models/tiling.h"
-#include "ldm/util/instantiate.h"
+#include "ldm/models/registry.h"
 #include "tests/testing.h"
 
 using namespace ldm;

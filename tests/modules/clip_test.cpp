@@ -10,8 +10,8 @@
 #include "ldm/modules/encoders/clip_text.h"
 #include "ldm/modules/encoders/tokenizer.h"
 #include "ldm/util/config.h"
-#include "ldm/util/instantiate.h"
-#include "ldm/util/state_dict.h"
+#include "ldm/models/registry.h"
+#include "ldm/io/state_dict.h"
 #include "tests/testing.h"
 
 using namespace ldm;

@@ -3,8 +3,8 @@
 #include "ldm/io/ckpt.h"
 #include "ldm/modules/diffusionmodules/openaimodel.h"
 #include "ldm/util/config.h"
-#include "ldm/util/instantiate.h"
-#include "ldm/util/state_dict.h"
+#include "ldm/models/registry.h"
+#include "ldm/io/state_dict.h"
 #include "tests/testing.h"
 
 using namespace ldm;

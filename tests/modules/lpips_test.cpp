@@ -2,7 +2,7 @@
 
 #include "ldm/error.h"
 #include "ldm/io/safetensors.h"
-#include "ldm/util/state_dict.h"
+#include "ldm/io/state_dict.h"
 #include "tests/testing.h"
 
 using namespace ldm;

@@ -2,8 +2,8 @@
 
 #include "ldm/io/safetensors.h"
 #include "ldm/util/config.h"
-#include "ldm/util/instantiate.h"
-#include "ldm/util/state_dict.h"
+#include "ldm/models/registry.h"
+#include "ldm/io/state_dict.h"
 #include "tests/testing.h"
 
 using namespace ldm;

@@ -1,7 +1,7 @@
 // Parameter counts of the original configs equal the reference's, counted on
 // the meta device (no weights allocated).
 #include "ldm/util/config.h"
-#include "ldm/util/instantiate.h"
+#include "ldm/models/registry.h"
 #include "tests/testing.h"
 
 using namespace ldm;

@@ -22,6 +22,7 @@
 #include <sstream>
 
 #include "ldm/error.h"
+#include "ldm/io/atomic_file.h"
 #include "ldm/models/autoencoder.h"
 #include "ldm/models/diffusion/ddpm.h"
 #include "ldm/models/diffusion/load.h"
@@ -32,7 +33,7 @@
 #include "ldm/modules/layers.h"
 #include "ldm/train/optim.h"
 #include "ldm/util/config.h"
-#include "ldm/util/instantiate.h"
+#include "ldm/models/registry.h"
 #include "ldm/util/autocast.h"
 #include "ldm/util/progress.h"
 #include "tools/ldm/commands.h"

@@ -20,6 +20,7 @@ void add_train(CLI::App& app);
 void add_fashion_eval(CLI::App& app);
 void add_tokenize(CLI::App& app);
 void add_bench(CLI::App& app);
+void add_serve(CLI::App& app);
 
 void info_config(const std::string& path);
 // A tensor from "FILE[:name]" (the name may be left out when FILE holds one).

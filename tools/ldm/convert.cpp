@@ -10,8 +10,9 @@
 #include "ldm/models/diffusion/load.h"
 #include "ldm/models/diffusion/sd_configs.h"
 #include "ldm/util/config.h"
-#include "ldm/util/instantiate.h"
-#include "ldm/util/state_dict.h"
+#include "ldm/models/lora.h"
+#include "ldm/models/registry.h"
+#include "ldm/io/state_dict.h"
 #include "tools/ldm/commands.h"
 
 namespace ldm::cli {
@@ -28,6 +29,26 @@ std::string ema_name(const std::string& key) {
 
 torch::ScalarType dtype_of(const std::string& d) {
   return d == "fp16" ? torch::kFloat16 : d == "bf16" ? torch::kBFloat16 : torch::kFloat32;
+}
+
+// Each LoRA's deltas added to the float32 copy of the weights it touches.
+void merge_loras(io::TensorMap& weights, const std::vector<std::string>& specs) {
+  if (specs.empty()) return;
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (auto& [k, t] : weights) shapes[k] = t.sizes().vec();
+  for (const auto& spec : specs) {
+    auto [file, mult] = parse_lora_arg(spec);
+    auto match = match_lora(io::load_weights(file).tensors, shapes, file);
+    for (const auto& d : match.deltas) {
+      auto& w = weights.at(d.key);
+      auto merged = w.to(torch::kFloat32).clone();  // never write into the input's (mapped) tensors
+      add_lora_delta(merged, d, mult);
+      w = merged.to(w.scalar_type());
+    }
+    std::cout << file << ": " << match.deltas.size() << " weights changed x" << mult;
+    if (!match.unmatched.empty()) std::cout << "; " << match.unmatched.size() << " modules matched nothing (" << match.unmatched[0] << " ...)";
+    std::cout << "\n";
+  }
 }
 
 void add_init(CLI::App& app) {
@@ -67,6 +88,7 @@ void add_convert(CLI::App& app) {
   struct Opts {
     std::string in, out, dtype;
     bool ema = false;
+    std::vector<std::string> loras;
   };
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("convert", "convert .ckpt/.safetensors to .safetensors");
@@ -75,6 +97,7 @@ void add_convert(CLI::App& app) {
   sub->add_option("--dtype", o->dtype, "cast floating tensors: fp32, fp16 or bf16")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   sub->add_flag("--ema", o->ema, "write the EMA weights under the normal model keys");
+  sub->add_option("--lora", o->loras, "bake a LoRA into the weights: FILE[:MULT] (repeatable)");
   sub->callback([o] {
     auto ck = io::load_weights(o->in);
     io::TensorMap out;
@@ -94,6 +117,7 @@ void add_convert(CLI::App& app) {
       out[k] = v;
     }
     if (o->ema && swapped == 0) throw Error(o->in + ": --ema: the file has no model.* weights with EMA copies");
+    merge_loras(out, o->loras);
     std::map<std::string, std::string> md = ck.metadata;
     md["format"] = "pt";
     if (ck.global_step >= 0) md["global_step"] = std::to_string(ck.global_step);

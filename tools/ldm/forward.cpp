@@ -8,8 +8,9 @@
 #include "ldm/modules/encoders/clip_text.h"
 #include "ldm/modules/diffusionmodules/openaimodel.h"
 #include "ldm/util/config.h"
-#include "ldm/util/instantiate.h"
-#include "ldm/util/state_dict.h"
+#include "ldm/models/registry.h"
+#include "ldm/io/state_dict.h"
+#include "ldm/modules/taesd.h"
 #include "tools/ldm/commands.h"
 
 namespace ldm::cli {
@@ -38,6 +39,8 @@ io::TensorMap run(torch::nn::Module& m, const io::TensorMap& in, const Opts& o) 
     out["out"] = e->forward(need(in, "x", o));
   } else if (auto* d = dynamic_cast<Decoder*>(&m)) {
     out["out"] = d->forward(need(in, "x", o));
+  } else if (auto* t = dynamic_cast<TaesdNet*>(&m)) {
+    out["out"] = t->forward(need(in, "x", o));
   } else if (auto* a = dynamic_cast<AutoencoderKL*>(&m)) {
     const auto& img = need(in, "image", o);
     auto enc = a->encoder->forward(img);
@@ -55,7 +58,7 @@ io::TensorMap run(torch::nn::Module& m, const io::TensorMap& in, const Opts& o) 
     out["last_hidden_state"] = r.last_hidden_state;
     out["pooled"] = r.pooled;
   } else {
-    throw Error(o.config + ": ldm forward supports UNetModel, Encoder, Decoder, AutoencoderKL and FrozenCLIPEmbedder");
+    throw Error(o.config + ": ldm forward supports UNetModel, Encoder, Decoder, AutoencoderKL, taesd.Encoder/Decoder and FrozenCLIPEmbedder");
   }
   return out;
 }
@@ -77,11 +80,15 @@ void add_forward(CLI::App& app) {
       nn::InitScope empty(nn::Init::Empty);
       m = instantiate_from_config(cfg, o->config);
     }
-    io::LoadOptions lo;
-    lo.prefix = o->weights_prefix;
-    lo.strip_prefix = true;
-    auto w = io::load_weights(o->weights, lo).tensors;
-    load_state_dict(*m, w, true, o->weights);
+    if (auto t = std::dynamic_pointer_cast<TaesdNet>(m)) {  // either layout; the target picks the part
+      m = load_taesd(o->weights, t->is_decoder());
+    } else {
+      io::LoadOptions lo;
+      lo.prefix = o->weights_prefix;
+      lo.strip_prefix = true;
+      auto w = io::load_weights(o->weights, lo).tensors;
+      load_state_dict(*m, w, true, o->weights);
+    }
     m->eval();
     io::LoadOptions li;
     li.prefix = o->inputs_prefix;

@@ -4,7 +4,7 @@
 
 #include "ldm/error.h"
 #include "ldm/util/config.h"
-#include "ldm/util/instantiate.h"
+#include "ldm/models/registry.h"
 #include "tools/ldm/commands.h"
 
 namespace ldm::cli {

@@ -22,6 +22,7 @@ int main(int argc, char** argv) {
   ldm::cli::add_fashion_eval(app);
   ldm::cli::add_tokenize(app);
   ldm::cli::add_bench(app);
+  ldm::cli::add_serve(app);
   try {
     ldm::init_runtime();
     app.parse(argc, argv);

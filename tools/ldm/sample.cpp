@@ -1,24 +1,22 @@
-// ldm sample: draw images from a LatentDiffusion/DDPM given its config and a
-// checkpoint, with any sampler; precomputed noise and conditioning can be
-// injected (safetensors) to reproduce a reference run exactly.
+// ldm sample / txt2img / img2img / inpaint: flags and files over
+// pipeline::generate(); precomputed noise and conditioning can be injected
+// (safetensors) to reproduce a reference run exactly.
 #include <torch/torch.h>
 
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
 #include <iostream>
+#include <map>
 #include <sstream>
 
+#include "ldm/util/memory.h"
 #include "ldm/error.h"
-#include "ldm/modules/fast_conv.h"
-#include "ldm/modules/layers.h"
 #include "ldm/io/image.h"
-#include "ldm/io/mapped_file.h"
 #include "ldm/io/safetensors.h"
-#include "ldm/models/diffusion/load.h"
 #include "ldm/models/diffusion/samplers/sampler.h"
-#include "ldm/modules/encoders/clip_text.h"
-#include "ldm/util/autocast.h"
+#include "ldm/models/lora.h"
+#include "ldm/pipeline/pipeline.h"
 #include "ldm/util/progress.h"
 #include "tools/ldm/commands.h"
 
@@ -56,17 +54,11 @@ struct Opts {
   std::string init_image, mask;
   double strength = 0.75;
   std::string mode = "sample";  // sample | txt2img | img2img | inpaint: the last three write -o as a file
+  std::vector<std::string> loras;  // FILE[:MULT]
+  std::string lora_dir;
+  std::string taesd, preview = "none", preview_path = "preview.png";
+  int64_t preview_interval = 1;
 };
-
-// [1, C, H, W] in [-1, 1] from an image file, resized to h x w.
-torch::Tensor read_image(const std::string& path, int channels, int64_t h, int64_t w) {
-  auto img = io::load_image(path, channels).unsqueeze(0);
-  if (img.size(2) != h || img.size(3) != w)
-    img = torch::nn::functional::interpolate(
-        img, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{h, w}).mode(torch::kBilinear)
-                 .align_corners(false).antialias(true));
-  return img.clamp(0, 1) * 2 - 1;
-}
 
 std::vector<int64_t> parse_labels(const std::string& s, int64_t n) {
   std::vector<int64_t> v;
@@ -87,149 +79,46 @@ std::vector<int64_t> parse_labels(const std::string& s, int64_t n) {
   return v;
 }
 
-// A module this run no longer needs: its pages (mapped file) or heap
-// (converted weights) go back, lowering the peak of the stages after it.
-void release_weights(torch::nn::Module& mod) {
-  nn::release_fast_conv(mod);
-  for (auto& p : mod.parameters()) {
-    io::release_pages(p.data_ptr(), p.nbytes());
-    p.set_data(torch::empty({0}, p.options()));
+pipeline::GenerateRequest request(const Opts& o, pipeline::Pipeline& p) {
+  pipeline::GenerateRequest r;
+  r.prompt = o.prompt;
+  r.negative_prompt = o.negative;
+  r.width = o.width;
+  r.height = o.height;
+  r.batch = o.batch;
+  r.seed = o.seed;
+  r.sampler = o.sampler;
+  r.schedule = o.schedule;
+  r.discretize = o.discretize;
+  r.steps = o.steps;
+  r.eta = o.eta;
+  r.cfg_scale = o.cfg_scale;
+  r.strength = o.strength;
+  if (!o.init_noise.empty()) r.init_noise = load_tensor_arg(o.init_noise, "--init-noise");
+  if (!o.cond.empty()) r.cond = load_tensor_arg(o.cond, "--cond");
+  if (!o.uncond.empty()) r.uncond = load_tensor_arg(o.uncond, "--uncond");
+  if (!o.labels.empty()) r.class_labels = parse_labels(o.labels, r.init_noise.defined() ? r.init_noise.size(0) : o.batch);
+  if (!o.init_image.empty()) r.init_image = io::load_image(o.init_image, static_cast<int>(p.image_channels()));
+  if (!o.mask.empty()) r.mask = io::load_image(o.mask, 1);
+  for (const auto& spec : o.loras) {
+    auto [file, mult] = parse_lora_arg(spec);
+    r.loras.push_back({file, mult, mult});
   }
-  return_free_memory();  // converted weights lived on the heap: give the pages back, not just to tcmalloc
+  return r;
 }
 
-void run(const Opts& o) {
-  ModelLoadOptions lo;
-  lo.prediction = o.prediction;
-  if (o.precision == "bf16") lo.dtype = torch::kBFloat16;
-  const auto t_load = std::chrono::steady_clock::now();
-  auto m = load_latent_diffusion(o.config, o.ckpt, lo);
-  return_free_memory();  // conversion temporaries
-  std::fprintf(stderr, "loaded %s in %.2f s (peak memory %.2f GB)\n", o.ckpt.c_str(),
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_load).count(), peak_rss_gb());
-  if (o.vae_tiling) m->vae_tiling = {o.vae_tile, o.vae_overlap, 1};
-  torch::manual_seed(o.seed);  // the posterior sample of img2img's encoder, as the reference's seed_everything
-  torch::NoGradGuard ng;
-  Autocast ac(o.precision == "bf16" ? "bf16" : "32", torch::kCPU);  // bf16 weights: conv/matmul in bf16 (AMX where present)
-  auto ema = o.no_ema ? nullptr : m->ema_scope();
-  const bool ema_active = !o.no_ema && m->model_ema;
-  // Packed conv weights replace the plain ones' mapped pages (a later read
-  // faults them in from the file). Not under EMA: the scope writes into them.
-  if (!ema_active) nn::set_fast_conv_packed_hook([](const torch::Tensor& w) { io::release_pages(w.data_ptr(), w.nbytes()); });
-  auto gen = torch::make_generator<at::CPUGeneratorImpl>(o.seed);  // torch.manual_seed(seed) on CPU
-
-  const auto& mo = m->options();
-  const int64_t f = m->first_stage() ? m->first_stage()->downsample_factor() : 1;
-  torch::Tensor noise;
-  if (!o.init_noise.empty()) {
-    noise = load_tensor_arg(o.init_noise, "--init-noise").to(torch::kFloat32);
-  } else {
-    int64_t h = o.height ? o.height : mo.image_size * f, w = o.width ? o.width : mo.image_size * f;
-    if (h % f || w % f) throw Error("-W/-H: must be multiples of " + std::to_string(f) + " (the first stage's factor)");
-    noise = torch::randn({o.batch, mo.channels, h / f, w / f}, gen);
-  }
-  const int64_t n = noise.size(0);
-
-  std::string prompt;
-  Cond cond, uncond;
-  auto te = std::dynamic_pointer_cast<TextEncoder>(m->cond_stage());
-  if (te && (!o.prompt.empty() || !o.negative.empty()))
-    te->set_tokenizer(std::make_shared<ClipTokenizer>(ClipTokenizer::load(find_clip_vocab(o.ckpt, o.vocab))));
-  if (!o.prompt.empty()) {
-    if (!te) throw Error("-p/--prompt: this model's cond stage is not a text encoder (use --class or --cond)");
-    // prompt and negative prompt in the same number of 75-token windows (one batch for guidance)
-    const size_t k = std::max(te->windows(o.prompt), te->windows(o.negative));
-    cond = m->make_cond(m->text_conditioning(std::vector<std::string>(n, o.prompt), k));
-    prompt = o.prompt;
-    if (o.cfg_scale != 1.0 && o.uncond.empty())
-      uncond = m->make_cond(m->text_conditioning(std::vector<std::string>(n, o.negative), k));
-    if (!o.negative.empty()) prompt += "\nNegative prompt: " + o.negative;
-  } else if (!o.cond.empty()) {
-    cond = m->make_cond(load_tensor_arg(o.cond, "--cond").to(torch::kFloat32));
-    prompt = "cond " + o.cond;
-  } else if (!o.labels.empty()) {
-    auto labels = torch::tensor(parse_labels(o.labels, n), torch::kInt64);
-    cond = m->make_cond(m->get_learned_conditioning(labels));
-    prompt = "class " + o.labels;
-  } else if (!mo.conditioning_key.empty()) {
-    throw Error("this model is conditional (" + mo.conditioning_key + "): give -p, --class or --cond");
-  }
-  if (!o.uncond.empty()) uncond = m->make_cond(load_tensor_arg(o.uncond, "--uncond").to(torch::kFloat32));
-  else if (uncond.crossattn.defined() || uncond.y.defined() || uncond.concat.defined()) {}
-  else if (o.cfg_scale != 1.0 && !o.labels.empty()) uncond = m->make_cond(m->unconditional_conditioning(n));
-  else if (o.cfg_scale != 1.0) throw Error("--cfg-scale " + std::to_string(o.cfg_scale) + " needs --uncond (or --class with a ClassEmbedder)");
-
-  SampleOptions so;
-  if (!o.init_image.empty()) {
-    // img2img: the init image's latents noised to `strength`; inpaint: repaint where the mask is white
-    const int64_t H = noise.size(2) * f, W = noise.size(3) * f;
-    const int64_t ic = m->first_stage() ? m->first_stage()->image_channels() : 0;
-    const int ch = static_cast<int>(ic ? ic : noise.size(1));
-    auto img = read_image(o.init_image, ch, H, W).expand({n, ch, H, W}).contiguous();
-    auto x0 = m->encode_first_stage(img).to(torch::kFloat32);
-    if (!o.mask.empty()) {
-      auto mask_px = (read_image(o.mask, 1, H, W) + 1) / 2;  // 1 = repaint
-      mask_px = (mask_px >= 0.5).to(torch::kFloat32).expand({n, 1, H, W});
-      auto mask_lat = torch::nn::functional::interpolate(
-          mask_px, torch::nn::functional::InterpolateFuncOptions()
-                       .size(std::vector<int64_t>{noise.size(2), noise.size(3)})
-                       .mode(torch::kNearest));
-      if (mo.conditioning_key == "hybrid" && m->unet()->options().in_channels == 2 * noise.size(1) + 1) {
-        // the 9-channel inpainting UNet: [x, mask, masked-image latents], as SD inpainting checkpoints
-        auto masked = m->encode_first_stage(img * (1 - mask_px)).to(torch::kFloat32);
-        cond.concat = torch::cat({mask_lat, masked}, 1);
-        if (uncond.crossattn.defined()) uncond.concat = cond.concat;
-      } else {
-        so.x0 = x0;
-        so.mask = 1 - mask_lat;  // samplers keep x0 where mask == 1
-      }
-    } else {
-      so.x0 = x0;
-      so.strength = o.strength;
-    }
-  } else if (!o.mask.empty()) {
-    throw Error("--mask needs -i/--init-img (the image to inpaint)");
-  }
-  if (te) release_weights(*te);  // the text encoder is done before the UNet's working set grows
-  GuidedDenoiser d(*m, cond, uncond, o.cfg_scale);
-  so.sampler = o.sampler;
-  so.steps = o.steps;
-  so.eta = o.eta;
-  so.schedule = o.schedule;
-  so.discretize = o.discretize;
-  so.generator = gen;
-  Progress prog("sample " + o.sampler, o.steps);
-  so.callback = [&](int64_t k, int64_t total, const torch::Tensor&, const torch::Tensor&) {
-    prog.update(k + 1);
-    (void)total;
-  };
-  auto x = sample(d, noise, so);
-  prog.finish(std::to_string(d.calls) + " model evaluations; peak memory " + std::to_string(peak_rss_gb()).substr(0, 4) + " GB");
-  // the UNet is done before the decoder's working set grows (unless an EMA
-  // scope will restore the trained weights into it at the end)
-  if (!ema_active) release_weights(*m->unet());
-  const auto t_decode = std::chrono::steady_clock::now();
-  if (!o.save_latents.empty()) io::save_safetensors(o.save_latents, {{"latents", x.contiguous()}});
-
-  auto img = m->decode_first_stage(x).to(torch::kFloat32);
-  if (img.size(1) != 1 && img.size(1) != 3) {
-    std::cerr << "note: decoded output has " << img.size(1) << " channels, not an image; no PNG written"
-              << (o.save_latents.empty() ? " (use --save-latents)" : "") << "\n";
-    return;
-  }
-  std::fprintf(stderr, "decoded in %.2f s; peak memory %.2f GB\n",
-               std::chrono::duration<double>(std::chrono::steady_clock::now() - t_decode).count(), peak_rss_gb());
-  auto unit = io::to_unit_range(img);
-  std::ostringstream params;
-  params << prompt << "\nSteps: " << o.steps << ", Sampler: " << o.sampler << ", Schedule type: " << o.schedule
-         << ", CFG scale: " << o.cfg_scale << ", Seed: " << o.seed << ", Size: " << img.size(3) << "x" << img.size(2)
-         << ", Model: " << std::filesystem::path(o.ckpt).stem().string();
-  if (o.mode != "sample") {  // -o FILE: FILE, then FILE_1.png ... for a batch (stable-diffusion.cpp's layout)
+// -o FILE: FILE, then FILE_1.png ... for a batch (stable-diffusion.cpp's
+// layout); `sample`: a directory of numbered PNGs and a grid.
+void write_images(const Opts& o, const pipeline::GenerateResult& res) {
+  const auto& unit = res.images;
+  const int64_t n = unit.size(0);
+  const std::map<std::string, std::string> text{{"parameters", res.parameters}};
+  if (o.mode != "sample") {
     std::filesystem::path out(o.out);
     if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path());
     for (int64_t i = 0; i < n; ++i) {
       auto p = i == 0 ? out : out.parent_path() / (out.stem().string() + "_" + std::to_string(i) + out.extension().string());
-      io::save_png(p.string(), unit[i], {{"parameters", params.str()}});
+      io::save_png(p.string(), unit[i], text);
     }
     std::cerr << "wrote " << n << " image" << (n > 1 ? "s" : "") << " to " << o.out << (n > 1 ? " (and _1, _2 ...)" : "") << "\n";
     return;
@@ -238,13 +127,54 @@ void run(const Opts& o) {
   for (int64_t i = 0; i < n; ++i) {
     char name[32];
     std::snprintf(name, sizeof name, "%06lld.png", (long long)i);
-    io::save_png((std::filesystem::path(o.out) / name).string(), unit[i], {{"parameters", params.str()}});
+    io::save_png((std::filesystem::path(o.out) / name).string(), unit[i], text);
   }
   auto nrow = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(n))));
-  if (!o.no_grid)
-    io::save_png((std::filesystem::path(o.out) / "grid.png").string(), io::make_grid(unit, nrow),
-               {{"parameters", params.str()}});
+  if (!o.no_grid) io::save_png((std::filesystem::path(o.out) / "grid.png").string(), io::make_grid(unit, nrow), text);
   std::cerr << "wrote " << n << " images" << (o.no_grid ? "" : " and grid.png") << " to " << o.out << "\n";
+}
+
+void run(const Opts& o) {
+  pipeline::LoadOptions lo;
+  lo.model = o.ckpt;
+  lo.config = o.config;
+  lo.vocab = o.vocab;
+  lo.precision = o.precision;
+  lo.prediction = o.prediction;
+  lo.use_ema = !o.no_ema;
+  lo.release_after_use = true;  // one request: give each module's memory back once it is done
+  lo.lora_dir = o.lora_dir;
+  lo.taesd = o.taesd;
+  if (o.preview == "taesd" && o.taesd.empty()) throw Error("--preview taesd: needs --taesd FILE");
+  if (o.preview_interval < 1) throw Error("--preview-interval: expected >= 1, got " + std::to_string(o.preview_interval));
+  if (o.vae_tiling) {
+    lo.vae_tile = o.vae_tile;
+    lo.vae_tile_overlap = o.vae_overlap;
+  }
+  auto p = pipeline::Pipeline::load(lo);
+  std::fprintf(stderr, "loaded %s in %.2f s (peak memory %.2f GB)\n", o.ckpt.c_str(), p->load_seconds(), peak_rss_gb());
+  auto r = request(o, *p);
+  Progress prog("sample " + o.sampler, o.steps);
+  pipeline::GenerateCallbacks cb;
+  cb.progress = [&](const pipeline::ProgressInfo& i) {
+    prog.update(i.step);
+    if (o.preview != "none" && (i.step % o.preview_interval == 0 || i.step == i.steps) && i.denoised.defined()) {
+      auto img = p->preview(i.denoised, o.preview);
+      io::save_png(o.preview_path, io::make_grid(img, static_cast<int64_t>(std::ceil(std::sqrt(double(img.size(0)))))));
+    }
+  };
+  auto res = p->generate(r, cb);
+  for (const auto& note : res.notes) std::cerr << "note: " << note << "\n";
+  prog.finish(std::to_string(res.model_evaluations) + " model evaluations; peak memory " +
+              std::to_string(peak_rss_gb()).substr(0, 4) + " GB");
+  if (!o.save_latents.empty()) io::save_safetensors(o.save_latents, {{"latents", res.latents.contiguous()}});
+  if (!res.images.defined()) {
+    std::cerr << "note: decoded output has " << p->model().options().channels << " channels, not an image; no PNG written"
+              << (o.save_latents.empty() ? " (use --save-latents)" : "") << "\n";
+    return;
+  }
+  std::fprintf(stderr, "decoded in %.2f s; peak memory %.2f GB\n", res.timings.decoding, peak_rss_gb());
+  write_images(o, res);
 }
 }  // namespace
 
@@ -296,6 +226,14 @@ void add_generate(CLI::App& app, const std::string& mode) {
   sub->add_flag("--vae-tiling", o->vae_tiling, "decode/encode in overlapping tiles (large images in bounded memory)");
   sub->add_option("--vae-tile-size", o->vae_tile, "tile side in latent pixels")->capture_default_str();
   sub->add_option("--vae-tile-overlap", o->vae_overlap, "tile overlap in latent pixels")->capture_default_str();
+  sub->add_option("--taesd", o->taesd, "TAESD weights: decode (and encode) with it instead of the VAE; previews");
+  sub->add_option("--preview", o->preview, "write the current x0 estimate while sampling: taesd, proj or none")
+      ->check(CLI::IsMember({"taesd", "proj", "none"}))
+      ->capture_default_str();
+  sub->add_option("--preview-path", o->preview_path, "where the preview PNG goes")->capture_default_str();
+  sub->add_option("--preview-interval", o->preview_interval, "steps between previews")->capture_default_str();
+  sub->add_option("--lora", o->loras, "merge a LoRA for this run: FILE[:MULT] (repeatable)");
+  sub->add_option("--lora-model-dir", o->lora_dir, "where <lora:name:mult> tags in the prompt are looked up");
   sub->add_flag("--no-ema", o->no_ema, "use the trained weights, not the EMA weights");
   sub->add_flag("--no-grid", o->no_grid, "write the images only, no grid.png");
   sub->add_option("-o,--output", o->out, sdcpp ? "output PNG" : "output directory")->capture_default_str();

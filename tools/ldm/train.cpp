@@ -12,6 +12,7 @@
 #include <iostream>
 #include <thread>
 
+#include "ldm/util/memory.h"
 #include "ldm/error.h"
 #include "ldm/train/distributed.h"
 #include "ldm/train/trainer.h"

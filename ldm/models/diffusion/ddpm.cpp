@@ -4,8 +4,8 @@
 
 #include "ldm/error.h"
 #include "ldm/util/config.h"
-#include "ldm/util/instantiate.h"
-#include "ldm/util/state_dict.h"
+#include "ldm/models/registry.h"
+#include "ldm/io/state_dict.h"
 #include "ldm/modules/encoders/clip_text.h"
 #include "ldm/modules/encoders/modules.h"
 
@@ -191,17 +191,17 @@ Cond LatentDiffusion::make_cond(const torch::Tensor& c) const {
   if (k == "crossattn") out.crossattn = c;
   else if (k == "concat") out.concat = c;
   else if (k == "adm") out.y = c;
-  else if (k == "hybrid") throw Error("conditioning_key hybrid: build Cond{crossattn, concat} explicitly");
+  else if (k == "hybrid") out.crossattn = c;  // the reference's c_crossattn; c_concat (mask, masked image) comes from the image
   return out;
 }
 
 std::unique_ptr<EmaScope> LatentDiffusion::ema_scope() { return std::make_unique<EmaScope>(model_ema.get(), *model_); }
 
-torch::Tensor LatentDiffusion::encode_first_stage(const torch::Tensor& x) {
+torch::Tensor LatentDiffusion::encode_first_stage(const torch::Tensor& x, std::optional<torch::Generator> gen) {
   if (!first_stage_) return x;
   const int64_t f = first_stage_->downsample_factor();
   TileOptions t{vae_tiling.tile * f, vae_tiling.overlap * f, f};
-  auto enc = [&](const torch::Tensor& p) { return first_stage_->encode_to_latent(p, true); };
+  auto enc = [&](const torch::Tensor& p) { return first_stage_->encode_to_latent(p, true, gen); };
   return tiled_apply(enc, x, t) * scale_factor.item<double>();
 }
 

@@ -6,6 +6,7 @@
 #include <torch/types.h>
 
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -70,6 +71,7 @@ class LatentDiffusion : public torch::nn::Module {
   // Text cond stages (CLIP): prompts -> context; needs the tokenizer attached.
   // Prompts of any length (75-token windows) and (word:1.2) weighting.
   torch::Tensor text_conditioning(const std::vector<std::string>& prompts, size_t min_windows = 1);
+  // hybrid: c is the cross-attention side; the caller adds the concat side.
   Cond make_cond(const torch::Tensor& c) const;
 
   // EMA of model.* (when use_ema): the reference's model_ema buffers.
@@ -81,7 +83,7 @@ class LatentDiffusion : public torch::nn::Module {
   // Pixels in [-1,1] -> scaled latents, and back; tiled when vae_tiling.tile
   // > 0 (tile and overlap in latent units).
   TileOptions vae_tiling;
-  torch::Tensor encode_first_stage(const torch::Tensor& x);
+  torch::Tensor encode_first_stage(const torch::Tensor& x, std::optional<torch::Generator> gen = std::nullopt);
   torch::Tensor decode_first_stage(const torch::Tensor& z);
 
   const LatentDiffusionOptions& options() const { return o_; }

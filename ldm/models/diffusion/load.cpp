@@ -10,10 +10,10 @@
 #include "ldm/io/ckpt.h"
 #include "ldm/io/mapped_file.h"
 #include "ldm/models/diffusion/sd_configs.h"
-#include "ldm/train/checkpoint.h"
+#include "ldm/io/run_dir.h"
 #include "ldm/util/config.h"
-#include "ldm/util/instantiate.h"
-#include "ldm/util/state_dict.h"
+#include "ldm/models/registry.h"
+#include "ldm/io/state_dict.h"
 
 namespace ldm {
 
@@ -22,8 +22,7 @@ YAML::Node model_node(const YAML::Node& cfg) { return cfg["model"] ? cfg["model"
 std::shared_ptr<LatentDiffusion> load_latent_diffusion(const std::string& config_arg, const std::string& ckpt,
                                                        const ModelLoadOptions& o) {
   // a training run directory or one of its checkpoints: the model weights in it
-  std::string file = ckpt;
-  if (std::filesystem::is_directory(ckpt)) file = latest_checkpoint(ckpt) + "/model.safetensors";
+  const std::string file = weights_file(ckpt);
   auto w = io::load_weights(file).tensors;
   if (!o.prediction.empty() && o.prediction != "eps" && o.prediction != "v")
     throw Error("--prediction: expected eps or v, got \"" + o.prediction + "\"");

@@ -4,7 +4,7 @@
 
 #include "ldm/error.h"
 #include "ldm/io/ckpt.h"
-#include "ldm/util/state_dict.h"
+#include "ldm/io/state_dict.h"
 
 namespace ldm {
 

@@ -1,4 +1,4 @@
-#include "ldm/util/instantiate.h"
+#include "ldm/models/registry.h"
 
 #include <torch/torch.h>
 
@@ -10,15 +10,19 @@
 #include "ldm/modules/diffusionmodules/openaimodel.h"
 #include "ldm/modules/encoders/clip_text.h"
 #include "ldm/modules/encoders/modules.h"
+#include "ldm/modules/losses/contperceptual.h"
+#include "ldm/modules/losses/vqperceptual.h"
+#include "ldm/modules/taesd.h"
 #include "ldm/util/config.h"
+#include "ldm/util/registry.h"
 
 namespace ldm {
 
 namespace {
 class IdentityModule : public torch::nn::Module {};
 
-const std::map<std::string, Factory>& registry() {
-  static const std::map<std::string, Factory> r = {
+const Registry<Factory>& registry() {
+  static const Registry<Factory> r("target", {
       {"ldm.modules.diffusionmodules.openaimodel.UNetModel",
        [](const Params& p) -> ModulePtr { return std::make_shared<UNetModel>(UNetOptions::from_params(p)); }},
       {"ldm.models.autoencoder.AutoencoderKL",
@@ -55,31 +59,40 @@ const std::map<std::string, Factory>& registry() {
       {"ldm.modules.encoders.modules.FrozenOpenCLIPEmbedder",
        [](const Params& p) -> ModulePtr { return FrozenOpenCLIPEmbedder::from_params(p); }},
       {"torch.nn.Identity", [](const Params&) -> ModulePtr { return std::make_shared<IdentityModule>(); }},
-  };
+      {"taesd.Encoder",
+       [](const Params& p) -> ModulePtr {
+         auto n = std::make_shared<TaesdNet>(false, p.get<int64_t>("latent_channels", 4));
+         p.check_unused("taesd.Encoder");
+         return n;
+       }},
+      {"taesd.Decoder",
+       [](const Params& p) -> ModulePtr {
+         auto n = std::make_shared<TaesdNet>(true, p.get<int64_t>("latent_channels", 4));
+         p.check_unused("taesd.Decoder");
+         return n;
+       }},
+      // losses (lossconfig): the trainer's autoencoder task builds them from here
+      {"ldm.modules.losses.LPIPSWithDiscriminator",
+       [](const Params& p) -> ModulePtr { return LPIPSWithDiscriminator::from_params(p); }},
+      {"ldm.modules.losses.contperceptual.LPIPSWithDiscriminator",
+       [](const Params& p) -> ModulePtr { return LPIPSWithDiscriminator::from_params(p); }},
+      {"taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator",
+       [](const Params& p) -> ModulePtr { return VQLPIPSWithDiscriminator::from_params(p); }},
+  });
   return r;
 }
 
 }  // namespace
 
-bool is_known_target(const std::string& t) { return registry().count(t) > 0; }
+bool is_known_target(const std::string& t) { return registry().contains(t); }
 
-std::vector<std::string> known_targets() {
-  std::vector<std::string> v;
-  for (auto& [k, f] : registry()) v.push_back(k);
-  return v;
-}
+std::vector<std::string> known_targets() { return registry().targets(); }
 
 ModulePtr instantiate_from_config(const YAML::Node& node, const std::string& where) {
   if (node && node.IsScalar() && (node.Scalar() == "__is_first_stage__" || node.Scalar() == "__is_unconditional__"))
     throw Error(where + ": \"" + node.Scalar() + "\" is handled by LatentDiffusion, not instantiate_from_config");
   auto tc = target_config(node, where, {"base_learning_rate"});
-  auto it = registry().find(tc.target);
-  if (it == registry().end()) {
-    std::string acc;
-    for (auto& k : known_targets()) acc += (acc.empty() ? "" : ", ") + k;
-    throw Error(where + ".target: unknown target \"" + tc.target + "\" (known: " + acc + ")");
-  }
-  return it->second(tc.params);
+  return registry().at(tc.target, where)(tc.params);
 }
 
 int64_t count_parameters(const torch::nn::Module& m) {

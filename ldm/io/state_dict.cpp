@@ -1,4 +1,4 @@
-#include "ldm/util/state_dict.h"
+#include "ldm/io/state_dict.h"
 
 #include <filesystem>
 #include <set>
@@ -7,7 +7,7 @@
 
 #include "ldm/error.h"
 #include "ldm/io/ckpt.h"
-#include "ldm/train/checkpoint.h"
+#include "ldm/io/run_dir.h"
 
 namespace ldm {
 
@@ -77,8 +77,7 @@ std::map<std::string, torch::Tensor> strip_prefix(const std::map<std::string, to
 
 void init_from_ckpt(torch::nn::Module& m, const std::string& path, const std::vector<std::string>& ignore_keys,
                     const std::string& where) {
-  std::string file = path;
-  if (std::filesystem::is_directory(path)) file = latest_checkpoint(path) + "/model.safetensors";
+  const std::string file = weights_file(path);
   auto w = io::load_weights(file).tensors;
   for (auto it = w.begin(); it != w.end();) {
     bool drop = false;

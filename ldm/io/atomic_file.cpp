@@ -1,10 +1,12 @@
-#include "ldm/error.h"
+#include "ldm/io/atomic_file.h"
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <fcntl.h>
 #include <unistd.h>
+
+#include "ldm/error.h"
 
 namespace ldm {
 

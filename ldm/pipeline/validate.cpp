@@ -1,0 +1,128 @@
+#include "ldm/pipeline/validate.h"
+
+#include <cmath>
+#include <algorithm>
+#include <fstream>
+#include <sstream>
+
+#include "ldm/error.h"
+#include "ldm/models/diffusion/samplers/sampler.h"
+
+namespace ldm::pipeline {
+
+namespace {
+std::string num(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+void finite(double v, const char* what) {
+  if (!std::isfinite(v)) throw Error(std::string(what) + ": expected a finite number, got " + num(v));
+}
+void side(int64_t v, const ModelFacts& m, const char* what) {
+  if (v <= 0) throw Error(std::string(what) + ": expected a positive number of pixels, got " + std::to_string(v));
+  if (v > kMaxSide) throw Error(std::string(what) + ": at most " + std::to_string(kMaxSide) + " pixels, got " + std::to_string(v));
+  if (v % size_multiple(m))
+    throw Error(std::string(what) + ": must be a multiple of " + std::to_string(size_multiple(m)) + " (the first stage's " +
+                std::to_string(m.factor) + " x the UNet's " + std::to_string(m.unet_factor) + "), got " + std::to_string(v));
+}
+void conditioning(const GenerateRequest& r, const ModelFacts& m) {
+  if ((!r.prompt.empty() || !r.prompts.empty()) && !m.text)
+    throw Error("prompt: this model's cond stage is not a text encoder (give class labels or a cond tensor)");
+  if (!r.prompts.empty() && static_cast<int64_t>(r.prompts.size()) != image_count(r))
+    throw Error("prompts: give one per image (" + std::to_string(image_count(r)) + "), got " +
+                std::to_string(r.prompts.size()));
+  if (!r.class_labels.empty()) {
+    if (!m.classes) throw Error("class labels: this model has no class embedder");
+    const auto n = static_cast<int64_t>(r.class_labels.size());
+    if (n != 1 && n != image_count(r))
+      throw Error("class labels: give one label or one per image (" + std::to_string(image_count(r)) + "), got " +
+                  std::to_string(n));
+  }
+  // a text model takes the empty prompt (as A1111); others need their conditioning
+  const bool given = !r.class_labels.empty() || r.cond.defined();
+  if (!given && !m.conditioning_key.empty() && !m.text)
+    throw Error("this model is conditional (" + m.conditioning_key + "): give -p, --class or --cond");
+}
+}  // namespace
+
+int64_t image_count(const GenerateRequest& r) {
+  return r.init_noise.defined() && r.init_noise.dim() == 4 ? r.init_noise.size(0) : r.batch;
+}
+
+std::pair<int64_t, int64_t> output_size(const GenerateRequest& r, const ModelFacts& m) {
+  if (r.init_noise.defined() && r.init_noise.dim() == 4)
+    return {r.init_noise.size(3) * m.factor, r.init_noise.size(2) * m.factor};
+  return {r.width ? r.width : m.default_size, r.height ? r.height : m.default_size};
+}
+
+double estimated_bytes(const GenerateRequest& r, const ModelFacts& m) {
+  auto [w, h] = output_size(r, m);
+  const double n = static_cast<double>(image_count(r)), px = static_cast<double>(w) * h;
+  const double guided = r.cfg_scale != 1.0 ? 2.0 : 1.0;
+  const double latents = n * guided * px / (m.factor * m.factor) * m.latent_channels * 4.0 * 16;  // sampler state
+  // a decoder holds ~3 maps of its widest full-resolution layer at once
+  const double decode_px = m.decode_tiled ? std::min(px, 512.0 * 512.0) : px;
+  const double decoder = n * decode_px * m.decoder_width * 4.0 * 3;
+  return latents + decoder;
+}
+
+double available_bytes() {
+  std::ifstream f("/proc/meminfo");
+  std::string key;
+  double kb = 0;
+  while (f >> key >> kb) {
+    if (key == "MemAvailable:") return kb * 1024.0;
+    f.ignore(256, '\n');
+  }
+  return 1e18;  // unknown: do not refuse
+}
+
+void validate(const GenerateRequest& r, const ModelFacts& m) {
+  finite(r.cfg_scale, "cfg scale");
+  finite(r.eta, "eta");
+  finite(r.strength, "strength");
+  if (r.batch < 1) throw Error("batch: expected at least 1 image, got " + std::to_string(r.batch));
+  if (r.steps < 1 || r.steps > m.timesteps)
+    throw Error("steps: expected 1 to " + std::to_string(m.timesteps) + ", got " + std::to_string(r.steps));
+  if (r.eta < 0) throw Error("eta: expected >= 0, got " + num(r.eta));
+  if (r.seed < -1) throw Error("seed: expected >= 0, or -1 for a random seed, got " + std::to_string(r.seed));
+  const auto& names = sampler_names();
+  if (std::find(names.begin(), names.end(), r.sampler) == names.end()) {
+    std::string known;
+    for (auto& s : names) known += (known.empty() ? "" : ", ") + s;
+    throw Error("sampler: unknown \"" + r.sampler + "\" (expected one of " + known + ")");
+  }
+  if (r.schedule != "discrete" && r.schedule != "karras")
+    throw Error("schedule: expected discrete or karras, got \"" + r.schedule + "\"");
+  if (r.discretize != "uniform" && r.discretize != "quad")
+    throw Error("discretize: expected uniform or quad, got \"" + r.discretize + "\"");
+  if (r.init_noise.defined()) {
+    if (r.init_noise.dim() != 4 || r.init_noise.size(1) != m.latent_channels || r.init_noise.size(0) < 1 ||
+        r.init_noise.size(2) % m.unet_factor || r.init_noise.size(3) % m.unet_factor || r.init_noise.size(2) < 1 ||
+        r.init_noise.size(3) < 1)
+      throw Error("init noise: expected [N, " + std::to_string(m.latent_channels) + ", h, w] with h and w multiples of " +
+                  std::to_string(m.unet_factor) + ", got " + c10::str(r.init_noise.sizes()));
+  } else {
+    auto [w, h] = output_size(r, m);
+    side(w, m, "width");
+    side(h, m, "height");
+  }
+  if (r.init_image.defined()) {
+    if (r.strength <= 0 || r.strength > 1) throw Error("strength: expected in (0, 1], got " + num(r.strength));
+    if (r.init_image.dim() != 3 || (r.init_image.size(0) != 1 && r.init_image.size(0) != 3) || r.init_image.numel() == 0)
+      throw Error("init image: expected [C, H, W] with 1 or 3 channels, got " + c10::str(r.init_image.sizes()));
+  }
+  if (r.mask.defined()) {
+    if (!r.init_image.defined()) throw Error("mask: needs an init image (the image to inpaint)");
+    if (r.mask.dim() != 3 || r.mask.size(0) != 1 || r.mask.numel() == 0)
+      throw Error("mask: expected [1, H, W], got " + c10::str(r.mask.sizes()));
+  }
+  conditioning(r, m);
+  const double need = estimated_bytes(r, m), have = available_bytes();
+  if (need > have)
+    throw Error("request too large: about " + num(std::round(need / 1e8) / 10) + " GB needed, " +
+                num(std::round(have / 1e8) / 10) + " GB available (fewer images per batch, a smaller size, or VAE tiling)");
+}
+
+}  // namespace ldm::pipeline

@@ -1,0 +1,72 @@
+/* The C API from C (compiled as C99): load, generate, write a PPM, and the
+ * failure paths. Run by tests/capi/capi_test.cpp, which compares the pixels
+ * with `ldm txt2img`.
+ *   capi_c_test MODEL CONFIG VOCAB OUT.ppm */
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "ldm.h"
+
+static int calls = 0, last_steps = 0;
+static void on_progress(int step, int steps, double seconds, void* user) {
+  (void)seconds;
+  ++*(int*)user;
+  calls = step;
+  last_steps = steps;
+}
+
+static int fail(const char* what) {
+  fprintf(stderr, "capi_c_test: %s: %s\n", what, ldm_last_error());
+  return 1;
+}
+
+int main(int argc, char** argv) {
+  if (argc != 5) {
+    fprintf(stderr, "usage: capi_c_test MODEL CONFIG VOCAB OUT.ppm\n");
+    return 2;
+  }
+  ldm_load_params lp;
+  ldm_load_params_init(&lp);
+  lp.model_path = "/nonexistent/model.ckpt";
+  if (ldm_pipeline_load(&lp) != NULL || strstr(ldm_last_error(), "/nonexistent/model.ckpt") == NULL)
+    return fail("a missing model must fail naming the file");
+  lp.model_path = argv[1];
+  lp.config_path = argv[2];
+  lp.vocab_path = argv[3];
+  ldm_pipeline* p = ldm_pipeline_load(&lp);
+  if (!p) return fail("load");
+
+  ldm_generate_params gp;
+  ldm_generate_params_init(&gp);
+  gp.prompt = "a cat";
+  gp.steps = 4;
+  int counted = 0;
+  gp.progress = on_progress;
+  gp.user = &counted;
+  ldm_image* images = NULL;
+  int count = 0;
+  gp.cfg_scale = NAN;
+  if (ldm_generate(p, &gp, &images, &count) != 1 || strstr(ldm_last_error(), "cfg scale") == NULL || images != NULL)
+    return fail("cfg scale NaN must be refused");
+  gp.cfg_scale = 7.0f;
+  gp.width = -64;
+  if (ldm_generate(p, &gp, &images, &count) != 1 || strstr(ldm_last_error(), "width") == NULL)
+    return fail("width -64 must be refused");
+  gp.width = 0;
+  if (ldm_generate(p, &gp, &images, &count) != 0) return fail("generate");
+  if (count != 1 || images[0].channels != 3 || images[0].width != 64 || images[0].height != 64)
+    return fail("expected one 64x64 RGB image");
+  if (counted != 4 || calls != 4 || last_steps != 4) {
+    fprintf(stderr, "capi_c_test: progress called %d times, last step %d of %d\n", counted, calls, last_steps);
+    return 1;
+  }
+  FILE* f = fopen(argv[4], "wb");
+  if (!f) return fail("cannot write the PPM");
+  fprintf(f, "P6\n%u %u\n255\n", images[0].width, images[0].height);
+  fwrite(images[0].data, 1, (size_t)images[0].width * images[0].height * 3, f);
+  fclose(f);
+  ldm_free_images(images, count);
+  ldm_pipeline_free(p);
+  return 0;
+}

@@ -1,0 +1,217 @@
+#include "tools/ldm/serve/api.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+
+#include "ldm/error.h"
+#include "ldm/io/base64.h"
+#include "ldm/io/image.h"
+#include "ldm/models/diffusion/samplers/sampler.h"
+
+namespace ldm::serve {
+
+json error_body(const std::string& error, const std::string& detail) { return {{"error", error}, {"detail", detail}}; }
+
+namespace {
+HttpError bad(const std::string& detail) { return HttpError(400, "invalid request", detail); }
+
+const char* type_name(const json& v) { return v.type_name(); }
+
+// A field of the expected JSON type, or `dflt` when absent or null.
+int64_t get_int(const json& j, const char* k, int64_t dflt) {
+  if (!j.contains(k) || j[k].is_null()) return dflt;
+  const auto& v = j[k];
+  if (v.is_number_integer()) return v.get<int64_t>();
+  if (v.is_number_float() && std::isfinite(v.get<double>()) && v.get<double>() == std::floor(v.get<double>()) &&
+      std::abs(v.get<double>()) < 9e15)
+    return static_cast<int64_t>(v.get<double>());
+  throw bad(std::string(k) + ": expected an integer, got " + (v.is_number() ? v.dump() : type_name(v)));
+}
+double get_num(const json& j, const char* k, double dflt) {
+  if (!j.contains(k) || j[k].is_null()) return dflt;
+  if (!j[k].is_number()) throw bad(std::string(k) + ": expected a number, got " + type_name(j[k]));
+  return j[k].get<double>();
+}
+std::string get_str(const json& j, const char* k, const std::string& dflt) {
+  if (!j.contains(k) || j[k].is_null()) return dflt;
+  if (!j[k].is_string()) throw bad(std::string(k) + ": expected a string, got " + type_name(j[k]));
+  return j[k].get<std::string>();
+}
+bool get_bool(const json& j, const char* k, bool dflt) {
+  if (!j.contains(k) || j[k].is_null()) return dflt;
+  if (!j[k].is_boolean()) throw bad(std::string(k) + ": expected true or false, got " + type_name(j[k]));
+  return j[k].get<bool>();
+}
+
+json parse_object(const std::string& body) {
+  json j = json::parse(body, nullptr, /*allow_exceptions=*/false);
+  if (j.is_discarded()) throw HttpError(400, "malformed JSON", "the request body is not valid JSON");
+  if (!j.is_object()) throw HttpError(400, "malformed JSON", "the request body must be a JSON object");
+  return j;
+}
+
+void check_size(int64_t w, int64_t h, const Limits& lim) {
+  for (auto [v, name] : {std::pair{w, "width"}, std::pair{h, "height"}}) {
+    if (v <= 0 || v % lim.factor)
+      throw bad(std::string(name) + ": expected a positive multiple of " + std::to_string(lim.factor) + ", got " +
+                std::to_string(v));
+  }
+  if (w * h > lim.max_pixels)
+    throw bad("width x height: " + std::to_string(w) + "x" + std::to_string(h) + " is more than the server's " +
+              std::to_string(lim.max_pixels) + " pixels (--max-pixels)");
+}
+
+void check_count(int64_t images, const Limits& lim) {
+  if (images < 1 || images > lim.max_images)
+    throw bad("images per request: expected 1 to " + std::to_string(lim.max_images) + ", got " + std::to_string(images));
+}
+
+void check_steps(int64_t steps, const Limits& lim) {
+  if (steps <= 0 || steps > lim.max_steps)
+    throw bad("steps: expected 1 to " + std::to_string(lim.max_steps) + ", got " + std::to_string(steps));
+}
+
+const std::map<std::string, std::pair<std::string, std::string>>& a1111_samplers() {
+  // A1111 name -> (ours, the schedule it implies; "" = as the request says)
+  static const std::map<std::string, std::pair<std::string, std::string>> m = {
+      {"Euler a", {"euler_a", ""}},        {"Euler", {"euler", ""}},
+      {"Heun", {"heun", ""}},              {"DPM++ 2M", {"dpm++2m", ""}},
+      {"DPM++ 2M Karras", {"dpm++2m", "karras"}}, {"DDIM", {"ddim", ""}},
+      {"PLMS", {"plms", ""}},              {"DDPM", {"ddpm", ""}},
+      {"DPM-Solver++", {"dpm_solver++", ""}}};
+  return m;
+}
+}  // namespace
+
+std::vector<std::string> a1111_sampler_names() {
+  std::vector<std::string> v;
+  for (const auto& [k, s] : a1111_samplers()) v.push_back(k);
+  return v;
+}
+
+void set_sampler(pipeline::GenerateRequest& r, const std::string& name, const std::string& scheduler) {
+  std::string schedule;
+  const auto& ours = sampler_names();
+  if (auto it = a1111_samplers().find(name); it != a1111_samplers().end()) {
+    r.sampler = it->second.first;
+    schedule = it->second.second;
+  } else if (std::find(ours.begin(), ours.end(), name) != ours.end()) {
+    r.sampler = name;
+  } else {
+    std::string known;
+    for (const auto& n : a1111_sampler_names()) known += (known.empty() ? "" : ", ") + n;
+    for (const auto& n : ours) known += ", " + n;
+    throw bad("sampler_name: unknown \"" + name + "\" (known: " + known + ")");
+  }
+  std::string s = scheduler;
+  std::transform(s.begin(), s.end(), s.begin(), ::tolower);
+  if (s == "karras") schedule = "karras";
+  else if (!s.empty() && s != "automatic" && s != "discrete" && s != "normal" && s != "uniform")
+    throw bad("scheduler: expected Automatic, Karras or discrete, got \"" + scheduler + "\"");
+  r.schedule = schedule.empty() ? "discrete" : schedule;
+}
+
+torch::Tensor decode_b64_image(const std::string& b64, int channels, const std::string& what, const Limits& lim) {
+  std::string bytes;
+  try {
+    bytes = io::base64_decode(b64, what);
+    return io::decode_image(bytes, channels, what, lim.max_pixels);
+  } catch (const Error& e) {
+    throw bad(e.what());
+  }
+}
+
+Job parse_a1111(const std::string& body, bool img2img, const Limits& lim) {
+  const json j = parse_object(body);
+  Job job;
+  auto& r = job.req;
+  r.prompt = get_str(j, "prompt", "");
+  r.negative_prompt = get_str(j, "negative_prompt", "");
+  r.seed = get_int(j, "seed", -1);
+  if (r.seed < -1) throw bad("seed: expected -1 (random) or >= 0, got " + std::to_string(r.seed));
+  r.steps = get_int(j, "steps", 20);
+  check_steps(r.steps, lim);
+  r.cfg_scale = get_num(j, "cfg_scale", 7.0);
+  if (!std::isfinite(r.cfg_scale)) throw bad("cfg_scale: expected a finite number");
+  r.width = get_int(j, "width", 512);
+  r.height = get_int(j, "height", 512);
+  check_size(r.width, r.height, lim);
+  r.batch = get_int(j, "batch_size", 1);
+  job.n_iter = get_int(j, "n_iter", 1);
+  if (r.batch < 1 || job.n_iter < 1) throw bad("batch_size and n_iter: expected >= 1");
+  check_count(r.batch * job.n_iter, lim);
+  r.eta = get_num(j, "eta", 0.0);
+  job.sampler_name = get_str(j, "sampler_name", get_str(j, "sampler_index", "Euler a"));
+  set_sampler(r, job.sampler_name, get_str(j, "scheduler", ""));
+  if (j.contains("override_settings") && !j["override_settings"].is_null()) {
+    if (!j["override_settings"].is_object()) throw bad("override_settings: expected an object");
+    job.checkpoint = get_str(j["override_settings"], "sd_model_checkpoint", "");
+  }
+  if (img2img) {
+    if (!j.contains("init_images") || !j["init_images"].is_array() || j["init_images"].empty() ||
+        !j["init_images"][0].is_string())
+      throw bad("init_images: expected a list with one base64 image");
+    r.init_image = decode_b64_image(j["init_images"][0].get<std::string>(), 3, "init_images[0]", lim);
+    r.strength = get_num(j, "denoising_strength", 0.75);
+    if (!(r.strength > 0 && r.strength <= 1)) throw bad("denoising_strength: expected in (0, 1]");
+    const std::string mask = get_str(j, "mask", "");
+    if (!mask.empty()) {
+      r.mask = decode_b64_image(mask, 1, "mask", lim);
+      if (get_int(j, "inpainting_mask_invert", 0)) r.mask = 1 - r.mask;
+    }
+  }
+  job.parameters = {{"prompt", r.prompt},        {"negative_prompt", r.negative_prompt},
+                    {"seed", r.seed},            {"steps", r.steps},
+                    {"cfg_scale", r.cfg_scale},  {"width", r.width},
+                    {"height", r.height},        {"batch_size", r.batch},
+                    {"n_iter", job.n_iter},      {"sampler_name", job.sampler_name},
+                    {"scheduler", r.schedule},   {"eta", r.eta}};
+  if (img2img) job.parameters["denoising_strength"] = r.strength;
+  (void)get_bool;
+  return job;
+}
+
+std::pair<int64_t, int64_t> parse_size(const std::string& size, const Limits& lim) {
+  const auto x = size.find('x');
+  int64_t w = 0, h = 0;
+  try {
+    size_t a = 0, b = 0;
+    if (x == std::string::npos) throw std::invalid_argument(size);
+    w = std::stoll(size.substr(0, x), &a);
+    h = std::stoll(size.substr(x + 1), &b);
+    if (a != x || b != size.size() - x - 1) throw std::invalid_argument(size);
+  } catch (const std::exception&) {
+    throw bad("size: expected \"WIDTHxHEIGHT\" such as \"512x512\", got \"" + size + "\"");
+  }
+  check_size(w, h, lim);
+  return {w, h};
+}
+
+Job parse_openai(const std::string& body, const Limits& lim) {
+  const json j = parse_object(body);
+  Job job;
+  auto& r = job.req;
+  if (!j.contains("prompt")) throw bad("prompt: required");
+  r.prompt = get_str(j, "prompt", "");
+  const std::string fmt = get_str(j, "response_format", "b64_json");
+  if (fmt == "url") throw bad("response_format: \"url\" is not served (images are not stored); use \"b64_json\"");
+  if (fmt != "b64_json") throw bad("response_format: expected \"b64_json\", got \"" + fmt + "\"");
+  r.batch = get_int(j, "n", 1);
+  check_count(r.batch, lim);
+  std::tie(r.width, r.height) = parse_size(get_str(j, "size", "512x512"), lim);
+  r.negative_prompt = get_str(j, "negative_prompt", "");
+  r.steps = get_int(j, "steps", 20);
+  check_steps(r.steps, lim);
+  r.seed = get_int(j, "seed", -1);
+  if (r.seed < -1) throw bad("seed: expected -1 (random) or >= 0");
+  r.cfg_scale = get_num(j, "cfg_scale", 7.0);
+  if (!std::isfinite(r.cfg_scale)) throw bad("cfg_scale: expected a finite number");
+  job.sampler_name = get_str(j, "sampler", "euler_a");
+  set_sampler(r, job.sampler_name, get_str(j, "scheduler", ""));
+  return job;
+}
+
+}  // namespace ldm::serve

@@ -1,0 +1,59 @@
+// The server's requests and answers as data: A1111 (/sdapi/v1/...) and
+// OpenAI (/v1/images/...) JSON to a pipeline request, and results back to
+// JSON. Pure functions (no sockets, no model): the fuzz targets and unit
+// tests drive them directly. Every refusal is an HttpError with a 4xx status.
+#pragma once
+#include <nlohmann/json.hpp>
+
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "ldm/pipeline/request.h"
+
+namespace ldm::serve {
+
+using json = nlohmann::json;
+
+struct HttpError : std::runtime_error {
+  HttpError(int status, std::string error, const std::string& detail)
+      : std::runtime_error(detail), status(status), error(std::move(error)) {}
+  int status;
+  std::string error;
+};
+
+// {"error": ..., "detail": ...}
+json error_body(const std::string& error, const std::string& detail);
+
+struct Limits {
+  int64_t max_pixels = 1 << 20;  // width x height
+  int64_t max_images = 16;       // batch_size x n_iter (n)
+  int64_t max_steps = 1000;
+  int64_t factor = 8;            // sizes are multiples of this
+};
+
+// One HTTP request as the worker runs it: n_iter pipeline calls of `req`
+// (seed + i x batch for call i), an optional checkpoint switch first.
+struct Job {
+  pipeline::GenerateRequest req;
+  int64_t n_iter = 1;
+  std::string checkpoint;  // override_settings.sd_model_checkpoint ("" = keep)
+  std::string sampler_name;  // as the client named it (A1111 names)
+  json parameters;         // the request with defaults filled (A1111's "parameters")
+};
+
+// A1111 sampler/scheduler names -> ours (also accepts ours). Unknown names
+// are a 400 listing the known ones.
+void set_sampler(pipeline::GenerateRequest& r, const std::string& sampler_name, const std::string& scheduler);
+std::vector<std::string> a1111_sampler_names();
+
+// POST /sdapi/v1/txt2img and /img2img bodies (img2img: init_images, mask ...).
+Job parse_a1111(const std::string& body, bool img2img, const Limits& lim);
+// POST /v1/images/generations body.
+Job parse_openai(const std::string& body, const Limits& lim);
+// "WxH" of the OpenAI API.
+std::pair<int64_t, int64_t> parse_size(const std::string& size, const Limits& lim);
+// A base64 image (optional data: prefix) -> [C, H, W] in [0, 1].
+torch::Tensor decode_b64_image(const std::string& b64, int channels, const std::string& what, const Limits& lim);
+
+}  // namespace ldm::serve
