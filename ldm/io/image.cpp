@@ -16,17 +16,24 @@
 
 namespace ldm::io {
 
-torch::Tensor load_image(const std::string& path, int channels) {
-  if (channels != 1 && channels != 3) throw Error("load_image: channels must be 1 or 3");
-  int w = 0, h = 0, c = 0;
-  unsigned char* data = stbi_load(path.c_str(), &w, &h, &c, channels);
+namespace {
+// stb's pixels (freed here) as [C, H, W] float32 in [0, 1]; `fail` + stb's reason when there are none.
+torch::Tensor from_stb(unsigned char* data, int w, int h, int channels, const std::string& fail) {
   if (!data) {
     const char* why = stbi_failure_reason();
-    throw Error(path + ": cannot read image (" + (why ? why : "unknown error") + ")");
+    throw Error(fail + " (" + (why ? why : "unknown error") + ")");
   }
   auto t = torch::from_blob(data, {h, w, channels}, torch::kUInt8).permute({2, 0, 1}).to(torch::kFloat32).div_(255.0);
   stbi_image_free(data);
   return t.contiguous();
+}
+}  // namespace
+
+torch::Tensor load_image(const std::string& path, int channels) {
+  if (channels != 1 && channels != 3) throw Error("load_image: channels must be 1 or 3");
+  int w = 0, h = 0, c = 0;
+  unsigned char* data = stbi_load(path.c_str(), &w, &h, &c, channels);
+  return from_stb(data, w, h, channels, path + ": cannot read image");
 }
 
 torch::Tensor decode_image(const std::string& bytes, int channels, const std::string& what, int64_t max_pixels) {
@@ -39,13 +46,7 @@ torch::Tensor decode_image(const std::string& bytes, int channels, const std::st
     throw Error(what + ": " + std::to_string(w) + "x" + std::to_string(h) + " is larger than " +
                 std::to_string(max_pixels) + " pixels");
   unsigned char* data = stbi_load_from_memory(p, len, &w, &h, &c, channels);
-  if (!data) {
-    const char* why = stbi_failure_reason();
-    throw Error(what + ": cannot decode the image (" + (why ? why : "unknown error") + ")");
-  }
-  auto t = torch::from_blob(data, {h, w, channels}, torch::kUInt8).permute({2, 0, 1}).to(torch::kFloat32).div_(255.0);
-  stbi_image_free(data);
-  return t.contiguous();
+  return from_stb(data, w, h, channels, what + ": cannot decode the image");
 }
 
 namespace {

@@ -157,6 +157,46 @@ std::pair<torch::Tensor, int64_t> module_delta(const std::map<std::string, torch
 }
 }  // namespace
 
+std::string kohya_unet_name(const std::string& ldm_module, int64_t step) {
+  static const std::regex block("(input_blocks|output_blocks)\\.(\\d+)\\.(\\d+)\\.(.+)"), mid("middle_block\\.(\\d+)\\.(.+)");
+  auto resnet = [](const std::string& r) {
+    static const std::pair<const char*, const char*> ren[] = {{"in_layers.2", "conv1"},    {"out_layers.3", "conv2"},
+                                                             {"emb_layers.1", "time_emb_proj"},
+                                                             {"skip_connection", "conv_shortcut"},
+                                                             {"in_layers.0", "norm1"},     {"out_layers.0", "norm2"}};
+    for (auto [a, b] : ren)
+      if (r == a) return std::string(b);
+    return r;
+  };
+  auto s = [](int64_t v) { return std::to_string(v); };
+  std::smatch m;
+  std::string d;
+  if (ldm_module == "input_blocks.0.0") d = "conv_in";
+  else if (ldm_module == "out.2") d = "conv_out";
+  else if (ldm_module == "time_embed.0") d = "time_embedding.linear_1";
+  else if (ldm_module == "time_embed.2") d = "time_embedding.linear_2";
+  else if (std::regex_match(ldm_module, m, mid)) {
+    const int64_t i = std::stoll(m[1]);
+    d = i == 1 ? "mid_block.attentions.0." + m[2].str() : "mid_block.resnets." + s(i / 2) + "." + resnet(m[2]);
+  } else if (std::regex_match(ldm_module, m, block)) {
+    const int64_t i = std::stoll(m[2]), k = std::stoll(m[3]);
+    const std::string rest = m[4];
+    if (m[1] == "input_blocks") {
+      const int64_t l = (i - 1) / step, j = (i - 1) % step;
+      if (i % step == 0) d = "down_blocks." + s(i / step - 1) + ".downsamplers.0.conv";  // rest: "op"
+      else d = "down_blocks." + s(l) + (k == 0 ? ".resnets." + s(j) + "." + resnet(rest) : ".attentions." + s(j) + "." + rest);
+    } else {
+      const int64_t u = i / step, j = i % step;
+      if (k == 0) d = "up_blocks." + s(u) + ".resnets." + s(j) + "." + resnet(rest);
+      else if (rest == "conv") d = "up_blocks." + s(u) + ".upsamplers.0.conv";
+      else d = "up_blocks." + s(u) + ".attentions." + s(j) + "." + rest;
+    }
+  } else {
+    d = ldm_module;  // no diffusers twin: the LDM name (match_lora reads both)
+  }
+  return "lora_unet_" + flat(d);
+}
+
 LoraMatch match_lora(const std::map<std::string, torch::Tensor>& lora, const Shapes& shapes, const std::string& what) {
   // module name -> its tensors by suffix
   std::map<std::string, std::map<std::string, torch::Tensor>> modules;

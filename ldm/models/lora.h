@@ -37,6 +37,13 @@ LoraMatch match_lora(const std::map<std::string, torch::Tensor>& lora,
 // in the weight's dtype).
 void add_lora_delta(torch::Tensor& weight, const LoraDelta& d, double multiplier);
 
+// The kohya name (diffusers style, as A1111 and stable-diffusion.cpp read it)
+// of a UNet module given by its LDM path relative to diffusion_model
+// ("input_blocks.4.1.transformer_blocks.0.attn1.to_q" ->
+// "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q");
+// `step` = num_res_blocks + 1. The inverse of what match_lora resolves.
+std::string kohya_unet_name(const std::string& ldm_module, int64_t step);
+
 // "FILE[:MULT]" -> (file, multiplier), MULT defaulting to 1.
 std::pair<std::string, double> parse_lora_arg(const std::string& spec);
 

@@ -74,6 +74,7 @@ torch::Tensor Conv::forward(const torch::Tensor& x) {
     y = dims == 1 ? torch::conv1d(x, weight, bias, stride, pad)
                   : dims == 2 ? torch::conv2d(x, weight, bias, stride, pad)
                               : torch::conv3d(x, weight, bias, stride, pad);
+  if (lora) y = y + lora->forward(x);
   if (auto* c = g_conv_flops.load(std::memory_order_relaxed)) {
     // 2 x output elements x (in channels x kernel volume)
     double f = 2.0 * static_cast<double>(y.numel()) * static_cast<double>(weight.numel() / weight.size(0));
@@ -101,7 +102,39 @@ Linear::Linear(int64_t in, int64_t out, bool b) {
   if (b) bias = register_parameter("bias", make_param({out}, bound));
 }
 
-torch::Tensor Linear::forward(const torch::Tensor& x) { return torch::nn::functional::linear(x, weight, bias); }
+torch::Tensor Linear::forward(const torch::Tensor& x) {
+  auto y = torch::nn::functional::linear(x, weight, bias);
+  return lora ? y + lora->forward(x) : y;
+}
+
+std::vector<torch::Tensor> parameters_with_adapters(torch::nn::Module& m) {
+  auto v = m.parameters();
+  for (auto& mod : m.modules()) {
+    std::shared_ptr<LoraAdapter> a;
+    if (auto* l = mod->as<Linear>()) a = l->lora;
+    if (auto* c = mod->as<Conv>()) a = c->lora;
+    if (a)
+      for (auto& p : a->parameters()) v.push_back(p);
+  }
+  return v;
+}
+
+LoraAdapter::LoraAdapter(int64_t in, int64_t out, int64_t r, double a, int64_t kernel, std::vector<int64_t> stride,
+                         int64_t padding)
+    : rank(r), alpha(a), kernel_(kernel), padding_(padding), stride_(std::move(stride)) {
+  const int64_t fan_in = in * (kernel ? kernel * kernel : 1);
+  torch::NoGradGuard ng;
+  down = register_parameter("down", kernel ? torch::empty({r, in, kernel, kernel}) : torch::empty({r, in}));
+  down.uniform_(-1.0 / std::sqrt(double(fan_in)), 1.0 / std::sqrt(double(fan_in)));
+  up = register_parameter("up", kernel ? torch::zeros({out, r, 1, 1}) : torch::zeros({out, r}));
+}
+
+torch::Tensor LoraAdapter::forward(const torch::Tensor& x) {
+  const double scale = alpha / static_cast<double>(rank);
+  if (!kernel_) return torch::nn::functional::linear(torch::nn::functional::linear(x, down.to(x.dtype())), up.to(x.dtype())) * scale;
+  auto h = torch::conv2d(x, down.to(x.dtype()), {}, stride_, {padding_, padding_});
+  return torch::conv2d(h, up.to(x.dtype())) * scale;
+}
 
 void Linear::zero_() {
   torch::NoGradGuard ng;

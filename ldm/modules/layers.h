@@ -46,6 +46,27 @@ void set_conv_flop_counter(std::atomic<double>* counter);
 
 struct FastConvCache;  // fast_conv.h
 
+// A low-rank adapter beside a Linear or Conv (LoRA, Hu et al. 2021; LoCon for
+// k x k convs): the layer's output gains scale x up(down(x)), scale = alpha /
+// rank. down [rank, in(, k, k)] starts uniform(+-1/sqrt(fan_in)), up
+// [out, rank(, 1, 1)] at zero, so training starts from the base model. Not a
+// child of its layer: the base checkpoint keys stay as they are; the LoRA
+// trainer owns and saves it.
+class LoraAdapter : public torch::nn::Module {
+ public:
+  // kernel 0: linear; otherwise a conv with that kernel, stride and padding.
+  LoraAdapter(int64_t in, int64_t out, int64_t rank, double alpha, int64_t kernel = 0, std::vector<int64_t> stride = {1, 1},
+              int64_t padding = 0);
+  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor down, up;
+  int64_t rank;
+  double alpha;
+
+ private:
+  int64_t kernel_, padding_;
+  std::vector<int64_t> stride_;
+};
+
 // conv_nd: 1, 2 or 3 spatial dims; weight [out, in, k...], bias [out].
 class Conv : public torch::nn::Module {
  public:
@@ -60,7 +81,12 @@ class Conv : public torch::nn::Module {
   int64_t padding;
   // inference: the oneDNN primitive and packed weights of fast_conv2d
   std::shared_ptr<FastConvCache> fast;
+  std::shared_ptr<LoraAdapter> lora;  // set while a LoRA trains
 };
+
+// m's parameters and those of the LoRA adapters on its Linear/Conv layers
+// (what gradient checkpointing must differentiate with respect to).
+std::vector<torch::Tensor> parameters_with_adapters(torch::nn::Module& m);
 
 // Drops the inference caches (packed conv weights) of every Conv in `m`: after
 // sampling inside a training run, where the weights change next step anyway.
@@ -72,6 +98,7 @@ class Linear : public torch::nn::Module {
   torch::Tensor forward(const torch::Tensor& x);
   void zero_();
   torch::Tensor weight, bias;
+  std::shared_ptr<LoraAdapter> lora;  // set while a LoRA trains
 };
 
 // GroupNorm computed in float32 whatever the input dtype (GroupNorm32).

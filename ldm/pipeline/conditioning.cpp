@@ -63,8 +63,13 @@ Conditioning condition(LatentDiffusion& m, const GenerateRequest& r, int64_t n, 
 }
 
 ImageStart prepare_image(LatentDiffusion& m, const GenerateRequest& r, const torch::Tensor& noise, Conditioning& c,
-                         torch::Generator gen, Encode encode) {
+                         const std::vector<torch::Generator>& gens, Encode encode) {
   if (!encode) encode = [&m](const torch::Tensor& x, torch::Generator g) { return m.encode_first_stage(x, g); };
+  auto encode_rows = [&](const torch::Tensor& x) {  // each image's posterior sample from its own generator
+    std::vector<torch::Tensor> rows;
+    for (int64_t i = 0; i < x.size(0); ++i) rows.push_back(encode(x.slice(0, i, i + 1), gens.at(i)).to(torch::kFloat32));
+    return torch::cat(rows);
+  };
   ImageStart s;
   const int64_t f = m.first_stage() ? m.first_stage()->downsample_factor() : 1;
   const int64_t n = noise.size(0), H = noise.size(2) * f, W = noise.size(3) * f;
@@ -75,7 +80,7 @@ ImageStart prepare_image(LatentDiffusion& m, const GenerateRequest& r, const tor
     if (nine) {  // txt2img on an inpainting UNet: all masked, a grey image (as A1111)
       auto grey = torch::zeros({n, ch, H, W}, noise.options());
       c.cond.concat = torch::cat({torch::ones({n, 1, noise.size(2), noise.size(3)}, noise.options()),
-                                  encode(grey, gen).to(torch::kFloat32)}, 1);
+                                  encode_rows(grey)}, 1);
       if (c.uncond.crossattn.defined()) c.uncond.concat = c.cond.concat;
     }
     return s;
@@ -83,7 +88,7 @@ ImageStart prepare_image(LatentDiffusion& m, const GenerateRequest& r, const tor
   auto img = model_range(with_channels(r.init_image, ch), H, W).expand({n, ch, H, W}).contiguous();
   const auto dev = noise.device();
   img = img.to(dev);
-  s.x0 = encode(img, gen).to(torch::kFloat32);
+  s.x0 = encode_rows(img);
   if (!r.mask.defined()) return s;
   auto mask_px = (model_range(r.mask, H, W) + 1) / 2;  // 1 = repaint
   mask_px = (mask_px >= 0.5).to(torch::kFloat32).expand({n, 1, H, W}).to(dev);
@@ -93,7 +98,7 @@ ImageStart prepare_image(LatentDiffusion& m, const GenerateRequest& r, const tor
                    .mode(torch::kNearest));
   if (nine) {
     // the 9-channel inpainting UNet: [x, mask, masked-image latents], as SD inpainting checkpoints
-    auto masked = encode(img * (1 - mask_px), gen).to(torch::kFloat32);
+    auto masked = encode_rows(img * (1 - mask_px));
     c.cond.concat = torch::cat({mask_lat, masked}, 1);
     if (c.uncond.crossattn.defined()) c.uncond.concat = c.cond.concat;
   }

@@ -7,6 +7,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "ldm/models/diffusion/ddpm.h"
 #include "ldm/pipeline/request.h"
@@ -28,9 +29,9 @@ struct ImageStart {
 // Pixels [N, C, H, W] in [-1, 1] -> the UNet's latents; empty: the first stage
 // (posterior samples drawn from the generator).
 using Encode = std::function<torch::Tensor(const torch::Tensor&, torch::Generator)>;
-// Encodes the init image (and mask) for `noise`'s latent shape; for hybrid
-// models fills c.concat / u.concat.
+// Encodes the init image (and mask) for `noise`'s latent shape, row i's
+// posterior sample drawn from gens[i]; for hybrid models fills c.concat / u.concat.
 ImageStart prepare_image(LatentDiffusion& m, const GenerateRequest& r, const torch::Tensor& noise, Conditioning& c,
-                         torch::Generator gen, Encode encode = {});
+                         const std::vector<torch::Generator>& gens, Encode encode = {});
 
 }  // namespace ldm::pipeline

@@ -2,6 +2,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <optional>
@@ -15,6 +16,7 @@
 #include "ldm/models/diffusion/samplers/sampler.h"
 #include "ldm/modules/attention.h"
 #include "ldm/modules/encoders/clip_text.h"
+#include "ldm/modules/encoders/embeddings.h"
 #include "ldm/modules/encoders/modules.h"
 #include "ldm/modules/fast_conv.h"
 #include "ldm/pipeline/conditioning.h"
@@ -40,6 +42,12 @@ torch::Device model_device(LatentDiffusion& m) {
 int64_t random_seed() {
   std::random_device rd;
   return static_cast<int64_t>(rd());  // 32 bits, as A1111 and stable-diffusion.cpp draw
+}
+
+std::vector<torch::Generator> seed_generators(int64_t seed, int64_t n) {
+  std::vector<torch::Generator> g;
+  for (int64_t i = 0; i < n; ++i) g.push_back(torch::make_generator<at::CPUGeneratorImpl>(seed + i));
+  return g;
 }
 
 int64_t decoder_width(LatentDiffusion& m) {
@@ -180,8 +188,26 @@ GenerateResult Pipeline::generate(const GenerateRequest& r, const GenerateCallba
 
 void Pipeline::attach_tokenizer() {
   auto te = std::dynamic_pointer_cast<TextEncoder>(m_->cond_stage());
-  if (te && !te->tokenizer())
-    te->set_tokenizer(std::make_shared<ClipTokenizer>(ClipTokenizer::load(find_clip_vocab(o_.model, o_.vocab))));
+  if (!te || te->tokenizer()) return;
+  te->set_tokenizer(std::make_shared<ClipTokenizer>(ClipTokenizer::load(find_clip_vocab(o_.model, o_.vocab))));
+  load_embeddings();
+}
+
+void Pipeline::load_embeddings() {
+  namespace fs = std::filesystem;
+  if (o_.embd_dir.empty()) return;
+  if (!fs::is_directory(o_.embd_dir)) throw Error("embeddings: " + o_.embd_dir + " is not a directory");
+  auto te = std::dynamic_pointer_cast<TextEncoder>(m_->cond_stage());
+  const int64_t width = te->transformer().options().width;
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(o_.embd_dir)) files.push_back(e.path());
+  std::sort(files.begin(), files.end());  // ids in a fixed order
+  for (const auto& f : files) {
+    const auto ext = f.extension().string();
+    if (ext != ".pt" && ext != ".safetensors" && ext != ".bin") continue;
+    auto v = load_embedding(f.string());
+    if (v.size(1) == width) te->add_embedding(f.stem().string(), v);  // other models' embeddings: skipped
+  }
 }
 
 GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& cb) {
@@ -200,12 +226,21 @@ GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& 
 
   const auto f = facts();
   const int64_t seed = r.seed == -1 ? random_seed() : r.seed;
-  auto gen = torch::make_generator<at::CPUGeneratorImpl>(seed);  // torch.manual_seed(seed) on CPU
+  // image i has seed + i, all its noise from its own generator (as A1111 and
+  // stable-diffusion.cpp): any image of a batch regenerates alone from its
+  // seed; a batch of one is torch.manual_seed(seed); torch.randn(...) on the CPU
+  const int64_t n = image_count(r);
+  auto gens = seed_generators(seed, n), enc_gens = seed_generators(seed, n);
   auto [w, h] = output_size(r, f);
-  auto noise = r.init_noise.defined() ? r.init_noise.to(torch::kFloat32)
-                                      : torch::randn({r.batch, f.latent_channels, h / f.factor, w / f.factor}, gen);
+  torch::Tensor noise;
+  if (r.init_noise.defined()) {
+    noise = r.init_noise.to(torch::kFloat32);
+  } else {
+    std::vector<torch::Tensor> rows;
+    for (auto& g : gens) rows.push_back(torch::randn({1, f.latent_channels, h / f.factor, w / f.factor}, g));
+    noise = torch::cat(rows);
+  }
   noise = noise.to(dev);
-  const int64_t n = noise.size(0);
 
   GenerateRequest req = r;  // the prompt without its <lora:...> tags
   auto loras = r.loras;
@@ -219,7 +254,7 @@ GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& 
   // the init image's posterior samples, as the reference's seed_everything(seed) draws them
   Encode encode;
   if (taesd_enc_) encode = [this](const torch::Tensor& x, torch::Generator) { return taesd_enc_->forward((x + 1) / 2); };
-  auto start = prepare_image(*m_, req, noise, c, torch::make_generator<at::CPUGeneratorImpl>(seed), encode);
+  auto start = prepare_image(*m_, req, noise, c, enc_gens, encode);
   if (text && o_.release_after_use) release(*m_->cond_stage());  // done before the UNet's working set grows
   res.timings.conditioning = since(t0);
 
@@ -230,7 +265,7 @@ GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& 
   so.eta = r.eta;
   so.schedule = r.schedule;
   so.discretize = r.discretize;
-  so.generator = gen;
+  so.generators = gens;
   if (start.x0.defined()) {
     so.x0 = start.x0;
     if (start.keep.defined()) so.mask = start.keep;
@@ -276,9 +311,12 @@ GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& 
   }
   res.timings.decoding = since(td);
   released_ = o_.release_after_use;
-  res.seeds.assign(n, seed);
-  res.parameters = parameters_text(r, c.prompt_text, seed, w, h, o_.model);
-  if (!lora.summary.empty()) res.parameters += ", Lora: " + lora.summary;
+  for (int64_t i = 0; i < n; ++i) res.seeds.push_back(seed + i);
+  for (int64_t i = 0; i < n; ++i) {
+    res.infotexts.push_back(parameters_text(r, c.prompt_text, seed + i, w, h, o_.model));
+    if (!lora.summary.empty()) res.infotexts.back() += ", Lora: " + lora.summary;
+  }
+  res.parameters = res.infotexts.front();
   res.timings.total = since(t0);
   return res;
 }

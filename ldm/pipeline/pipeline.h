@@ -37,6 +37,9 @@ struct LoadOptions {
   // or beside it as taesd_encoder.*), and makes previews.
   std::string taesd;
   std::string lora_dir;  // where <lora:name:mult> tags are looked up
+  // textual-inversion embeddings (.pt, .safetensors, .bin): a prompt word
+  // equal to a file's stem becomes its vectors; other widths are skipped
+  std::string embd_dir;
 };
 
 class Pipeline {
@@ -73,6 +76,7 @@ class Pipeline {
   Pipeline(std::shared_ptr<LatentDiffusion> m, LoadOptions o);
   GenerateResult run(const GenerateRequest& r, const GenerateCallbacks& cb);
   void attach_tokenizer();
+  void load_embeddings();
   void load_taesd_parts();
   void release(torch::nn::Module& mod);
 

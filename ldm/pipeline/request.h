@@ -70,8 +70,9 @@ struct GenerateResult {
   // not an image.
   torch::Tensor images, images_u8;
   torch::Tensor latents;        // final latents [N, C, h, w], float32
-  std::vector<int64_t> seeds;   // the seed of each image
-  std::string parameters;       // A1111-style "parameters" text (prompt, then settings)
+  std::vector<int64_t> seeds;   // the seed of each image: seed + i
+  std::string parameters;       // A1111-style "parameters" text (prompt, then settings) of image 0
+  std::vector<std::string> infotexts;  // the same for each image (its own seed)
   std::vector<std::string> notes;  // things the caller may want to show (LoRA modules that matched nothing)
   int64_t model_evaluations = 0;
   Timings timings;

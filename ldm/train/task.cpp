@@ -7,7 +7,9 @@
 
 namespace ldm {
 
-std::unique_ptr<Task> make_task(const YAML::Node& model, double lr, const Settings& s) {
+std::unique_ptr<Task> make_task(const YAML::Node& config, double lr, const Settings& s) {
+  const YAML::Node model = config["model"];
+  if (config["lora"] && !config["lora"].IsNull()) return make_lora_task(model, config["lora"], lr, s);
   using TaskFactory = std::function<std::unique_ptr<Task>(const YAML::Node&, double, const Settings&)>;
   auto autoencoder = [](const YAML::Node& m, double lr, const Settings&) { return make_autoencoder_task(m, lr); };
   auto diffusion = [](const YAML::Node& m, double lr, const Settings& s) { return make_diffusion_task(m, lr, s.vocab); };

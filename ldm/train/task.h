@@ -32,6 +32,8 @@ class Task {
   virtual void after_step() {}
   virtual void prepare(const Dataset&, const TransformOptions&, const Settings&) {}
   virtual void log_images(const std::string&, const Batch&, const Settings&) {}
+  // After each checkpoint is written (rank 0): extra files a task exports.
+  virtual void on_checkpoint(const std::string& /*out_dir*/, int64_t /*step*/) {}
   torch::Device dev = torch::kCPU;
   bool quiet = false;
   // Data parallel: each step's randomness is drawn for the global batch with
@@ -50,11 +52,13 @@ class Task {
   torch::Tensor rand_rows(int64_t n, torch::Generator& g) const { return my_rows(torch::rand({n * world}, g)); }
 };
 
-// The task for a config's model node (by its target); `lr` is the scaled learning rate.
-std::unique_ptr<Task> make_task(const YAML::Node& model, double lr, const Settings& s);
+// The task for a config (by its model's target; a `lora:` section makes it a
+// LoRA task); `lr` is the scaled learning rate.
+std::unique_ptr<Task> make_task(const YAML::Node& config, double lr, const Settings& s);
 
 // One per kind of model, each in its own file.
 std::unique_ptr<Task> make_autoencoder_task(const YAML::Node& model, double lr);
 std::unique_ptr<Task> make_diffusion_task(const YAML::Node& model, double lr, const std::string& vocab);
+std::unique_ptr<Task> make_lora_task(const YAML::Node& model, const YAML::Node& lora, double lr, const Settings& s);
 
 }  // namespace ldm

@@ -141,7 +141,7 @@ class Run {
     const double base_lr = model["base_learning_rate"] ? model["base_learning_rate"].as<double>() : 1e-4;
     lr_ = s_.scale_lr ? base_lr * s_.batch_size * s_.accumulate * o_.world : base_lr;
     target_ = target_config(model, "model", {"base_learning_rate"}).target;
-    task_ = ldm::make_task(model, lr_, s_);
+    task_ = ldm::make_task(cfg_, lr_, s_);
     task_->dev = dev_;
     task_->quiet = o_.quiet || o_.rank != 0;
     task_->rank = o_.rank;
@@ -264,6 +264,7 @@ class Run {
       st_.rng = gen_.get_state();
       st_.extra["world_size"] = o_.world;
       res_.last_checkpoint = save_checkpoint(o_.out_dir, task_->module(), opts_, st_, config_yaml_, s_.keep);
+      task_->on_checkpoint(o_.out_dir, st_.step);
     }
   }
 

@@ -87,13 +87,19 @@ TEST(Pipeline, ResultHoldsImagesSeedsParametersAndCounts) {
   EXPECT_EQ(res.images_u8.sizes(), (std::vector<int64_t>{2, 64, 64, 3}));
   EXPECT_TRUE(torch::equal(res.images_u8, io::to_uint8(res.images).permute({0, 2, 3, 1})));
   EXPECT_EQ(res.latents.sizes(), (std::vector<int64_t>{2, 4, 16, 16}));  // first stage factor 4
-  EXPECT_EQ(res.seeds, (std::vector<int64_t>{42, 42}));
+  EXPECT_EQ(res.seeds, (std::vector<int64_t>{42, 43}));  // image i: seed + i
+  EXPECT_NE(res.infotexts.at(1).find("Seed: 43,"), std::string::npos) << res.infotexts.at(1);
   EXPECT_EQ(res.model_evaluations, 4);  // euler_a: one guided (batched) call per step
   EXPECT_EQ(res.parameters.rfind("a cat\nNegative prompt: blurry\nSteps: 4, Sampler: euler_a", 0), 0u) << res.parameters;
   EXPECT_NE(res.parameters.find("Seed: 42, Size: 64x64"), std::string::npos) << res.parameters;
   EXPECT_GT(res.timings.total, 0.0);
   // the same request gives the same pixels; seed -1 draws a seed and records it
   EXPECT_TRUE(torch::equal(p->generate(r).images_u8, res.images_u8));
+  // image 1 of the batch regenerates alone from its seed (ancestral sampler: its own noise stream)
+  // (up to float rounding between batch sizes; another noise stream would differ everywhere)
+  auto alone = p->generate(cat(43)).images[0];
+  EXPECT_LT((alone - res.images[1]).abs().max().item<double>(), 0.02);
+  EXPECT_GT((alone - res.images[0]).abs().mean().item<double>(), 0.05);
   r.seed = -1;
   r.batch = 1;
   auto rnd = p->generate(r);

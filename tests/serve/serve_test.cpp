@@ -155,7 +155,7 @@ TEST(Serve, A1111Txt2ImgEqualsTheCliAndCarriesItsParameters) {
   ASSERT_EQ(r->status, 200) << r->body;
   j = body(r);
   EXPECT_EQ(j["images"].size(), 4u);
-  EXPECT_EQ(json::parse(j["info"].get<std::string>())["all_seeds"], json::array({5, 5, 7, 7}));
+  EXPECT_EQ(json::parse(j["info"].get<std::string>())["all_seeds"], json::array({5, 6, 7, 8}));
 }
 
 TEST(Serve, Img2ImgOpenAiAndListings) {

@@ -55,7 +55,7 @@ struct Opts {
   double strength = 0.75;
   std::string mode = "sample";  // sample | txt2img | img2img | inpaint: the last three write -o as a file
   std::vector<std::string> loras;  // FILE[:MULT]
-  std::string lora_dir;
+  std::string lora_dir, embd_dir;
   std::string taesd, preview = "none", preview_path = "preview.png";
   int64_t preview_interval = 1;
 };
@@ -112,13 +112,13 @@ pipeline::GenerateRequest request(const Opts& o, pipeline::Pipeline& p) {
 void write_images(const Opts& o, const pipeline::GenerateResult& res) {
   const auto& unit = res.images;
   const int64_t n = unit.size(0);
-  const std::map<std::string, std::string> text{{"parameters", res.parameters}};
+  auto text = [&](int64_t i) { return std::map<std::string, std::string>{{"parameters", res.infotexts.at(i)}}; };
   if (o.mode != "sample") {
     std::filesystem::path out(o.out);
     if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path());
     for (int64_t i = 0; i < n; ++i) {
       auto p = i == 0 ? out : out.parent_path() / (out.stem().string() + "_" + std::to_string(i) + out.extension().string());
-      io::save_png(p.string(), unit[i], text);
+      io::save_png(p.string(), unit[i], text(i));
     }
     std::cerr << "wrote " << n << " image" << (n > 1 ? "s" : "") << " to " << o.out << (n > 1 ? " (and _1, _2 ...)" : "") << "\n";
     return;
@@ -127,10 +127,10 @@ void write_images(const Opts& o, const pipeline::GenerateResult& res) {
   for (int64_t i = 0; i < n; ++i) {
     char name[32];
     std::snprintf(name, sizeof name, "%06lld.png", (long long)i);
-    io::save_png((std::filesystem::path(o.out) / name).string(), unit[i], text);
+    io::save_png((std::filesystem::path(o.out) / name).string(), unit[i], text(i));
   }
   auto nrow = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(n))));
-  if (!o.no_grid) io::save_png((std::filesystem::path(o.out) / "grid.png").string(), io::make_grid(unit, nrow), text);
+  if (!o.no_grid) io::save_png((std::filesystem::path(o.out) / "grid.png").string(), io::make_grid(unit, nrow), text(0));
   std::cerr << "wrote " << n << " images" << (o.no_grid ? "" : " and grid.png") << " to " << o.out << "\n";
 }
 
@@ -144,6 +144,7 @@ void run(const Opts& o) {
   lo.use_ema = !o.no_ema;
   lo.release_after_use = true;  // one request: give each module's memory back once it is done
   lo.lora_dir = o.lora_dir;
+  lo.embd_dir = o.embd_dir;
   lo.taesd = o.taesd;
   if (o.preview == "taesd" && o.taesd.empty()) throw Error("--preview taesd: needs --taesd FILE");
   if (o.preview_interval < 1) throw Error("--preview-interval: expected >= 1, got " + std::to_string(o.preview_interval));
@@ -234,6 +235,7 @@ void add_generate(CLI::App& app, const std::string& mode) {
   sub->add_option("--preview-interval", o->preview_interval, "steps between previews")->capture_default_str();
   sub->add_option("--lora", o->loras, "merge a LoRA for this run: FILE[:MULT] (repeatable)");
   sub->add_option("--lora-model-dir", o->lora_dir, "where <lora:name:mult> tags in the prompt are looked up");
+  sub->add_option("--embd-dir", o->embd_dir, "textual-inversion embeddings: a prompt word equal to a file's stem");
   sub->add_flag("--no-ema", o->no_ema, "use the trained weights, not the EMA weights");
   sub->add_flag("--no-grid", o->no_grid, "write the images only, no grid.png");
   sub->add_option("-o,--output", o->out, sdcpp ? "output PNG" : "output directory")->capture_default_str();

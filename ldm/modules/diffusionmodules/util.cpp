@@ -1,5 +1,7 @@
 #include "ldm/modules/diffusionmodules/util.h"
 
+#include "ldm/modules/layers.h"
+
 #include <torch/torch.h>
 
 #include <cmath>
@@ -128,7 +130,7 @@ torch::Tensor checkpoint(const CheckpointFn& fn, const std::vector<torch::Tensor
     if (t.defined()) all.push_back(t);
   }
   h->n_inputs = all.size();
-  for (auto& p : owner.parameters()) all.push_back(p);
+  for (auto& p : nn::parameters_with_adapters(owner)) all.push_back(p);
   return CheckpointFunction::apply(c10::IValue::make_capsule(h), torch::TensorList(all))[0];
 }
 

@@ -98,7 +98,12 @@ ClipTextOutput ClipTextTransformer::forward(const torch::Tensor& ids_in, int64_t
   auto ids = ids_in.to(torch::kInt64).to(token_embedding_->weight.device());
   const int64_t L = ids.size(1);
   if (L > o_.max_length) throw Error("CLIP text encoder: " + std::to_string(L) + " tokens, at most " + std::to_string(o_.max_length));
-  auto x = token_embedding_->forward(ids);
+  auto x = token_embedding_->forward(extra_.defined() ? ids.clamp_max(o_.vocab_size - 1) : ids);
+  if (extra_.defined()) {  // textual-inversion ids past the vocabulary
+    auto is_extra = ids.ge(o_.vocab_size);
+    auto vec = extra_.to(x.dtype()).to(x.device()).index_select(0, (ids - o_.vocab_size).clamp(0, extra_.size(0) - 1).flatten());
+    x = torch::where(is_extra.unsqueeze(-1), vec.view(x.sizes()), x);
+  }
   x = x + (openclip_ ? positional_embedding_.slice(0, 0, L) : position_embedding_->weight.slice(0, 0, L)).to(x.dtype());
   // causal mask: token i attends to j <= i
   auto mask = torch::full({L, L}, -std::numeric_limits<float>::infinity(), x.options()).triu(1);
@@ -110,7 +115,7 @@ ClipTextOutput ClipTextTransformer::forward(const torch::Tensor& ids_in, int64_t
     out.hidden_states.push_back(x);
   }
   out.last_hidden_state = final_ln_->forward(x);
-  auto eot = ids.argmax(-1);
+  auto eot = (extra_.defined() ? ids.masked_fill(ids.ge(o_.vocab_size), 0) : ids).argmax(-1);
   out.pooled = out.last_hidden_state.index({torch::arange(ids.size(0), ids.device()), eot});
   return out;
 }
@@ -125,6 +130,23 @@ torch::Tensor TextEncoder::tokenize(const std::vector<std::string>& texts) const
     all.insert(all.end(), ids.begin(), ids.end());
   }
   return torch::tensor(all, torch::kInt64).view({static_cast<int64_t>(texts.size()), max_length()});
+}
+
+void TextEncoder::add_embedding(const std::string& name, const torch::Tensor& vectors) {
+  if (!tokenizer_) throw Error("embedding " + name + ": attach the tokenizer first");
+  auto& tm = transformer();
+  const int64_t width = tm.options().width;
+  if (vectors.dim() != 2 || vectors.size(1) != width)
+    throw Error("embedding " + name + ": vectors " + c10::str(vectors.sizes()) + " do not fit this text encoder (width " +
+                std::to_string(width) + ")");
+  const int64_t first = tm.options().vocab_size + tm.extra_tokens();
+  std::vector<int64_t> ids(vectors.size(0));
+  for (int64_t i = 0; i < vectors.size(0); ++i) ids[i] = first + i;
+  auto vec = vectors.to(torch::kFloat32);
+  tm.set_extra_tokens(tm.extra_tokens() ? torch::cat({tm.extra(), vec}) : vec);
+  auto t = std::make_shared<ClipTokenizer>(*tokenizer_);  // the shared one stays as it was
+  t->add_word(name, ids);
+  tokenizer_ = t;
 }
 
 size_t TextEncoder::windows(const std::string& text) const {

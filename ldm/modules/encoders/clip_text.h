@@ -49,6 +49,11 @@ class ClipTextTransformer : public torch::nn::Module {
   ClipTextTransformer(const ClipTextOptions& o, bool openclip);
   ClipTextOutput forward(const torch::Tensor& ids, int64_t stop_after = -1);  // stop_after: blocks to run (-1: all)
   const ClipTextOptions& options() const { return o_; }
+  // Textual-inversion vectors [K, width]: ids vocab_size .. vocab_size + K - 1
+  // look them up instead of the token table.
+  void set_extra_tokens(torch::Tensor vectors) { extra_ = std::move(vectors); }
+  int64_t extra_tokens() const { return extra_.defined() ? extra_.size(0) : 0; }
+  const torch::Tensor& extra() const { return extra_; }
 
  private:
   ClipTextOptions o_;
@@ -57,6 +62,7 @@ class ClipTextTransformer : public torch::nn::Module {
   torch::Tensor positional_embedding_, position_ids_;
   std::vector<std::shared_ptr<ClipBlock>> blocks_;
   std::shared_ptr<nn::LayerNorm> final_ln_;
+  torch::Tensor extra_;
 };
 
 // Shared interface of the text cond stages: ids -> context, and a tokenizer
@@ -75,6 +81,9 @@ class TextEncoder : public torch::nn::Module {
   // At least `min_windows` windows per prompt (guidance pairs need equal k).
   torch::Tensor encode(const std::vector<std::string>& texts, size_t min_windows = 1);
   size_t windows(const std::string& text) const;
+  // A textual-inversion embedding: `name` in a prompt becomes `vectors` [n, width].
+  void add_embedding(const std::string& name, const torch::Tensor& vectors);
+  virtual ClipTextTransformer& transformer() = 0;
 
  protected:
   std::shared_ptr<const ClipTokenizer> tokenizer_;
@@ -88,6 +97,7 @@ class FrozenCLIPEmbedder : public TextEncoder {
   ClipTextOutput run(const torch::Tensor& ids);
   int64_t pad_id() const override { return tokenizer_ ? tokenizer_->eot() : 49407; }
   int64_t max_length() const override { return text_model->options().max_length; }
+  ClipTextTransformer& transformer() override { return *text_model; }
   std::shared_ptr<ClipTextTransformer> text_model;
 
  private:
@@ -102,6 +112,7 @@ class FrozenOpenCLIPEmbedder : public TextEncoder {
   torch::Tensor encode_ids(const torch::Tensor& ids) override;
   int64_t pad_id() const override { return 0; }
   int64_t max_length() const override { return model->options().max_length; }
+  ClipTextTransformer& transformer() override { return *model; }
   std::shared_ptr<ClipTextTransformer> model;
 
  private:

@@ -1,5 +1,7 @@
 #include "ldm/modules/encoders/tokenizer.h"
 
+#include <cctype>
+
 #include <zlib.h>
 
 #include <cstring>
@@ -268,8 +270,32 @@ std::vector<std::string> ClipTokenizer::bpe(const std::string& token) const {
   return word;
 }
 
+void ClipTokenizer::add_word(const std::string& word, std::vector<int64_t> ids) {
+  words_[clip_clean_text(word)] = std::move(ids);
+  cache_.clear();
+}
+
 std::vector<int64_t> ClipTokenizer::encode(const std::string& text) const {
   const std::string t = clip_clean_text(text);
+  // the first custom word standing alone (between spaces, punctuation or the ends)
+  size_t best = std::string::npos;
+  const std::pair<const std::string, std::vector<int64_t>>* hit = nullptr;
+  auto boundary = [&](size_t at) { return at >= t.size() || !std::isalnum(static_cast<unsigned char>(t[at])); };
+  for (const auto& w : words_)
+    for (size_t at = t.find(w.first); at != std::string::npos; at = t.find(w.first, at + 1))
+      if ((at == 0 || boundary(at - 1)) && boundary(at + w.first.size())) {
+        if (at < best) best = at, hit = &w;
+        break;
+      }
+  if (!hit) return encode_plain(t);
+  auto ids = encode_plain(t.substr(0, best));
+  ids.insert(ids.end(), hit->second.begin(), hit->second.end());
+  auto rest = encode(t.substr(best + hit->first.size()));
+  ids.insert(ids.end(), rest.begin(), rest.end());
+  return ids;
+}
+
+std::vector<int64_t> ClipTokenizer::encode_plain(const std::string& t) const {
   std::vector<int64_t> ids;
   auto cps = code_points(t);
   std::vector<size_t> offs(cps.size() + 1, 0);

@@ -30,12 +30,17 @@ class ClipTokenizer {
     std::vector<std::vector<double>> weights;
   };
   Windows tokenize_windows(const std::string& prompt, int64_t length = 77, int64_t pad = -1, size_t min_windows = 1) const;
+  // A word (a textual-inversion embedding's name) that tokenizes to `ids`
+  // wherever it stands alone in a prompt, instead of its BPE pieces.
+  void add_word(const std::string& word, std::vector<int64_t> ids);
   int64_t sot() const { return sot_; }
   int64_t eot() const { return eot_; }
   size_t vocab_size() const { return encoder_.size(); }
 
  private:
   std::vector<std::string> bpe(const std::string& token) const;
+  std::vector<int64_t> encode_plain(const std::string& cleaned) const;
+  std::map<std::string, std::vector<int64_t>> words_;
   std::unordered_map<std::string, int64_t> encoder_;
   std::map<std::pair<std::string, std::string>, int64_t> ranks_;
   mutable std::unordered_map<std::string, std::vector<std::string>> cache_;

@@ -59,16 +59,16 @@ Outcome wait(Worker::Ticket& t, int port, const httplib::Request& req) {
 }
 
 std::string png_b64(const pipeline::GenerateResult& r, int64_t i) {
-  return io::base64_encode(io::encode_png(r.images[i], {{"parameters", r.parameters}}));
+  return io::base64_encode(io::encode_png(r.images[i], {{"parameters", r.infotexts.at(i)}}));
 }
 
 json a1111_info(const Job& job, const Outcome& out) {
   json seeds = json::array(), prompts = json::array(), infotexts = json::array();
   for (size_t k = 0; k < out.results.size(); ++k)
     for (int64_t i = 0; i < out.results[k].images.size(0); ++i) {
-      seeds.push_back(out.seeds[k]);
+      seeds.push_back(out.results[k].seeds.at(i));
       prompts.push_back(job.req.prompt);
-      infotexts.push_back(out.results[k].parameters);
+      infotexts.push_back(out.results[k].infotexts.at(i));
     }
   const auto& r = job.req;
   double seconds = 0;

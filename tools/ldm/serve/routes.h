@@ -11,7 +11,7 @@
 namespace ldm::serve {
 
 struct ServeOptions {
-  std::string model, config, vocab, models_dir, lora_dir, taesd, precision = "fp32";
+  std::string model, config, vocab, models_dir, lora_dir, embd_dir, taesd, precision = "fp32";
   std::string host = "127.0.0.1", api_key, cors, preview = "auto";
   int port = 7860;
   size_t queue = 8;

@@ -62,6 +62,7 @@ void serve_until_signal(serve::ServeOptions& o) {
     lo.vocab = o.vocab;
     lo.taesd = o.taesd;
     lo.lora_dir = o.lora_dir;
+    lo.embd_dir = o.embd_dir;
     lo.precision = o.precision;
     return pipeline::Pipeline::load(lo);
   };
@@ -99,6 +100,7 @@ void add_serve(CLI::App& app) {
   sub->add_option("--vocab", o->vocab, "CLIP vocabulary (default: beside the model)");
   sub->add_option("--models-dir", o->models_dir, "checkpoints clients may switch to (sd_model_checkpoint)");
   sub->add_option("--lora-model-dir", o->lora_dir, "where <lora:name:mult> prompt tags are looked up");
+  sub->add_option("--embd-dir", o->embd_dir, "textual-inversion embeddings (prompt words equal to file stems)");
   sub->add_option("--taesd", o->taesd, "TAESD weights: decode with them, and previews");
   sub->add_option("--preview", o->preview, "live previews in /progress: auto, taesd, proj, none")
       ->check(CLI::IsMember({"auto", "taesd", "proj", "none"}))

@@ -11,6 +11,13 @@
 namespace ldm::samplers {
 
 inline torch::Tensor randn(const torch::Tensor& like, const SampleOptions& o) {
+  if (!o.generators.empty() && static_cast<int64_t>(o.generators.size()) == like.size(0)) {
+    auto row = like.sizes().vec();
+    row[0] = 1;
+    std::vector<torch::Tensor> rows;
+    for (auto g : o.generators) rows.push_back(torch::randn(row, g, like.options()));
+    return torch::cat(rows);
+  }
   return o.generator ? torch::randn(like.sizes(), *o.generator, like.options()) : torch::randn_like(like);
 }
 

@@ -15,7 +15,7 @@ torch::Tensor ddim_sample(Denoiser& d, const torch::Tensor& noise, const SampleO
     int64_t i = S - 1 - k;
     x = samplers::blend_vp(x, p.alphas[i].item<double>(), o);
     auto e = d.eps(x, p.timesteps[i]);
-    auto [x_prev, pred_x0] = ddim_step(x, e, p, i, o.generator);
+    auto [x_prev, pred_x0] = ddim_step(x, e, p, i, o);
     x = x_prev;
     if (o.callback) o.callback(k - skip, S - skip, x, pred_x0);
   }

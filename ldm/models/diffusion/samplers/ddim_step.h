@@ -6,13 +6,13 @@
 #include <optional>
 #include <utility>
 
+#include "ldm/models/diffusion/samplers/common.h"
 #include "ldm/models/diffusion/schedule.h"
 
 namespace ldm {
 
 inline std::pair<torch::Tensor, torch::Tensor> ddim_step(const torch::Tensor& x, const torch::Tensor& e,
-                                                         const DdimParams& p, int64_t i,
-                                                         const std::optional<torch::Generator>& gen) {
+                                                         const DdimParams& p, int64_t i, const SampleOptions& o) {
   auto f32 = [&](const torch::Tensor& v) {
     return torch::full({1}, v[i].item<double>(), x.options().dtype(torch::kFloat32)).to(x.scalar_type());
   };
@@ -21,8 +21,7 @@ inline std::pair<torch::Tensor, torch::Tensor> ddim_step(const torch::Tensor& x,
   auto dir_xt = (1.0 - a_prev - sigma.pow(2)).sqrt() * e;
   auto x_prev = a_prev.sqrt() * pred_x0 + dir_xt;
   if (p.sigmas[i].item<double>() != 0.0) {
-    auto noise = gen ? torch::randn(x.sizes(), *gen, x.options()) : torch::randn_like(x);
-    x_prev = x_prev + sigma * noise;
+    x_prev = x_prev + sigma * samplers::randn(x, o);
   }
   return {x_prev, pred_x0};
 }

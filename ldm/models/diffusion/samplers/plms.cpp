@@ -25,7 +25,7 @@ torch::Tensor plms_sample(Denoiser& d, const torch::Tensor& noise, const SampleO
     torch::Tensor e_prime;
     const size_t n = old.size();
     if (n == 0) {
-      auto x1 = ddim_step(x, e, p, i, o.generator).first;
+      auto x1 = ddim_step(x, e, p, i, o).first;
       e_prime = (e + d.eps(x1, t_next)) / 2;
     } else if (n == 1) {
       e_prime = (3 * e - old[n - 1]) / 2;
@@ -34,7 +34,7 @@ torch::Tensor plms_sample(Denoiser& d, const torch::Tensor& noise, const SampleO
     } else {
       e_prime = (55 * e - 59 * old[n - 1] + 37 * old[n - 2] - 9 * old[n - 3]) / 24;
     }
-    auto [x_prev, pred_x0] = ddim_step(x, e_prime, p, i, o.generator);
+    auto [x_prev, pred_x0] = ddim_step(x, e_prime, p, i, o);
     old.push_back(e);
     if (old.size() > 3) old.pop_front();
     x = x_prev;

@@ -52,6 +52,9 @@ struct SampleOptions {
   std::string schedule = "discrete";      // sigma schedule of the k-samplers: discrete | karras
   bool clip_denoised = false;             // ddpm: clamp predicted x0 to [-1, 1]
   std::optional<torch::Generator> generator;
+  // one per batch row (when set, row i draws all its noise from generators[i]:
+  // image i of a batch equals a batch of one with that generator's seed)
+  std::vector<torch::Generator> generators;
   // img2img: start from x0 noised to `strength` (1 = pure noise) and run the rest.
   torch::Tensor x0;
   double strength = 1.0;

@@ -1,0 +1,15 @@
+// Textual-inversion embeddings as published: AUTOMATIC1111's .pt files
+// (string_to_param: {"*": [n, width]}) and .safetensors (emb_params), or any
+// file holding one 2-D tensor. The vectors replace a prompt word equal to the
+// file's stem (TextEncoder::add_embedding).
+#pragma once
+#include <torch/types.h>
+
+#include <string>
+
+namespace ldm {
+
+// [n, width] float32; ldm::Error naming the file when it holds no such tensor.
+torch::Tensor load_embedding(const std::string& file);
+
+}  // namespace ldm
