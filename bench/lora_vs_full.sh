@@ -22,7 +22,7 @@ for i in range(4):
 PY
 common=(data.params.train.params.root="$W/data" data.params.batch_size=1 training.vocab="$VOCAB"
         model.params.unet_config.params.use_checkpoint=true lightning.trainer.max_steps=4 training.log_every=1
-        training.checkpoint_every=1000 training.image_every=0 lightning.trainer.accumulate_grad_batches=1)
+        training.checkpoint_every=1000 training.image_every=0 lightning.trainer.accumulate_grad_batches=1 lightning.trainer.precision=32)
 for mode in lora full; do
   extra=()
   if [ $mode = full ]; then extra=(lora=null); else extra=(lora.base="$W/sd15.safetensors"); fi
