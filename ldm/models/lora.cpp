@@ -24,6 +24,11 @@ std::string flat(std::string s) {
   return s;
 }
 
+// Inside a resnet block: diffusers' names and LDM's (both directions use it).
+const std::pair<const char*, const char*> kResnetNames[] = {
+    {"conv1", "in_layers.2"},         {"conv2", "out_layers.3"}, {"time_emb_proj", "emb_layers.1"},
+    {"conv_shortcut", "skip_connection"}, {"norm1", "in_layers.0"}, {"norm2", "out_layers.0"}};
+
 // The diffusers UNet's module names in LDM's (both underscored): blocks of
 // `step` = num_res_blocks + 1 per level, as openaimodel lays them out.
 std::string diffusers_to_ldm(const std::string& n, int64_t step, const Shapes& shapes) {
@@ -33,13 +38,9 @@ std::string diffusers_to_ldm(const std::string& n, int64_t step, const Shapes& s
                                                          {"time_embedding_linear_1", "time_embed_0"},
                                                          {"time_embedding_linear_2", "time_embed_2"}};
   if (auto it = top.find(n); it != top.end()) return it->second;
-  auto resnet = [](std::string r) {
-    static const std::pair<const char*, const char*> ren[] = {{"conv1", "in_layers_2"},    {"conv2", "out_layers_3"},
-                                                             {"time_emb_proj", "emb_layers_1"},
-                                                             {"conv_shortcut", "skip_connection"},
-                                                             {"norm1", "in_layers_0"},     {"norm2", "out_layers_0"}};
-    for (auto [a, b] : ren)
-      if (r == a) return std::string(b);
+  auto resnet = [](const std::string& r) {
+    for (auto [diffusers, ldm] : kResnetNames)
+      if (r == diffusers) return flat(ldm);
     return r;
   };
   std::smatch m;
@@ -160,12 +161,8 @@ std::pair<torch::Tensor, int64_t> module_delta(const std::map<std::string, torch
 std::string kohya_unet_name(const std::string& ldm_module, int64_t step) {
   static const std::regex block("(input_blocks|output_blocks)\\.(\\d+)\\.(\\d+)\\.(.+)"), mid("middle_block\\.(\\d+)\\.(.+)");
   auto resnet = [](const std::string& r) {
-    static const std::pair<const char*, const char*> ren[] = {{"in_layers.2", "conv1"},    {"out_layers.3", "conv2"},
-                                                             {"emb_layers.1", "time_emb_proj"},
-                                                             {"skip_connection", "conv_shortcut"},
-                                                             {"in_layers.0", "norm1"},     {"out_layers.0", "norm2"}};
-    for (auto [a, b] : ren)
-      if (r == a) return std::string(b);
+    for (auto [diffusers, ldm] : kResnetNames)
+      if (r == ldm) return std::string(diffusers);
     return r;
   };
   auto s = [](int64_t v) { return std::to_string(v); };
