@@ -1,4 +1,5 @@
 #include "ldm/io/image.h"
+#include "ldm/io/image_file.h"
 
 #include <stb_image.h>
 #include <stb_image_write.h>
@@ -8,6 +9,8 @@
 #include <climits>
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <cctype>
 #include <fstream>
 #include <iterator>
 
@@ -94,6 +97,45 @@ void save_png(const std::string& path, const torch::Tensor& image, const std::ma
     throw Error(path + ": save_png expects [C, H, W] with C = 1 or 3, got " + c10::str(image.sizes()));
   auto png = encode_png(image, text);
   write_file_atomic(path, png.data(), png.size());
+}
+
+namespace {
+std::string lower_extension(const std::string& path) {
+  std::string e = std::filesystem::path(path).extension().string();
+  for (auto& ch : e) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+  return e;
+}
+}  // namespace
+
+void check_image_extension(const std::string& path) {
+  const auto e = lower_extension(path);
+  if (e != ".png" && e != ".jpg" && e != ".jpeg")
+    throw Error(path + ": unknown image type \"" + e + "\" (expected .png, .jpg or .jpeg)");
+}
+
+std::string encode_jpeg(const torch::Tensor& image, const std::string& comment, int quality) {
+  if (image.dim() != 3 || (image.size(0) != 1 && image.size(0) != 3))
+    throw Error("JPEG: expected an image [C, H, W] with C = 1 or 3, got " + c10::str(image.sizes()));
+  auto u8 = to_uint8(image).cpu().permute({1, 2, 0}).contiguous();
+  const int h = static_cast<int>(u8.size(0)), w = static_cast<int>(u8.size(1)), c = static_cast<int>(u8.size(2));
+  std::string jpg;
+  if (!stbi_write_jpg_to_func(append, &jpg, w, h, c, u8.data_ptr<uint8_t>(), quality)) throw Error("JPEG encoding failed");
+  if (!comment.empty()) {  // a COM segment (FF FE, big-endian length incl. itself) right after SOI
+    const std::string text = comment.substr(0, 65533);
+    const size_t len = text.size() + 2;
+    std::string seg = {'\xFF', '\xFE', static_cast<char>(len >> 8), static_cast<char>(len & 0xff)};
+    jpg.insert(2, seg + text);
+  }
+  return jpg;
+}
+
+void save_image(const std::string& path, const torch::Tensor& image, const std::map<std::string, std::string>& text) {
+  check_image_extension(path);
+  const auto e = lower_extension(path);
+  if (e == ".png") return save_png(path, image, text);
+  auto it = text.find("parameters");
+  auto jpg = encode_jpeg(image, it == text.end() ? "" : it->second);
+  write_file_atomic(path, jpg.data(), jpg.size());
 }
 
 std::map<std::string, std::string> read_png_text(const std::string& path) {

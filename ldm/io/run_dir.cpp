@@ -33,4 +33,22 @@ std::string weights_file(const std::string& path) {
   return fs::is_directory(path) ? latest_checkpoint(path) + "/model.safetensors" : path;
 }
 
+std::string run_dir_of(const std::string& p) {
+  fs::path path = fs::path(p).lexically_normal();
+  if (path.filename().empty()) path = path.parent_path();  // trailing slash
+  if (path.has_parent_path() && path.parent_path().filename() == "checkpoints") return path.parent_path().parent_path().string();
+  return path.string();
+}
+
+std::string run_config_of(const std::string& p) {
+  if (!fs::is_directory(p)) return "";
+  for (const fs::path& c : {fs::path(p) / "config.yaml", fs::path(run_dir_of(p)) / "config.yaml"})
+    if (fs::is_regular_file(c)) return c.string();
+  return "";
+}
+
+bool is_run_dir(const std::string& dir) {
+  return fs::exists(fs::path(dir) / "checkpoints") || fs::exists(fs::path(dir) / "metrics.csv");
+}
+
 }  // namespace ldm

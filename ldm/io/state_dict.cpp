@@ -77,6 +77,12 @@ std::map<std::string, torch::Tensor> strip_prefix(const std::map<std::string, to
 
 void init_from_ckpt(torch::nn::Module& m, const std::string& path, const std::vector<std::string>& ignore_keys,
                     const std::string& where) {
+  if (!std::filesystem::exists(path))
+    throw Error(where + ".ckpt_path: " + path + " does not exist" +
+                (std::filesystem::path(path).is_relative()
+                     ? " (relative paths are resolved against the working directory, " +
+                           std::filesystem::current_path().string() + ")"
+                     : std::string()));
   const std::string file = weights_file(path);
   auto w = io::load_weights(file).tensors;
   for (auto it = w.begin(); it != w.end();) {

@@ -57,15 +57,28 @@ int64_t decoder_width(LatentDiffusion& m) {
   return dd ? dd->ch * dd->ch_mult.front() : 16;
 }
 
-// The A1111 "parameters" text: prompt lines, then the settings that took effect.
+// The A1111 "parameters" text: prompt lines, then every setting that took
+// effect and only those (ddim's eta, not karras under ddim), so the text
+// regenerates the image.
 std::string parameters_text(const GenerateRequest& r, const std::string& prompt_text, int64_t seed, int64_t w, int64_t h,
-                            const std::string& model) {
+                            const LoadOptions& o) {
+  const bool k_sampler = r.sampler == "euler" || r.sampler == "euler_a" || r.sampler == "heun" || r.sampler == "dpm++2m";
   std::ostringstream p;
-  p << prompt_text << "\nSteps: " << r.steps << ", Sampler: " << r.sampler << ", Schedule type: " << r.schedule
-    << ", CFG scale: " << r.cfg_scale << ", Seed: " << seed << ", Size: " << w << "x" << h
-    << ", Model: " << std::filesystem::path(model).stem().string();
+  p << prompt_text << "\nSteps: " << r.steps << ", Sampler: " << r.sampler;
+  if (k_sampler) p << ", Schedule type: " << r.schedule;
+  else p << ", Discretize: " << r.discretize;
+  p << ", CFG scale: " << r.cfg_scale << ", Seed: " << seed << ", Size: " << w << "x" << h
+    << ", Model: " << std::filesystem::path(o.model).stem().string();
   if (r.init_image.defined() && !r.mask.defined()) p << ", Denoising strength: " << r.strength;
-  if (r.eta != 0.0) p << ", Eta: " << r.eta;
+  if (r.mask.defined()) p << ", Inpainting: masked";
+  if (r.sampler == "ddim") p << ", Eta: " << r.eta;
+  p << ", Precision: " << o.precision;
+  if (!o.prediction.empty()) p << ", Prediction: " << o.prediction;
+  if (!o.use_ema) p << ", EMA: off";
+  if (r.init_noise.defined()) p << ", Init noise: given";
+  if (r.cond.defined()) p << ", Cond: given";
+  if (!o.taesd.empty()) p << ", VAE: " << std::filesystem::path(o.taesd).filename().string();
+  if (o.vae_tile > 0) p << ", VAE tiling: " << o.vae_tile << "/" << o.vae_tile_overlap;
   return p.str();
 }
 }  // namespace
@@ -247,6 +260,14 @@ GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& 
   for (auto& l : take_lora_tags(req.prompt, o_.lora_dir)) loras.push_back(l);
   LoraScope lora(*m_, loras, /*restore=*/!o_.release_after_use);
   res.notes = lora.notes;
+  if (r.init_image.defined() && (r.init_image.size(2) != w || r.init_image.size(1) != h))
+    res.notes.push_back("init image " + std::to_string(r.init_image.size(2)) + "x" + std::to_string(r.init_image.size(1)) +
+                        " resized to the output size " + std::to_string(w) + "x" + std::to_string(h) +
+                        " (-W/-H choose the output size)");
+  if (const int64_t v = visited_timesteps(r.sampler, r.steps, r.discretize, f.timesteps); v != r.steps)
+    res.notes.push_back(r.sampler + ": " + std::to_string(r.steps) + " steps visit " + std::to_string(v) +
+                        " timesteps (the reference's spacing, every " + std::to_string(f.timesteps / r.steps) +
+                        " from timestep 1, as CompVis and A1111 do)");
 
   const bool text = f.text && !r.cond.defined() && r.class_labels.empty();
   if (text) attach_tokenizer();
@@ -313,7 +334,7 @@ GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& 
   released_ = o_.release_after_use;
   for (int64_t i = 0; i < n; ++i) res.seeds.push_back(seed + i);
   for (int64_t i = 0; i < n; ++i) {
-    res.infotexts.push_back(parameters_text(r, c.prompt_text, seed + i, w, h, o_.model));
+    res.infotexts.push_back(parameters_text(r, c.prompt_text, seed + i, w, h, o_));
     if (!lora.summary.empty()) res.infotexts.back() += ", Lora: " + lora.summary;
   }
   res.parameters = res.infotexts.front();

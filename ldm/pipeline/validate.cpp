@@ -7,6 +7,7 @@
 
 #include "ldm/error.h"
 #include "ldm/models/diffusion/samplers/sampler.h"
+#include "ldm/modules/diffusionmodules/util.h"
 
 namespace ldm::pipeline {
 
@@ -78,25 +79,50 @@ double available_bytes() {
   return 1e18;  // unknown: do not refuse
 }
 
+namespace {
+bool uses_ddim_spacing(const std::string& sampler) { return sampler == "ddim" || sampler == "plms"; }
+// The reference's make_ddim_timesteps ("uniform": range(0, T, T // steps) + 1)
+// must stay inside [0, T).
+bool spacing_fits(int64_t steps, const std::string& disc, int64_t T) {
+  auto ts = make_ddim_timesteps(disc, steps, T);
+  return std::all_of(ts.begin(), ts.end(), [T](int64_t t) { return t >= 0 && t < T; });
+}
+}  // namespace
+
+int64_t visited_timesteps(const std::string& sampler, int64_t steps, const std::string& disc, int64_t T) {
+  return uses_ddim_spacing(sampler) ? static_cast<int64_t>(make_ddim_timesteps(disc, steps, T).size()) : steps;
+}
+
+void validate_sampling(const std::string& sampler, int64_t steps, const std::string& disc, int64_t T) {
+  const auto& names = sampler_names();
+  if (std::find(names.begin(), names.end(), sampler) == names.end()) {
+    std::string known;
+    for (auto& s : names) known += (known.empty() ? "" : ", ") + s;
+    throw Error("sampler: unknown \"" + sampler + "\" (expected one of " + known + ")");
+  }
+  if (steps < 1 || steps > T) throw Error("steps: expected 1 to " + std::to_string(T) + ", got " + std::to_string(steps));
+  if (disc != "uniform" && disc != "quad") throw Error("discretize: expected uniform or quad, got \"" + disc + "\"");
+  if (!uses_ddim_spacing(sampler) || spacing_fits(steps, disc, T)) return;
+  int64_t below = steps - 1, above = steps + 1;
+  while (below > 0 && !spacing_fits(below, disc, T)) --below;
+  while (above <= T && !spacing_fits(above, disc, T)) ++above;
+  std::string near = below > 0 ? std::to_string(below) : "";
+  if (above <= T) near += (near.empty() ? "" : " or ") + std::to_string(above);
+  throw Error("steps: " + std::to_string(steps) + " " + sampler + " steps over " + std::to_string(T) +
+              " timesteps step past the last one (the reference's spacing " + std::to_string(T) + " // " +
+              std::to_string(steps) + "); the nearest counts that work: " + near);
+}
+
 void validate(const GenerateRequest& r, const ModelFacts& m) {
   finite(r.cfg_scale, "cfg scale");
   finite(r.eta, "eta");
   finite(r.strength, "strength");
   if (r.batch < 1) throw Error("batch: expected at least 1 image, got " + std::to_string(r.batch));
-  if (r.steps < 1 || r.steps > m.timesteps)
-    throw Error("steps: expected 1 to " + std::to_string(m.timesteps) + ", got " + std::to_string(r.steps));
   if (r.eta < 0) throw Error("eta: expected >= 0, got " + num(r.eta));
   if (r.seed < -1) throw Error("seed: expected >= 0, or -1 for a random seed, got " + std::to_string(r.seed));
-  const auto& names = sampler_names();
-  if (std::find(names.begin(), names.end(), r.sampler) == names.end()) {
-    std::string known;
-    for (auto& s : names) known += (known.empty() ? "" : ", ") + s;
-    throw Error("sampler: unknown \"" + r.sampler + "\" (expected one of " + known + ")");
-  }
   if (r.schedule != "discrete" && r.schedule != "karras")
     throw Error("schedule: expected discrete or karras, got \"" + r.schedule + "\"");
-  if (r.discretize != "uniform" && r.discretize != "quad")
-    throw Error("discretize: expected uniform or quad, got \"" + r.discretize + "\"");
+  validate_sampling(r.sampler, r.steps, r.discretize, m.timesteps);
   if (r.init_noise.defined()) {
     if (r.init_noise.dim() != 4 || r.init_noise.size(1) != m.latent_channels || r.init_noise.size(0) < 1 ||
         r.init_noise.size(2) % m.unet_factor || r.init_noise.size(3) % m.unet_factor || r.init_noise.size(2) < 1 ||

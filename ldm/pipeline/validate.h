@@ -33,6 +33,11 @@ inline int64_t size_multiple(const ModelFacts& m) { return m.factor * m.unet_fac
 // Output size in pixels (width, height) after defaults.
 std::pair<int64_t, int64_t> output_size(const GenerateRequest& r, const ModelFacts& m);
 void validate(const GenerateRequest& r, const ModelFacts& m);
+// Sampler name, step count and spacing alone (what a training run's previews use).
+void validate_sampling(const std::string& sampler, int64_t steps, const std::string& discretize, int64_t timesteps);
+// Timesteps the sampler visits for `steps`: ddim/plms with the reference's
+// uniform spacing (T // steps) can visit one more than asked.
+int64_t visited_timesteps(const std::string& sampler, int64_t steps, const std::string& discretize, int64_t timesteps);
 // Bytes the request will need at its peak (latents, guidance batch, decoder
 // activations at full resolution), a deliberate over-estimate.
 double estimated_bytes(const GenerateRequest& r, const ModelFacts& m);

@@ -41,11 +41,26 @@ class GANAutoencoderTask : public Task {
     AutoencoderOutput a;
     if (idx == 1) {
       torch::NoGradGuard ng;  // the discriminator's step sees detached reconstructions
-      a = ae_->train_forward(x, g);
+      a = forward(x, g);
     } else {
-      a = ae_->train_forward(x, g);
+      a = forward(x, g);
     }
     return loss_->forward(a, idx, step, ae_->last_layer());
+  }
+  // AutoencoderKL's posterior sample with noise drawn for the global batch and
+  // sliced to this rank's rows (one process: the reference's sample(g) exactly)
+  AutoencoderOutput forward(const torch::Tensor& x, torch::Generator& g) {
+    auto kl = std::dynamic_pointer_cast<AutoencoderKL>(ae_);
+    if (!kl) return ae_->train_forward(x, g);
+    AutoencoderOutput a;
+    a.inputs = x;
+    a.posterior.emplace(kl->encode(x));
+    const auto& p = *a.posterior;
+    auto shape = p.mean.sizes().vec();
+    shape[0] *= world;
+    auto noise = my_rows(torch::randn(shape, g, p.mean.options().device(g.device()))).to(p.mean.device());
+    a.recon = kl->decode(p.mean + p.std * noise);
+    return a;
   }
   void log_images(const std::string& path, const Batch& b, const Settings&) override {
     torch::NoGradGuard ng;

@@ -110,12 +110,14 @@ std::string save_checkpoint(const std::string& run_dir, torch::nn::Module& model
   std::string latest = std::string(name) + "\n";
   write_file_atomic((ck / "latest").string(), latest.data(), latest.size());
 
-  // keep the newest `keep` complete checkpoints
-  std::vector<fs::path> all;
+  // keep `keep` checkpoints: the one `latest` now names, and the newest others
+  std::vector<fs::path> others;
   for (auto& e : fs::directory_iterator(ck))
-    if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0) all.push_back(e.path());
-  std::sort(all.begin(), all.end());
-  for (size_t i = 0; i + keep < all.size(); ++i) fs::remove_all(all[i]);
+    if (e.is_directory() && e.path().filename().string().rfind("step-", 0) == 0 && e.path() != final_dir)
+      others.push_back(e.path());
+  std::sort(others.begin(), others.end());
+  const size_t keep_others = keep > 1 ? static_cast<size_t>(keep - 1) : 0;
+  for (size_t i = 0; i + keep_others < others.size(); ++i) fs::remove_all(others[i]);
   return final_dir.string();
 }
 

@@ -14,6 +14,7 @@
 #include "ldm/modules/encoders/modules.h"
 #include "ldm/modules/layers.h"
 #include "ldm/pipeline/pipeline.h"
+#include "ldm/pipeline/validate.h"
 #include "ldm/train/optim.h"
 #include "ldm/train/task.h"
 #include "ldm/util/progress.h"
@@ -87,8 +88,10 @@ class DiffusionTask : public Task {
     }
     torch::NoGradGuard ng;
     auto x = b.image.to(dev);
-    if (auto kl = std::dynamic_pointer_cast<AutoencoderKL>(m_->first_stage()))
-      return kl->encode(x).sample(g) * m_->scale_factor.item<double>();
+    if (auto kl = std::dynamic_pointer_cast<AutoencoderKL>(m_->first_stage())) {  // noise for the global batch, as above
+      auto post = kl->encode(x);
+      return (post.mean + post.std * randn_rows(post.mean.sizes().vec(), g).to(dev)) * m_->scale_factor.item<double>();
+    }
     return m_->encode_first_stage(x);
   }
 
@@ -146,6 +149,15 @@ class DiffusionTask : public Task {
 
   void after_step() override {
     if (m_->model_ema) m_->model_ema->update(m_->model_wrapper());
+  }
+
+  void check_settings(const Settings& s) override {
+    if (s.image_every <= 0) return;
+    try {
+      pipeline::validate_sampling(s.sampler, s.sample_steps, "uniform", m_->schedule().alphas_cumprod.size(0));
+    } catch (const Error& e) {
+      throw Error(std::string("training.sampler/sample_steps (the preview images): ") + e.what());
+    }
   }
 
   void log_images(const std::string& path, const Batch& b, const Settings& s) override {

@@ -1,11 +1,16 @@
 #include "ldm/train/distributed.h"
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdlib>
 #include <fstream>
+#include <iostream>
 #include <torch/csrc/distributed/c10d/PrefixStore.hpp>
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
@@ -41,7 +46,43 @@ std::string hostname() {
   return buf;
 }
 
+bool is_loopback(const std::string& addr) { return addr == "localhost" || addr.rfind("127.", 0) == 0 || addr == "::1"; }
+
+// The local address of the route to `host` (the address a socket connected to
+// it gets; a UDP connect sends nothing). Empty when there is no route.
+std::string local_address_towards(const std::string& host, int port) {
+  addrinfo hints{}, *res = nullptr;
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_DGRAM;
+  if (getaddrinfo(host.c_str(), std::to_string(port).c_str(), &hints, &res) != 0 || !res) return "";
+  std::string out;
+  int fd = socket(res->ai_family, SOCK_DGRAM, 0);
+  sockaddr_storage local{};
+  socklen_t len = sizeof local;
+  if (fd >= 0 && connect(fd, res->ai_addr, res->ai_addrlen) == 0 &&
+      getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0) {
+    char buf[INET6_ADDRSTRLEN] = {0};
+    const void* a = local.ss_family == AF_INET ? static_cast<const void*>(&reinterpret_cast<sockaddr_in*>(&local)->sin_addr)
+                                               : static_cast<const void*>(&reinterpret_cast<sockaddr_in6*>(&local)->sin6_addr);
+    if (inet_ntop(local.ss_family, a, buf, sizeof buf)) out = buf;
+  }
+  if (fd >= 0) close(fd);
+  freeaddrinfo(res);
+  return out;
+}
+
 }  // namespace
+
+GlooInterface choose_gloo_interface(const std::string& master_addr, int master_port) {
+  if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname)
+    return {"", ifname, std::string("GLOO_SOCKET_IFNAME=") + ifname};
+  if (is_loopback(master_addr)) return {"127.0.0.1", "", "loopback: a local job"};
+  auto addr = local_address_towards(master_addr, master_port);
+  if (addr.empty())
+    throw Error("distributed: no route from this host to MASTER_ADDR=" + master_addr +
+                " (set MASTER_ADDR to an address of rank 0's host, or GLOO_SOCKET_IFNAME to the interface to use)");
+  return {addr, "", "the route to MASTER_ADDR " + master_addr};
+}
 
 DistEnv dist_env_from_environment() {
   DistEnv e;
@@ -63,28 +104,41 @@ struct Distributed::Impl {
   std::vector<std::pair<std::string, int>> peers;  // host, pid of every rank (for naming the dead)
 };
 
-Distributed::Distributed(const DistEnv& e, std::chrono::milliseconds timeout) : env_(e), impl_(new Impl) {
+Distributed::Distributed(const DistEnv& e, std::chrono::milliseconds timeout, std::chrono::milliseconds rendezvous)
+    : env_(e), impl_(new Impl) {
   impl_->timeout = timeout;
+  const std::string at = e.master_addr + ":" + std::to_string(e.master_port);
+  const std::string secs = std::to_string(rendezvous.count() / 1000) + " s";
+  const std::string me = "rank " + std::to_string(e.rank) + " on " + hostname();
   try {
     c10d::TCPStoreOptions so;
     so.port = static_cast<uint16_t>(e.master_port);
     so.isServer = e.rank == 0;
     so.numWorkers = e.world;
-    so.waitWorkers = true;
-    so.timeout = timeout;
+    so.waitWorkers = false;  // arrivals are awaited below, so a missing rank can be named
+    so.timeout = rendezvous;
     auto tcp = c10::make_intrusive<c10d::TCPStore>(e.master_addr, so);
     impl_->store = c10::make_intrusive<c10d::PrefixStore>("ldm", tcp);
-    auto o = c10d::ProcessGroupGloo::Options::create(timeout);
-    // the interface Gloo binds: GLOO_SOCKET_IFNAME as PyTorch, loopback for a
-    // local job, else the address this host's name resolves to
-    const char* ifname = std::getenv("GLOO_SOCKET_IFNAME");
-    const bool local = e.master_addr == "localhost" || e.master_addr.rfind("127.", 0) == 0;
-    o->devices.push_back(ifname && *ifname ? c10d::ProcessGroupGloo::createDeviceForInterface(ifname)
-                         : local           ? c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1")
-                                           : c10d::ProcessGroupGloo::createDefaultDevice());
+  } catch (const std::exception& ex) {
+    std::string msg = ex.what();
+    throw Error("distributed: " + me + " could not reach rank 0's rendezvous at " + at + " within " + secs + ": " +
+                msg.substr(0, msg.find('\n')));
+  }
+  wait_for_arrivals(rendezvous);
+  try {
+    auto o = c10d::ProcessGroupGloo::Options::create(rendezvous);
+    // the address Gloo binds and advertises: GLOO_SOCKET_IFNAME as PyTorch,
+    // loopback for a local job, else the one the route to MASTER_ADDR uses
+    // (not what the host name resolves to: Debian maps it to 127.0.1.1)
+    const auto gi = choose_gloo_interface(e.master_addr, e.master_port);
+    o->devices.push_back(gi.ifname.empty() ? c10d::ProcessGroupGloo::createDeviceForHostname(gi.address)
+                                           : c10d::ProcessGroupGloo::createDeviceForInterface(gi.ifname));
+    if (e.world > 1 && !is_loopback(e.master_addr))
+      std::cerr << "distributed: rank " << e.rank << " on " << hostname() << " uses "
+                << (gi.ifname.empty() ? gi.address : "interface " + gi.ifname) << " (" << gi.why << ")\n";
     impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, e.rank, e.world, o);
-    const std::string me = hostname() + " " + std::to_string(getpid());
-    impl_->store->set("peer/" + std::to_string(e.rank), std::vector<uint8_t>(me.begin(), me.end()));
+    const std::string peer = hostname() + " " + std::to_string(getpid());
+    impl_->store->set("peer/" + std::to_string(e.rank), std::vector<uint8_t>(peer.begin(), peer.end()));
     for (int r = 0; r < e.world; ++r) {
       auto v = impl_->store->get("peer/" + std::to_string(r));
       std::string s(v.begin(), v.end());
@@ -94,11 +148,39 @@ Distributed::Distributed(const DistEnv& e, std::chrono::milliseconds timeout) : 
   } catch (const Error&) {
     throw;
   } catch (const std::exception& ex) {
-    std::string msg = ex.what();
-    msg = msg.substr(0, msg.find('\n'));
-    throw Error("distributed: rank " + std::to_string(e.rank) + " of " + std::to_string(e.world) +
-                " could not join the group at " + e.master_addr + ":" + std::to_string(e.master_port) + " within " +
-                std::to_string(timeout.count() / 1000) + " s: " + msg);
+    std::string msg = ex.what(), hosts;
+    for (int r = 0; r < e.world; ++r) hosts += (r ? ", " : "") + std::to_string(r) + " " + arrival(r);
+    throw Error("distributed: " + me + " could not connect its Gloo group to the other ranks within " + secs +
+                " (ranks: " + hosts + "; GLOO_SOCKET_IFNAME chooses the interface): " + msg.substr(0, msg.find('\n')));
+  }
+}
+
+// Every rank announces itself (host, address) and waits for the others, at
+// most `limit`; on timeout the missing ranks are named, on every rank alike.
+void Distributed::wait_for_arrivals(std::chrono::milliseconds limit) {
+  const auto gi = choose_gloo_interface(env_.master_addr, env_.master_port);
+  const std::string mine = hostname() + " (" + (gi.ifname.empty() ? gi.address : gi.ifname) + ")";
+  impl_->store->set("arrived/" + std::to_string(env_.rank), std::vector<uint8_t>(mine.begin(), mine.end()));
+  std::vector<std::string> keys;
+  for (int r = 0; r < env_.world; ++r) keys.push_back("arrived/" + std::to_string(r));
+  try {
+    impl_->store->wait(keys, limit);
+  } catch (const std::exception&) {
+    std::string missing;
+    for (int r = 0; r < env_.world; ++r)
+      if (!impl_->store->check({keys[r]})) missing += (missing.empty() ? "" : ", ") + std::to_string(r);
+    throw Error("distributed: rank " + std::to_string(env_.rank) + " on " + hostname() + ": rank " + missing +
+                " never arrived at the rendezvous " + env_.master_addr + ":" + std::to_string(env_.master_port) +
+                " within " + std::to_string(limit.count() / 1000) + " s (started? same MASTER_ADDR/MASTER_PORT?)");
+  }
+}
+
+std::string Distributed::arrival(int r) {
+  try {
+    auto v = impl_->store->get("arrived/" + std::to_string(r));
+    return std::string(v.begin(), v.end());
+  } catch (const std::exception&) {
+    return "(unknown)";
   }
 }
 

@@ -22,12 +22,23 @@ struct DistEnv {
 // the variable when a value is malformed or inconsistent.
 DistEnv dist_env_from_environment();
 
+// What Gloo binds and advertises to the other ranks: GLOO_SOCKET_IFNAME when
+// set (an interface name), loopback when MASTER_ADDR is loopback, else the
+// local address of the route to MASTER_ADDR.
+struct GlooInterface {
+  std::string address, ifname, why;
+};
+GlooInterface choose_gloo_interface(const std::string& master_addr, int master_port);
+
 class Distributed {
  public:
   // Blocks until all `e.world` ranks joined (or `timeout`). Every collective
   // afterwards fails within `timeout` when a peer dies or hangs, with an
   // ldm::Error naming the ranks that are gone where they can be told.
-  Distributed(const DistEnv& e, std::chrono::milliseconds timeout);
+  // A rank that cannot reach the rendezvous, or a peer that never arrives,
+  // ends every rank within `rendezvous`, naming the missing ranks.
+  Distributed(const DistEnv& e, std::chrono::milliseconds timeout,
+              std::chrono::milliseconds rendezvous = std::chrono::seconds(120));
   ~Distributed();
   int rank() const { return env_.rank; }
   int world() const { return env_.world; }
@@ -44,6 +55,8 @@ class Distributed {
   std::unique_ptr<Impl> impl_;
   friend class GradSync;
   [[noreturn]] void fail(const std::string& what, const std::exception& e);
+  void wait_for_arrivals(std::chrono::milliseconds limit);
+  std::string arrival(int rank);  // "host (address)" a rank announced
 };
 
 // DDP's gradient averaging for one parameter list: flat buckets of ~bucket_mb

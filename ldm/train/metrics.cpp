@@ -93,11 +93,41 @@ std::string tf_event_scalar(double wall, int64_t step, const std::string& tag, f
   return e;
 }
 
-MetricsLogger::MetricsLogger(const std::string& dir) : dir_(dir) {
+// SessionLog{status: START} at `step`: TensorBoard discards the events of
+// this run's earlier files from `step` on (its restart handling).
+std::string tf_event_session_start(double wall, int64_t step) {
+  std::string log;
+  varint(log, (1 << 3) | 0);  // SessionLog.status = START
+  varint(log, 1);
+  std::string e;
+  field_fixed(e, 1, wall, 1);
+  varint(e, (2 << 3) | 0);
+  varint(e, static_cast<uint64_t>(step));
+  field_bytes(e, 6, log);
+  return e;
+}
+
+namespace {
+// Keeps the header and the rows whose step is <= `last`.
+void truncate_csv(const std::filesystem::path& path, int64_t last) {
+  std::ifstream in(path);
+  std::string line, out;
+  bool header = true;
+  while (std::getline(in, line)) {
+    if (header || std::strtoll(line.c_str(), nullptr, 10) <= last) out += line + "\n";
+    header = false;
+  }
+  in.close();
+  write_file_atomic(path.string(), out.data(), out.size());
+}
+}  // namespace
+
+MetricsLogger::MetricsLogger(const std::string& dir, int64_t resumed_at) : dir_(dir) {
   namespace fs = std::filesystem;
   fs::create_directories(fs::path(dir) / "tensorboard");
   auto csv_path = fs::path(dir) / "metrics.csv";
   if (fs::exists(csv_path)) {  // resume: keep the columns
+    if (resumed_at >= 0) truncate_csv(csv_path, resumed_at);
     std::ifstream in(csv_path);
     std::string header;
     std::getline(in, header);
@@ -119,6 +149,7 @@ MetricsLogger::MetricsLogger(const std::string& dir) : dir_(dir) {
   tb_ = std::fopen(tb_path.c_str(), "wb");
   if (!tb_) throw Error(tb_path.string() + ": cannot open for writing");
   auto rec = tf_record(event_header(now()));
+  if (resumed_at >= 0) rec += tf_record(tf_event_session_start(now(), resumed_at + 1));
   std::fwrite(rec.data(), 1, rec.size(), tb_);
 }
 

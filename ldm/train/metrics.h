@@ -12,8 +12,10 @@ namespace ldm {
 class MetricsLogger {
  public:
   // Appends to <dir>/metrics.csv (header written once) and writes a new
-  // event file in <dir>/tensorboard/.
-  explicit MetricsLogger(const std::string& dir);
+  // event file in <dir>/tensorboard/. `resumed_at` >= 0: a resumed run; rows
+  // after that step (logged after its checkpoint) are dropped from the CSV and
+  // TensorBoard is told to drop them (a SessionLog START event).
+  explicit MetricsLogger(const std::string& dir, int64_t resumed_at = -1);
   ~MetricsLogger();
   void log(int64_t step, const std::map<std::string, double>& values);
 
@@ -29,5 +31,6 @@ class MetricsLogger {
 uint32_t crc32c(const void* data, size_t n);
 std::string tf_event_scalar(double wall_time, int64_t step, const std::string& tag, float value);
 std::string tf_record(const std::string& payload);
+std::string tf_event_session_start(double wall_time, int64_t step);
 
 }  // namespace ldm

@@ -32,6 +32,8 @@ class Task {
   virtual void after_step() {}
   virtual void prepare(const Dataset&, const TransformOptions&, const Settings&) {}
   virtual void log_images(const std::string&, const Batch&, const Settings&) {}
+  // Before step 1: everything later steps will use (the preview sampler) is valid.
+  virtual void check_settings(const Settings&) {}
   // After each checkpoint is written (rank 0): extra files a task exports.
   virtual void on_checkpoint(const std::string& /*out_dir*/, int64_t /*step*/) {}
   torch::Device dev = torch::kCPU;

@@ -16,6 +16,7 @@
 #include "ldm/error.h"
 #include "ldm/io/atomic_file.h"
 #include "ldm/io/image.h"
+#include "ldm/io/run_dir.h"
 #include "ldm/lr_scheduler.h"
 #include "ldm/models/autoencoder.h"
 #include "ldm/models/diffusion/ddpm.h"
@@ -78,22 +79,25 @@ class Run {
     torch::manual_seed(s_.seed);  // initial weights
     dev_ = s_.device == "auto" ? (torch::cuda::is_available() ? torch::kCUDA : torch::kCPU) : torch::Device(s_.device);
     rank0_ = o.rank == 0;
+    if (s_.precision == "16" && dev_.is_cpu())
+      throw Error("lightning.trainer.precision: 16 (fp16 autocast) needs a GPU; on the CPU use bf16 (or 32)");
   }
 
   void setup() {
     auto data = read_data();
     make_task();
     make_loader(data);
-    fs::create_directories(o_.out_dir);
+    task_->check_settings(s_);
+    claim_run_dir();
     config_yaml_ = YAML::Dump(cfg_) + "\n";
     if (rank0_) write_file_atomic((fs::path(o_.out_dir) / "config.yaml").string(), config_yaml_.data(), config_yaml_.size());
     if (!o_.resume.empty()) resume();
-    if (!o_.quiet)
+    if (!o_.quiet && rank0_)
       std::cerr << "training " << target_ << " on " << data.ds->describe() << ", device " << dev_ << ", lr " << lr_
                 << (s_.scale_lr ? " (base_lr x batch x accumulate x processes)" : "") << ", " << s_.max_steps << " steps\n";
     task_->prepare(*data.ds, data.tf, s_);
     if (dist_) broadcast_weights();
-    if (rank0_) metrics_ = std::make_unique<MetricsLogger>(o_.out_dir);
+    if (rank0_) metrics_ = std::make_unique<MetricsLogger>(o_.out_dir, resumed_ ? st_.step : -1);
   }
 
   TrainResult loop() {
@@ -152,7 +156,8 @@ class Run {
       de.world = o_.world;
       de.master_addr = o_.master_addr;
       de.master_port = o_.master_port;
-      dist_ = std::make_unique<Distributed>(de, std::chrono::milliseconds(static_cast<int64_t>(o_.dist_timeout_s * 1000)));
+      auto ms = [](double s) { return std::chrono::milliseconds(static_cast<int64_t>(s * 1000)); };
+      dist_ = std::make_unique<Distributed>(de, ms(o_.dist_timeout_s), ms(o_.rendezvous_timeout_s));
       task_->dist = dist_.get();
     }
     task_->module().to(dev_);
@@ -177,6 +182,20 @@ class Run {
     if (s_.max_steps < 0) s_.max_steps = s_.max_epochs * loader_->batches_per_epoch() / s_.accumulate;
   }
 
+  // A new run never lands on an old one: its checkpoints and metrics would
+  // interleave and pruning would keep the wrong ones.
+  void claim_run_dir() {
+    if (o_.resume.empty() && is_run_dir(o_.out_dir)) {
+      if (!o_.force)
+        throw Error("-o " + o_.out_dir + ": already holds a run (checkpoints/, metrics.csv); continue it with --resume " +
+                    o_.out_dir + ", start it over with --force, or choose another -o");
+      if (rank0_)
+        for (const char* old : {"checkpoints", "metrics.csv", "tensorboard", "images"}) fs::remove_all(fs::path(o_.out_dir) / old);
+    }
+    if (dist_) dist_->barrier();  // rank 0 has cleared before anyone writes
+    fs::create_directories(o_.out_dir);
+  }
+
   void resume() {
     auto ck = latest_checkpoint(o_.resume);
     st_ = load_checkpoint(ck, task_->module(), opts_);
@@ -189,7 +208,7 @@ class Run {
     loader_->seek(st_.batches);
     resumed_ = true;
     res_.last_checkpoint = ck;
-    if (!o_.quiet) std::cerr << "resumed from " << ck << " at step " << st_.step << "\n";
+    if (!o_.quiet && rank0_) std::cerr << "resumed from " << ck << " at step " << st_.step << "\n";
   }
 
   void broadcast_weights() {  // rank 0's weights everywhere (DDP's initial broadcast)
@@ -226,7 +245,7 @@ class Run {
       }
       const double v = reduce(L.loss.item<double>(), L);
       if (!std::isfinite(v))
-        throw Error("step " + std::to_string(st_.step) + ": loss is " + std::to_string(v) + " (optimizer " +
+        throw Error("step " + std::to_string(st_.step + 1) + ": loss is " + std::to_string(v) + " (optimizer " +
                     std::to_string(idx) + "); stopped. Last good checkpoint: " +
                     (res_.last_checkpoint.empty() ? std::string("none yet") : res_.last_checkpoint));
       (L.loss / s_.accumulate).backward();

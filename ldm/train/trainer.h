@@ -17,6 +17,7 @@ namespace ldm {
 struct TrainOptions {
   std::string out_dir = "outputs/train";  // checkpoints/, metrics.csv, images/, config.yaml
   std::string resume;                     // run dir or checkpoint dir
+  bool force = false;                     // out_dir holds a run and no resume: start it over (else refused)
   int64_t max_steps = -1;                 // overrides lightning.trainer.max_steps
   bool quiet = false;                     // no progress line
   // data parallel (c10d Gloo): this process's rank of `world`, the
@@ -25,6 +26,7 @@ struct TrainOptions {
   std::string master_addr = "127.0.0.1";
   int master_port = 29500;
   double dist_timeout_s = 300;
+  double rendezvous_timeout_s = 120;  // joining: every rank stops within it when one is missing
 };
 
 struct TrainResult {

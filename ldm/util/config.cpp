@@ -1,5 +1,6 @@
 #include "ldm/util/config.h"
 
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -16,6 +17,7 @@ YAML::Node parse_yaml(const std::string& text, const std::string& what) {
 }
 
 YAML::Node load_yaml(const std::string& path) {
+  if (std::filesystem::is_directory(path)) throw Error(path + ": is a directory; expected a config YAML file");
   std::ifstream f(path);
   if (!f) throw Error(path + ": cannot open config file");
   std::stringstream ss;

@@ -457,7 +457,7 @@ void add_bench(CLI::App& app) {
   auto* sub = app.add_subcommand("bench", "benchmarks at SD 1.5 shapes (random weights), with the peers when given");
   sub->add_option("--only", o->only, "comma-separated works: " + names);
   sub->add_option("--runs", o->runs, "timed runs per work (median; one warm-up before)")->capture_default_str();
-  sub->add_option("--weights", o->weights, "SD 1.5 fp32 weights for txt2img (default: generated once by ldm init)");
+  sub->add_option("--weights,-m,--model", o->weights, "SD 1.5 fp32 weights for txt2img (default: generated once by ldm init)");
   sub->add_option("--weights-fp16", o->weights16, "the same stored as fp16");
   sub->add_option("--vocab", o->vocab, "CLIP vocabulary for txt2img (default: beside the weights)");
   sub->add_option("--reference", o->reference, "checkout of Stability-AI/stablediffusion or CompVis/latent-diffusion");

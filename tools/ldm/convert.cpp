@@ -7,6 +7,7 @@
 
 #include "ldm/error.h"
 #include "ldm/io/ckpt.h"
+#include "ldm/io/run_dir.h"
 #include "ldm/models/diffusion/load.h"
 #include "ldm/models/diffusion/sd_configs.h"
 #include "ldm/util/config.h"
@@ -92,18 +93,21 @@ void add_convert(CLI::App& app) {
   };
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("convert", "convert .ckpt/.safetensors to .safetensors");
-  sub->add_option("IN", o->in, "input weights (.ckpt, .pt, .pth, .safetensors)")->required();
+  sub->add_option("IN", o->in, "input weights (.ckpt, .pt, .pth, .safetensors) or an ldm train run directory")->required();
   sub->add_option("OUT", o->out, "output .safetensors")->required();
   sub->add_option("--dtype", o->dtype, "cast floating tensors: fp32, fp16 or bf16")
       ->check(CLI::IsMember({"fp32", "fp16", "bf16"}));
   sub->add_flag("--ema", o->ema, "write the EMA weights under the normal model keys");
   sub->add_option("--lora", o->loras, "bake a LoRA into the weights: FILE[:MULT] (repeatable)");
   sub->callback([o] {
-    auto ck = io::load_weights(o->in);
+    auto ck = io::load_weights(weights_file(o->in));  // a run directory: its newest checkpoint
     io::TensorMap out;
-    int swapped = 0;
+    int swapped = 0, ema_dropped = 0;
     for (auto& [k, t] : ck.tensors) {
-      if (k.rfind("model_ema.", 0) == 0) continue;  // EMA copies are folded in or dropped
+      if (k.rfind("model_ema.", 0) == 0) {  // EMA copies are folded in or dropped
+        ++ema_dropped;
+        continue;
+      }
       torch::Tensor v = t;
       if (o->ema && k.rfind("model.", 0) == 0) {
         auto it = ck.tensors.find(ema_name(k));
@@ -123,6 +127,11 @@ void add_convert(CLI::App& app) {
     if (ck.global_step >= 0) md["global_step"] = std::to_string(ck.global_step);
     io::save_safetensors(o->out, out, md);
     std::cout << "wrote " << o->out << " (" << out.size() << " tensors" << (o->ema ? ", EMA weights" : "") << ")\n";
+    if (ema_dropped)
+      std::cout << "note: " << ema_dropped << " model_ema.* tensors "
+                << (o->ema ? "written as the model's weights (--ema); the trained weights were dropped"
+                           : "dropped (the EMA copy of the UNet; --ema keeps them as the model's weights)")
+                << "\n";
   });
 }
 

@@ -172,8 +172,9 @@ void run(const Opts& o) {
   auto ft = features(net, xt);
   const double fd = frechet(features(net, xs), ft);
   // floor: as many real training images as samples
-  std::mt19937_64 rng(0);
-  auto perm = torch::randperm(train.size(), torch::TensorOptions().dtype(torch::kInt64)).slice(0, 0, xs.size(0));
+  // drawn with its own fixed seed: the floor is the same whether or not the classifier was trained in this run
+  auto floor_gen = torch::make_generator<at::CPUGeneratorImpl>(0);
+  auto perm = torch::randperm(train.size(), floor_gen, torch::TensorOptions().dtype(torch::kInt64)).slice(0, 0, xs.size(0));
   const double fd_real = frechet(features(net, to_input(train.images().index_select(0, perm))), ft);
   std::printf("\nsamples: %lld, class accuracy %.2f%%\n", (long long)xs.size(0), 100 * acc);
   std::printf("Frechet distance (classifier features) to the test split: samples %.3f, real training images %.3f (floor)\n",

@@ -68,7 +68,7 @@ void add_forward(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("forward", "run one module from a one-module config on named inputs");
   sub->add_option("--config", o->config, "YAML {target, params} of the module")->required();
-  sub->add_option("--weights", o->weights, "weights (.safetensors or .ckpt)")->required();
+  sub->add_option("--weights,-m,--model", o->weights, "weights (.safetensors or .ckpt)")->required();
   sub->add_option("--weights-prefix", o->weights_prefix, "key prefix of the module's weights (e.g. model.diffusion_model.)");
   sub->add_option("--inputs", o->inputs, "safetensors file with the inputs")->required();
   sub->add_option("--inputs-prefix", o->inputs_prefix, "prefix of input names (e.g. input.)");

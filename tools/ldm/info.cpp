@@ -1,9 +1,11 @@
 // ldm info FILE: what a config or weights file holds.
+#include <filesystem>
 #include <iomanip>
 #include <iostream>
 
 #include "ldm/error.h"
 #include "ldm/io/ckpt.h"
+#include "ldm/io/run_dir.h"
 #include "tools/ldm/commands.h"
 
 namespace ldm::cli {
@@ -46,14 +48,18 @@ void info_weights(const std::string& path) {
 }  // namespace
 
 void add_info(CLI::App& app) {
-  auto* sub = app.add_subcommand("info", "describe a weights file (.ckpt/.safetensors) or a YAML config");
+  auto* sub = app.add_subcommand(
+      "info", "describe a weights file (.ckpt/.safetensors), an ldm train run directory, or a config (file or built-in name)");
   auto file = std::make_shared<std::string>();
-  sub->add_option("FILE", *file, "weights or config file")->required();
+  sub->add_option("FILE", *file, "weights, run directory, config file or built-in config name")->required();
   sub->callback([file] {
     const std::string& f = *file;
     bool yaml = f.size() > 5 && (f.substr(f.size() - 5) == ".yaml" || f.substr(f.size() - 4) == ".yml");
     if (yaml) {
       info_config(f);
+    } else if (std::filesystem::is_directory(f)) {  // a run: its newest checkpoint and its config
+      info_weights(weights_file(f));
+      if (auto c = run_config_of(f); !c.empty()) info_config(c);
     } else {
       info_weights(f);
     }

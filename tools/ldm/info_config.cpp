@@ -1,8 +1,10 @@
 // ldm info CONFIG.yaml: parameter counts per sub-model, built on the meta device.
+#include <filesystem>
 #include <iomanip>
 #include <iostream>
 
 #include "ldm/error.h"
+#include "ldm/models/diffusion/sd_configs.h"
 #include "ldm/util/config.h"
 #include "ldm/models/registry.h"
 #include "tools/ldm/commands.h"
@@ -10,7 +12,8 @@
 namespace ldm::cli {
 
 void info_config(const std::string& path) {
-  auto cfg = load_yaml(path);
+  // a file, or a built-in name as --config accepts (v1-inference.yaml, ...)
+  auto cfg = std::filesystem::exists(path) ? load_yaml(path) : YAML::Load(builtin_config(path));
   std::cout << path << "\n";
   auto show = [](const std::string& name, const YAML::Node& node, const std::string& where) {
     std::cout << "  " << std::left << std::setw(20) << name;

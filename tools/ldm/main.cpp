@@ -23,6 +23,16 @@ int main(int argc, char** argv) {
   ldm::cli::add_tokenize(app);
   ldm::cli::add_bench(app);
   ldm::cli::add_serve(app);
+  if (argc > 1 && argv[1][0] != '-') {  // CLI11 would say "A subcommand is required"
+    std::string names;
+    for (auto* sub : app.get_subcommands({})) names += (names.empty() ? "" : ", ") + sub->get_name();
+    bool known = false;
+    for (auto* sub : app.get_subcommands({})) known = known || sub->get_name() == argv[1];
+    if (!known) {
+      std::cerr << "ldm: error: unknown command \"" << argv[1] << "\"; the commands are " << names << "\n";
+      return 1;
+    }
+  }
   try {
     ldm::init_runtime();
     app.parse(argc, argv);

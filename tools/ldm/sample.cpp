@@ -8,11 +8,13 @@
 #include <filesystem>
 #include <iostream>
 #include <map>
+#include <optional>
 #include <sstream>
 
 #include "ldm/util/memory.h"
 #include "ldm/error.h"
 #include "ldm/io/image.h"
+#include "ldm/io/image_file.h"
 #include "ldm/io/safetensors.h"
 #include "ldm/models/diffusion/samplers/sampler.h"
 #include "ldm/models/lora.h"
@@ -118,7 +120,7 @@ void write_images(const Opts& o, const pipeline::GenerateResult& res) {
     if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path());
     for (int64_t i = 0; i < n; ++i) {
       auto p = i == 0 ? out : out.parent_path() / (out.stem().string() + "_" + std::to_string(i) + out.extension().string());
-      io::save_png(p.string(), unit[i], text(i));
+      io::save_image(p.string(), unit[i], text(i));
     }
     std::cerr << "wrote " << n << " image" << (n > 1 ? "s" : "") << " to " << o.out << (n > 1 ? " (and _1, _2 ...)" : "") << "\n";
     return;
@@ -131,10 +133,11 @@ void write_images(const Opts& o, const pipeline::GenerateResult& res) {
   }
   auto nrow = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(n))));
   if (!o.no_grid) io::save_png((std::filesystem::path(o.out) / "grid.png").string(), io::make_grid(unit, nrow), text(0));
-  std::cerr << "wrote " << n << " images" << (o.no_grid ? "" : " and grid.png") << " to " << o.out << "\n";
+  std::cerr << "wrote " << n << " image" << (n > 1 ? "s" : "") << (o.no_grid ? "" : " and grid.png") << " to " << o.out << "\n";
 }
 
 void run(const Opts& o) {
+  if (o.mode != "sample") io::check_image_extension(o.out);  // before the model loads
   pipeline::LoadOptions lo;
   lo.model = o.ckpt;
   lo.config = o.config;
@@ -155,10 +158,12 @@ void run(const Opts& o) {
   auto p = pipeline::Pipeline::load(lo);
   std::fprintf(stderr, "loaded %s in %.2f s (peak memory %.2f GB)\n", o.ckpt.c_str(), p->load_seconds(), peak_rss_gb());
   auto r = request(o, *p);
-  Progress prog("sample " + o.sampler, o.steps);
+  // the total is the sampler's own count (img2img runs a part; ddim may visit one more)
+  std::optional<Progress> prog;
   pipeline::GenerateCallbacks cb;
   cb.progress = [&](const pipeline::ProgressInfo& i) {
-    prog.update(i.step);
+    if (!prog) prog.emplace("sample " + o.sampler, i.steps);
+    prog->update(i.step);
     if (o.preview != "none" && (i.step % o.preview_interval == 0 || i.step == i.steps) && i.denoised.defined()) {
       auto img = p->preview(i.denoised, o.preview);
       io::save_png(o.preview_path, io::make_grid(img, static_cast<int64_t>(std::ceil(std::sqrt(double(img.size(0)))))));
@@ -166,7 +171,8 @@ void run(const Opts& o) {
   };
   auto res = p->generate(r, cb);
   for (const auto& note : res.notes) std::cerr << "note: " << note << "\n";
-  prog.finish(std::to_string(res.model_evaluations) + " model evaluations; peak memory " +
+  if (!prog) prog.emplace("sample " + o.sampler, 0);
+  prog->finish(std::to_string(res.model_evaluations) + " model evaluations; peak memory " +
               std::to_string(peak_rss_gb()).substr(0, 4) + " GB");
   if (!o.save_latents.empty()) io::save_safetensors(o.save_latents, {{"latents", res.latents.contiguous()}});
   if (!res.images.defined()) {
@@ -203,7 +209,7 @@ void add_generate(CLI::App& app, const std::string& mode) {
                   "CPUs run them 2-3x faster)")
       ->check(CLI::IsMember({"fp32", "bf16"}))
       ->capture_default_str();
-  sub->add_option("--ckpt,-m", o->ckpt, "checkpoint (.ckpt, .safetensors, or an ldm train run directory)")->required();
+  sub->add_option("--ckpt,-m,--model", o->ckpt, "checkpoint (.ckpt, .safetensors, or an ldm train run directory)")->required();
   std::string names;
   for (auto& s : sampler_names()) names += (names.empty() ? "" : ", ") + s;
   sub->add_option("--sampler,--sampling-method", o->sampler, "sampler: " + names)->capture_default_str();
@@ -238,7 +244,7 @@ void add_generate(CLI::App& app, const std::string& mode) {
   sub->add_option("--embd-dir", o->embd_dir, "textual-inversion embeddings: a prompt word equal to a file's stem");
   sub->add_flag("--no-ema", o->no_ema, "use the trained weights, not the EMA weights");
   sub->add_flag("--no-grid", o->no_grid, "write the images only, no grid.png");
-  sub->add_option("-o,--output", o->out, sdcpp ? "output PNG" : "output directory")->capture_default_str();
+  sub->add_option("-o,--output", o->out, sdcpp ? "output image (.png, or .jpg/.jpeg)" : "output directory")->capture_default_str();
   if (mode == "img2img" || mode == "inpaint") {
     sub->add_option("-i,--init-img", o->init_image, "the image to start from")->required();
     sub->add_option("--strength", o->strength, "img2img: how much to change (1 = ignore the image)")->capture_default_str();

@@ -4,6 +4,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -14,6 +15,7 @@
 
 #include "ldm/util/memory.h"
 #include "ldm/error.h"
+#include "ldm/io/run_dir.h"
 #include "ldm/train/distributed.h"
 #include "ldm/train/trainer.h"
 #include "ldm/util/config.h"
@@ -49,13 +51,26 @@ std::string describe_status(int st) {
 // torchrun's job for one machine: N ranks of this command line with the
 // rendezvous variables set; when one fails the others get `grace` seconds to
 // stop on their own (their collectives fail), then SIGTERM, then SIGKILL.
+volatile sig_atomic_t g_forward_signal = 0;
+void on_launcher_signal(int sig) { g_forward_signal = sig; }
+
 int launch_local(int nproc, int port, double grace) {
   const int cores = static_cast<int>(std::thread::hardware_concurrency());
+  // SIGTERM/SIGINT to the launcher (timeout, a scheduler, Ctrl-C) go to every rank
+  struct sigaction sa {};
+  sa.sa_handler = on_launcher_signal;
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGINT, &sa, nullptr);
+  const pid_t launcher = getpid();
   std::vector<pid_t> pids;
   for (int r = 0; r < nproc; ++r) {
     pid_t pid = fork();
     if (pid < 0) throw Error("--nproc: fork failed");
     if (pid == 0) {
+      signal(SIGTERM, SIG_DFL);
+      signal(SIGINT, SIG_DFL);
+      prctl(PR_SET_PDEATHSIG, SIGTERM);  // a rank ends with its launcher, even after SIGKILL
+      if (getppid() != launcher) _exit(1);
       setenv("RANK", std::to_string(r).c_str(), 1);
       setenv("LOCAL_RANK", std::to_string(r).c_str(), 1);
       setenv("WORLD_SIZE", std::to_string(nproc).c_str(), 1);
@@ -75,14 +90,21 @@ int launch_local(int nproc, int port, double grace) {
   std::string first_failure;
   auto deadline = std::chrono::steady_clock::time_point::max();
   bool termed = false;
+  int forwarded = 0;
   while (alive > 0) {
+    if (g_forward_signal && !forwarded) {
+      forwarded = g_forward_signal;
+      for (pid_t p : pids)
+        if (p > 0) kill(p, forwarded);
+      deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);  // then SIGTERM/SIGKILL as below
+    }
     int st = 0;
     pid_t pid = waitpid(-1, &st, WNOHANG);
     if (pid > 0) {
       --alive;
       const int r = static_cast<int>(std::find(pids.begin(), pids.end(), pid) - pids.begin());
       pids[r] = -1;
-      if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0) && first_failure.empty()) {
+      if (!(WIFEXITED(st) && WEXITSTATUS(st) == 0) && first_failure.empty() && !forwarded) {
         first_failure = "rank " + std::to_string(r) + " " + describe_status(st);
         rc = WIFEXITED(st) ? WEXITSTATUS(st) : 1;
         std::cerr << "ldm train --nproc: " << first_failure << "; stopping the other ranks\n";
@@ -97,6 +119,10 @@ int launch_local(int nproc, int port, double grace) {
       termed = true;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  if (forwarded) {
+    std::cerr << "ldm train --nproc: stopped by signal " << forwarded << "; the ranks were stopped\n";
+    return 128 + forwarded;
   }
   if (rc) throw Error("distributed run failed: " + first_failure);
   return 0;
@@ -115,9 +141,12 @@ void add_train(CLI::App& app) {
   auto* sub = app.add_subcommand("train", "train an AutoencoderKL or a LatentDiffusion/DDPM from a reference config");
   sub->add_option("config", o->config, "config YAML (model, data, lightning.trainer, training)")->required();
   sub->add_option("overrides", o->overrides, "key.path=value overrides, e.g. lightning.trainer.max_steps=100");
-  sub->add_option("-o,--output", o->t.out_dir, "run directory: checkpoints/, metrics.csv, tensorboard/, images/")
-      ->capture_default_str();
-  sub->add_option("--resume", o->t.resume, "continue a run (its directory or one checkpoint directory)");
+  auto* out_given = sub->add_option("-o,--output", o->t.out_dir,
+                                    "run directory: checkpoints/, metrics.csv, tensorboard/, images/ (a new one)")
+                        ->capture_default_str();
+  sub->add_option("--resume", o->t.resume,
+                  "continue a run (its directory or one checkpoint directory), in that run's directory unless -o");
+  sub->add_flag("--force", o->t.force, "-o names an existing run: delete its checkpoints and metrics and start over");
   sub->add_option("--max-steps", o->t.max_steps, "stop after this many optimizer steps (overrides the config)");
   sub->add_option("--nproc", o->nproc, "data-parallel processes on this machine (Gloo over loopback)")
       ->check(CLI::Range(1, 1024))
@@ -126,13 +155,18 @@ void add_train(CLI::App& app) {
   sub->add_option("--dist-timeout", o->t.dist_timeout_s,
                   "seconds a collective may wait for a peer before the rank stops with an error")
       ->capture_default_str();
+  sub->add_option("--rendezvous-timeout", o->t.rendezvous_timeout_s,
+                  "seconds the ranks wait for each other at the start before all stop naming the missing ones")
+      ->capture_default_str();
   sub->add_flag("-q,--quiet", o->t.quiet, "no progress line");
-  sub->callback([o] {
+  sub->callback([o, out_given] {
     auto env = dist_env_from_environment();
     if (env.world == 1 && o->nproc > 1) {
-      launch_local(o->nproc, o->port ? o->port : free_local_port(), o->t.dist_timeout_s + 10);
+      if (int rc = launch_local(o->nproc, o->port ? o->port : free_local_port(), o->t.dist_timeout_s + 10)) std::exit(rc);
       return;
     }
+    // resuming continues in the run it resumes unless -o says otherwise
+    if (!o->t.resume.empty() && !out_given->count()) o->t.out_dir = run_dir_of(o->t.resume);
     o->t.rank = env.rank;
     o->t.world = env.world;
     o->t.master_addr = env.master_addr;
@@ -143,9 +177,11 @@ void add_train(CLI::App& app) {
     try {
       r = train(cfg, o->t);
     } catch (const Error& e) {
-      const std::string m = e.what();
-      if (env.world > 1 && m.rfind("distributed:", 0) != 0) throw Error("[rank " + std::to_string(env.rank) + "] " + m);
-      throw;
+      std::string m = e.what();
+      for (const char* section : {"model", "data", "lightning", "training", "lora", "config:"})
+        if (m.rfind(section, 0) == 0) m = o->config + ": " + m;  // a config key: name the file too
+      if (env.world > 1 && m.rfind("distributed:", 0) != 0) m = "[rank " + std::to_string(env.rank) + "] " + m;
+      throw Error(m);
     }
     if (env.rank == 0)
       std::cerr << "trained " << r.steps << " steps in " << r.seconds << " s, peak memory " << r.peak_rss_gb

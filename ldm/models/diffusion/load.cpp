@@ -28,6 +28,7 @@ std::shared_ptr<LatentDiffusion> load_latent_diffusion(const std::string& config
     throw Error("--prediction: expected eps or v, got \"" + o.prediction + "\"");
   // the config: a file, a built-in name, or detected from the checkpoint's tensors
   std::string config = config_arg;
+  if (config.empty()) config = run_config_of(ckpt);  // a run directory carries its config.yaml
   YAML::Node cfg;
   if (config.empty()) {
     auto d = detect_sd_config(w, file, o.prediction);

@@ -95,7 +95,7 @@ void serve_until_signal(serve::ServeOptions& o) {
 void add_serve(CLI::App& app) {
   auto o = std::make_shared<serve::ServeOptions>();
   auto* sub = app.add_subcommand("serve", "an image server: AUTOMATIC1111 and OpenAI image APIs and a web page");
-  sub->add_option("-m,--model", o->model, "checkpoint (.ckpt, .safetensors or a run directory)")->required();
+  sub->add_option("-m,--model,--ckpt", o->model, "checkpoint (.ckpt, .safetensors or a run directory)")->required();
   sub->add_option("--config", o->config, "model config (default: detected)");
   sub->add_option("--vocab", o->vocab, "CLIP vocabulary (default: beside the model)");
   sub->add_option("--models-dir", o->models_dir, "checkpoints clients may switch to (sd_model_checkpoint)");

@@ -1,0 +1,173 @@
+// The command line as a new user meets it: unknown commands, run directories
+// and built-in config names where a file is expected, metadata that
+// regenerates the image, honest step counts, JPEG output, tokenizer windows.
+#include <filesystem>
+#include <fstream>
+
+#include "ldm/io/ckpt.h"
+#include "ldm/io/image.h"
+#include "ldm/io/safetensors.h"
+#include "tests/testing.h"
+
+using namespace ldm;
+namespace fs = std::filesystem;
+
+namespace {
+test::CommandResult ldm_run(const std::string& args) { return test::run_command(std::string(LDM_BINARY) + " " + args); }
+std::string vocab() { return test::shared_dir() + "/data/bpe_simple_vocab_16e6.txt.gz"; }
+std::string tiny_base() {
+  return " --config " + test::fixture("tiny_sd_v1.yaml") + " -m " + test::fixture("tiny_sd_v1.ckpt") +
+         " -p \"a cat\" --vocab " + vocab();
+}
+}  // namespace
+
+TEST(CliHygiene, UnknownCommandNamesTheCommands) {
+  auto r = ldm_run("txt2im -p x");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.out.find("ldm: error: unknown command \"txt2im\"; the commands are info, "), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("txt2img"), std::string::npos) << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+}
+
+TEST(CliHygiene, BuiltInConfigNamesAndRunDirectoriesWhereFilesAreExpected) {
+  auto r = ldm_run("info v1-inference.yaml");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("859520964"), std::string::npos) << r.out;  // SD 1.x UNet parameters
+  r = ldm_run("info v9-inference.yaml");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.out.find("no built-in config \"v9-inference.yaml\" (have: "), std::string::npos) << r.out;
+
+  // a fake run directory holding the tiny checkpoint's weights as an ldm train run would
+  LDM_REQUIRE_SHARED();
+  auto dir = test::temp_dir();
+  const std::string ck = dir + "/run/checkpoints/step-000000007";
+  fs::create_directories(ck);
+  ASSERT_EQ(ldm_run("convert " + test::fixture("tiny_sd_v1.ckpt") + " " + ck + "/model.safetensors").rc, 0);
+  std::ofstream(ck + "/state.json") << "{\"step\": 7, \"batches\": 7, \"epoch\": 0}";
+  fs::copy_file(test::fixture("tiny_sd_v1.yaml"), dir + "/run/config.yaml");
+  std::ofstream(dir + "/run/checkpoints/latest") << "step-000000007\n";
+  r = ldm_run("info " + dir + "/run");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("step-000000007/model.safetensors"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find(dir + "/run/config.yaml"), std::string::npos) << r.out;
+  r = ldm_run("convert " + dir + "/run " + dir + "/out.safetensors --dtype fp16");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_EQ(io::load_safetensors(dir + "/out.safetensors").size(), io::load_safetensors(ck + "/model.safetensors").size());
+  // txt2img on the run directory without --config: its config.yaml, not SD detection
+  r = ldm_run("txt2img --model " + dir + "/run -p cat --steps 2 --vocab " + vocab() + " -o " + dir + "/t.png");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("wrote 1 image to"), std::string::npos) << r.out;
+}
+
+TEST(CliHygiene, ConvertSaysWhatItDrops) {
+  LDM_REQUIRE_SHARED();
+  auto dir = test::temp_dir();
+  const auto in = io::load_weights(test::fixture("tiny_sd_v1.ckpt")).tensors;
+  int64_t ema = 0;
+  for (auto& [k, v] : in) ema += k.rfind("model_ema.", 0) == 0;
+  ASSERT_GT(ema, 0);
+  auto r = ldm_run("convert " + test::fixture("tiny_sd_v1.ckpt") + " " + dir + "/a.safetensors");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("note: " + std::to_string(ema) + " model_ema.* tensors dropped"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("--ema keeps them"), std::string::npos) << r.out;
+  EXPECT_EQ(io::load_safetensors(dir + "/a.safetensors").size(), in.size() - ema);
+}
+
+// Each PNG's parameters name what took effect: ddim's eta and discretization
+// (not the k-samplers' schedule), the precision, the strength of img2img.
+TEST(CliHygiene, MetadataRecordsWhatTookEffect) {
+  LDM_REQUIRE_SHARED();
+  auto dir = test::temp_dir();
+  auto r = ldm_run("txt2img" + tiny_base() + " --sampler ddim --schedule karras --eta 0.5 --steps 4 -o " + dir + "/d.png");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  auto p = io::read_png_text(dir + "/d.png").at("parameters");
+  EXPECT_NE(p.find("Sampler: ddim, Discretize: uniform,"), std::string::npos) << p;
+  EXPECT_NE(p.find("Eta: 0.5"), std::string::npos) << p;
+  EXPECT_NE(p.find("Precision: fp32"), std::string::npos) << p;
+  EXPECT_EQ(p.find("karras"), std::string::npos) << p;
+  r = ldm_run("txt2img" + tiny_base() + " --sampler euler --schedule karras --eta 0.5 --steps 4 -o " + dir + "/e.png");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  p = io::read_png_text(dir + "/e.png").at("parameters");
+  EXPECT_NE(p.find("Sampler: euler, Schedule type: karras"), std::string::npos) << p;
+  EXPECT_EQ(p.find("Eta"), std::string::npos) << p;
+  EXPECT_EQ(p.find("Discretize"), std::string::npos) << p;
+  // img2img from a 48x80 image: strength recorded, the resize said
+  io::save_png(dir + "/in.png", torch::rand({3, 80, 48}));
+  r = ldm_run("img2img" + tiny_base() + " --steps 4 --strength 0.5 -i " + dir + "/in.png -o " + dir + "/i.png");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("note: init image 48x80 resized to the output size 64x64"), std::string::npos) << r.out;
+  p = io::read_png_text(dir + "/i.png").at("parameters");
+  EXPECT_NE(p.find("Denoising strength: 0.5"), std::string::npos) << p;
+}
+
+// DDIM's reference spacing: 7 steps visit 8 timesteps (shown, and said once);
+// 3 steps step past the end, and the nearest counts that work are suggested.
+TEST(CliHygiene, DdimStepCountsAreHonest) {
+  LDM_REQUIRE_SHARED();
+  auto dir = test::temp_dir();
+  auto r = ldm_run("txt2img" + tiny_base() + " --sampler ddim --steps 7 -o " + dir + "/d.png");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("note: ddim: 7 steps visit 8 timesteps"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("8/8"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("8/7"), std::string::npos) << r.out;
+  r = ldm_run("txt2img" + tiny_base() + " --sampler ddim --steps 3 -o " + dir + "/e.png");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.out.find("the nearest counts that work: 2 or 4"), std::string::npos) << r.out;
+}
+
+// -o with .jpg writes JPEG (the parameters in its comment); other extensions
+// are refused before the model loads.
+TEST(CliHygiene, OutputExtensionDecidesTheFormat) {
+  LDM_REQUIRE_SHARED();
+  auto dir = test::temp_dir();
+  auto r = ldm_run("txt2img" + tiny_base() + " --steps 2 -o " + dir + "/x.jpg");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  std::ifstream in(dir + "/x.jpg", std::ios::binary);
+  std::string bytes((std::istreambuf_iterator<char>(in)), {});
+  ASSERT_GT(bytes.size(), 4u);
+  EXPECT_EQ(bytes.substr(0, 4), std::string("\xFF\xD8\xFF\xFE", 4));  // SOI, then the comment segment
+  EXPECT_NE(bytes.find("Steps: 2, Sampler: euler_a"), std::string::npos);
+  EXPECT_EQ(io::load_image(dir + "/x.jpg").sizes(), (std::vector<int64_t>{3, 64, 64}));
+  r = ldm_run("txt2img" + tiny_base() + " --steps 2 -o " + dir + "/x.webp");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.out.find("x.webp: unknown image type \".webp\" (expected .png, .jpg or .jpeg)"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("loaded"), std::string::npos) << r.out;  // refused before loading
+}
+
+// tokenize shows what the encoder sees: weights, and 75-token windows.
+TEST(CliHygiene, TokenizeShowsWeightsAndWindows) {
+  LDM_REQUIRE_SHARED();
+  auto r = ldm_run("tokenize \"a (red:1.5) cube\" --vocab " + vocab());
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("\"red\":1.5"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("window 1 of 1 weights: 1 1 1.5 1 1"), std::string::npos) << r.out;
+  std::string long_prompt;
+  for (int i = 0; i < 100; ++i) long_prompt += "cat ";
+  r = ldm_run("tokenize \"" + long_prompt + "\" --vocab " + vocab());
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("window 2 of 2 ids:"), std::string::npos) << r.out;
+}
+
+// fashion-eval's floor (real training images vs the test split) is drawn with
+// its own seed: the same whether the classifier was just trained or loaded.
+TEST(CliHygiene, FashionEvalFloorIsFixed) {
+  if (!fs::exists("/usr/share/datasets/fashion-mnist")) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  auto dir = test::temp_dir();
+  for (int c = 0; c < 10; ++c) {
+    fs::create_directories(dir + "/s/" + std::to_string(c));
+    for (int i = 0; i < 3; ++i)
+      io::save_png(dir + "/s/" + std::to_string(c) + "/" + std::to_string(i) + ".png", torch::rand({1, 28, 28}));
+  }
+  auto floor_of = [&](const std::string& json) {
+    auto r = ldm_run("fashion-eval --samples " + dir + "/s --epochs 1 --classifier " + dir + "/cls.safetensors --json " +
+                     dir + "/" + json);
+    EXPECT_EQ(r.rc, 0) << r.out;
+    std::ifstream in(dir + "/" + json);
+    std::string text((std::istreambuf_iterator<char>(in)), {});
+    auto at = text.find("\"frechet_real_train\": ");
+    return at == std::string::npos ? std::string("missing") : text.substr(at);
+  };
+  const auto trained = floor_of("a.json"), loaded = floor_of("b.json");
+  EXPECT_EQ(trained, loaded);
+  EXPECT_NE(trained, "missing");
+}
