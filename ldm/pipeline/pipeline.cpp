@@ -333,8 +333,14 @@ GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& 
   res.timings.decoding = since(td);
   released_ = o_.release_after_use;
   for (int64_t i = 0; i < n; ++i) res.seeds.push_back(seed + i);
+  auto prompt_of = [&](int64_t i) {  // each image's own prompt or label
+    if (text && static_cast<int64_t>(req.prompts.size()) == n)
+      return req.prompts[i] + (r.negative_prompt.empty() ? "" : "\nNegative prompt: " + r.negative_prompt);
+    if (n > 1 && static_cast<int64_t>(r.class_labels.size()) == n) return "class " + std::to_string(r.class_labels[i]);
+    return c.prompt_text;
+  };
   for (int64_t i = 0; i < n; ++i) {
-    res.infotexts.push_back(parameters_text(r, c.prompt_text, seed + i, w, h, o_));
+    res.infotexts.push_back(parameters_text(r, prompt_of(i), seed + i, w, h, o_));
     if (!lora.summary.empty()) res.infotexts.back() += ", Lora: " + lora.summary;
   }
   res.parameters = res.infotexts.front();

@@ -171,3 +171,29 @@ TEST(CliHygiene, FashionEvalFloorIsFixed) {
   EXPECT_EQ(trained, loaded);
   EXPECT_NE(trained, "missing");
 }
+
+// txt2img --prompts FILE under --nproc 2: each rank makes a contiguous block
+// of the images with their global seeds and names, so the files equal one
+// process's.
+TEST(CliHygiene, SamplingSplitsAcrossRanks) {
+  LDM_REQUIRE_SHARED();
+  auto dir = test::temp_dir();
+  std::ofstream(dir + "/prompts.txt") << "a red cube\n\na blue ball\r\na green cone\n";
+  const std::string base = "txt2img --config " + test::fixture("tiny_sd_v1.yaml") + " -m " + test::fixture("tiny_sd_v1.ckpt") +
+                           " --vocab " + vocab() + " --prompts " + dir + "/prompts.txt --steps 2";
+  auto r = ldm_run(base + " -o " + dir + "/one.png");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  r = ldm_run(base + " --nproc 2 -o " + dir + "/two.png");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("rank 1 of 2: images 1 to 2 of 3"), std::string::npos) << r.out;
+  for (const std::string suffix : {"", "_1", "_2"}) {
+    auto a = io::load_image(dir + "/one" + suffix + ".png"), b = io::load_image(dir + "/two" + suffix + ".png");
+    const double err = (a - b).abs().max().item<double>();
+    std::cout << "image" << suffix << ": max pixel difference 1 vs 2 ranks " << err * 255 << "/255\n";
+    EXPECT_LE(err, 1.5 / 255) << suffix;
+    EXPECT_EQ(io::read_png_text(dir + "/one" + suffix + ".png").at("parameters"),
+              io::read_png_text(dir + "/two" + suffix + ".png").at("parameters"));
+  }
+  EXPECT_NE(io::read_png_text(dir + "/two_2.png").at("parameters").find("a green cone\n"), std::string::npos);
+  EXPECT_NE(io::read_png_text(dir + "/two_2.png").at("parameters").find("Seed: 44,"), std::string::npos);
+}

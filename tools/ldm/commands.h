@@ -11,6 +11,11 @@ namespace ldm::cli {
 // Each registers its subcommand on `app`; the callback runs it.
 // The command line as main() received it (ldm train --nproc re-runs it per rank).
 std::vector<std::string>& argv_copy();
+// --nproc: runs `nproc` ranks of this command line (RANK, WORLD_SIZE, MASTER_* set),
+// forwards SIGTERM/SIGINT to them and stops the rest when one fails; returns
+// 0, or 128 + signal when stopped by one.
+int launch_local(int nproc, int port, double grace);
+int free_local_port();
 
 void add_info(CLI::App& app);
 void add_convert(CLI::App& app);

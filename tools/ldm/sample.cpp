@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <iostream>
 #include <map>
 #include <optional>
@@ -19,6 +20,7 @@
 #include "ldm/models/diffusion/samplers/sampler.h"
 #include "ldm/models/lora.h"
 #include "ldm/pipeline/pipeline.h"
+#include "ldm/train/distributed.h"
 #include "ldm/util/progress.h"
 #include "tools/ldm/commands.h"
 
@@ -60,7 +62,40 @@ struct Opts {
   std::string lora_dir, embd_dir;
   std::string taesd, preview = "none", preview_path = "preview.png";
   int64_t preview_interval = 1;
+  std::string prompts_file;  // one prompt per line, one image each
+  int nproc = 1;
+  int rank = 0, world = 1;   // this process's share: images [n*rank/world, n*(rank+1)/world)
 };
+
+std::vector<std::string> read_prompts(const std::string& file) {
+  std::ifstream in(file);
+  if (!in) throw Error("--prompts " + file + ": cannot open");
+  std::vector<std::string> v;
+  for (std::string line; std::getline(in, line);) {
+    while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+    if (!line.empty()) v.push_back(line);
+  }
+  if (v.empty()) throw Error("--prompts " + file + ": no prompts (one per line expected)");
+  return v;
+}
+
+// Several ranks (--nproc or torchrun's variables): each makes a contiguous
+// block of the images with their global seeds (seed + index) and names them
+// by global index, so the files equal one process's.
+int64_t take_share(const Opts& o, pipeline::GenerateRequest& r) {
+  if (o.world == 1) return 0;
+  if (r.init_noise.defined()) throw Error("--init-noise: not supported with several ranks");
+  if (r.seed < 0) throw Error("--seed -1: several ranks need one seed (give --seed N)");
+  const int64_t n = r.prompts.empty() ? r.batch : static_cast<int64_t>(r.prompts.size());
+  const int64_t lo = n * o.rank / o.world, hi = n * (o.rank + 1) / o.world;
+  if (!r.prompts.empty()) r.prompts = std::vector<std::string>(r.prompts.begin() + lo, r.prompts.begin() + hi);
+  if (static_cast<int64_t>(r.class_labels.size()) == n)
+    r.class_labels = std::vector<int64_t>(r.class_labels.begin() + lo, r.class_labels.begin() + hi);
+  r.batch = hi - lo;
+  r.seed += lo;
+  std::cerr << "rank " << o.rank << " of " << o.world << ": images " << lo << " to " << hi - 1 << " of " << n << "\n";
+  return lo;
+}
 
 std::vector<int64_t> parse_labels(const std::string& s, int64_t n) {
   std::vector<int64_t> v;
@@ -88,6 +123,11 @@ pipeline::GenerateRequest request(const Opts& o, pipeline::Pipeline& p) {
   r.width = o.width;
   r.height = o.height;
   r.batch = o.batch;
+  if (!o.prompts_file.empty()) {
+    if (!o.prompt.empty()) throw Error("--prompts: give either -p or --prompts FILE");
+    r.prompts = read_prompts(o.prompts_file);
+    r.batch = static_cast<int64_t>(r.prompts.size());
+  }
   r.seed = o.seed;
   r.sampler = o.sampler;
   r.schedule = o.schedule;
@@ -99,7 +139,7 @@ pipeline::GenerateRequest request(const Opts& o, pipeline::Pipeline& p) {
   if (!o.init_noise.empty()) r.init_noise = load_tensor_arg(o.init_noise, "--init-noise");
   if (!o.cond.empty()) r.cond = load_tensor_arg(o.cond, "--cond");
   if (!o.uncond.empty()) r.uncond = load_tensor_arg(o.uncond, "--uncond");
-  if (!o.labels.empty()) r.class_labels = parse_labels(o.labels, r.init_noise.defined() ? r.init_noise.size(0) : o.batch);
+  if (!o.labels.empty()) r.class_labels = parse_labels(o.labels, r.init_noise.defined() ? r.init_noise.size(0) : r.batch);
   if (!o.init_image.empty()) r.init_image = io::load_image(o.init_image, static_cast<int>(p.image_channels()));
   if (!o.mask.empty()) r.mask = io::load_image(o.mask, 1);
   for (const auto& spec : o.loras) {
@@ -111,7 +151,7 @@ pipeline::GenerateRequest request(const Opts& o, pipeline::Pipeline& p) {
 
 // -o FILE: FILE, then FILE_1.png ... for a batch (stable-diffusion.cpp's
 // layout); `sample`: a directory of numbered PNGs and a grid.
-void write_images(const Opts& o, const pipeline::GenerateResult& res) {
+void write_images(const Opts& o, const pipeline::GenerateResult& res, int64_t first) {
   const auto& unit = res.images;
   const int64_t n = unit.size(0);
   auto text = [&](int64_t i) { return std::map<std::string, std::string>{{"parameters", res.infotexts.at(i)}}; };
@@ -119,7 +159,8 @@ void write_images(const Opts& o, const pipeline::GenerateResult& res) {
     std::filesystem::path out(o.out);
     if (out.has_parent_path()) std::filesystem::create_directories(out.parent_path());
     for (int64_t i = 0; i < n; ++i) {
-      auto p = i == 0 ? out : out.parent_path() / (out.stem().string() + "_" + std::to_string(i) + out.extension().string());
+      const int64_t g = first + i;  // the global index
+      auto p = g == 0 ? out : out.parent_path() / (out.stem().string() + "_" + std::to_string(g) + out.extension().string());
       io::save_image(p.string(), unit[i], text(i));
     }
     std::cerr << "wrote " << n << " image" << (n > 1 ? "s" : "") << " to " << o.out << (n > 1 ? " (and _1, _2 ...)" : "") << "\n";
@@ -128,12 +169,13 @@ void write_images(const Opts& o, const pipeline::GenerateResult& res) {
   std::filesystem::create_directories(o.out);
   for (int64_t i = 0; i < n; ++i) {
     char name[32];
-    std::snprintf(name, sizeof name, "%06lld.png", (long long)i);
+    std::snprintf(name, sizeof name, "%06lld.png", (long long)(first + i));
     io::save_png((std::filesystem::path(o.out) / name).string(), unit[i], text(i));
   }
   auto nrow = static_cast<int64_t>(std::ceil(std::sqrt(static_cast<double>(n))));
-  if (!o.no_grid) io::save_png((std::filesystem::path(o.out) / "grid.png").string(), io::make_grid(unit, nrow), text(0));
-  std::cerr << "wrote " << n << " image" << (n > 1 ? "s" : "") << (o.no_grid ? "" : " and grid.png") << " to " << o.out << "\n";
+  const bool grid = !o.no_grid && o.world == 1;  // a rank holds only its share
+  if (grid) io::save_png((std::filesystem::path(o.out) / "grid.png").string(), io::make_grid(unit, nrow), text(0));
+  std::cerr << "wrote " << n << " image" << (n > 1 ? "s" : "") << (grid ? " and grid.png" : "") << " to " << o.out << "\n";
 }
 
 void run(const Opts& o) {
@@ -158,6 +200,8 @@ void run(const Opts& o) {
   auto p = pipeline::Pipeline::load(lo);
   std::fprintf(stderr, "loaded %s in %.2f s (peak memory %.2f GB)\n", o.ckpt.c_str(), p->load_seconds(), peak_rss_gb());
   auto r = request(o, *p);
+  const int64_t first = take_share(o, r);
+  if (o.world > 1 && r.batch == 0) return;  // more ranks than images
   // the total is the sampler's own count (img2img runs a part; ddim may visit one more)
   std::optional<Progress> prog;
   pipeline::GenerateCallbacks cb;
@@ -181,7 +225,7 @@ void run(const Opts& o) {
     return;
   }
   std::fprintf(stderr, "decoded in %.2f s; peak memory %.2f GB\n", res.timings.decoding, peak_rss_gb());
-  write_images(o, res);
+  write_images(o, res, first);
 }
 }  // namespace
 
@@ -250,7 +294,19 @@ void add_generate(CLI::App& app, const std::string& mode) {
     sub->add_option("--strength", o->strength, "img2img: how much to change (1 = ignore the image)")->capture_default_str();
   }
   if (mode == "inpaint") sub->add_option("--mask", o->mask, "mask image: white = repaint, black = keep")->required();
-  sub->callback([o] { run(*o); });
+  sub->add_option("--prompts", o->prompts_file, "a file with one prompt per line: one image each (seed + line index)");
+  sub->add_option("--nproc", o->nproc, "split the images across this many local processes (or set torchrun's RANK/WORLD_SIZE)")
+      ->check(CLI::Range(1, 1024));
+  sub->callback([o] {
+    auto env = dist_env_from_environment();
+    if (env.world == 1 && o->nproc > 1) {
+      if (int rc = launch_local(o->nproc, free_local_port(), 10)) std::exit(rc);
+      return;
+    }
+    o->rank = env.rank;
+    o->world = env.world;
+    run(*o);
+  });
 }
 
 void add_sample(CLI::App& app) {
