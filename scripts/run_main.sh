@@ -22,12 +22,12 @@ for c in 0 1 2 3 4 5 6 7 8 9; do
     --sampler dpm++2m --steps 25 --cfg-scale 3 --seed "$c" --no-grid -o "$OUT/samples/$c" 2>&1 | tail -n 1
 done
 echo "== 4/4 evaluation"
-"$LDM" fashion-eval --samples "$OUT/samples" --grid "$OUT/samples.png" --json "$OUT/eval.json" \
-  --classifier "$OUT/classifier.safetensors"
+"$LDM" fashion-eval --samples "$OUT/samples" --autoencoder "$OUT/autoencoder" --grid "$OUT/samples.png" \
+  --json "$OUT/eval.json" --classifier "$OUT/classifier.safetensors"
 t1=$(date +%s)
 echo
 echo "done in $(( (t1 - t0) / 60 )) min $(( (t1 - t0) % 60 )) s"
 echo "samples:   $OUT/samples/<label>/*.png"
-echo "grid:      $OUT/samples.png (one row per class)"
+echo "grid:      $OUT/samples.png (one row per class), $OUT/samples_compare.png (real | reconstruction | sample)"
 echo "training:  $OUT/autoencoder, $OUT/ldm (metrics.csv, tensorboard/, images/, checkpoints/)"
 echo "figures:   $OUT/eval.json"

@@ -124,7 +124,7 @@ class DiffusionTask : public Task {
       auto u = rand_rows(static_cast<int64_t>(caps.size()), g);
       for (size_t i = 0; i < caps.size(); ++i)
         if (p > 0 && u[i].item<double>() < p) caps[i] = m_->options().ucg_value;
-      if (!m_->options().cond_stage_trainable) {
+      if (!m_->options().cond_stage_trainable && !text_grad_) {
         torch::NoGradGuard ng;
         return te->encode(caps);
       }
@@ -196,6 +196,7 @@ class DiffusionTask : public Task {
  protected:
   std::shared_ptr<LatentDiffusion> m_;
   std::shared_ptr<ClassEmbedder> ce_;
+  bool text_grad_ = false;  // the text encoder's output keeps its graph (its LoRA adapters train)
   std::unique_ptr<torch::optim::AdamW> opt_;
   torch::Tensor moments_;
 };

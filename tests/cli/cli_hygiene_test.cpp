@@ -7,6 +7,7 @@
 #include "ldm/io/ckpt.h"
 #include "ldm/io/image.h"
 #include "ldm/io/safetensors.h"
+#include <nlohmann/json.hpp>
 #include "tests/testing.h"
 
 using namespace ldm;
@@ -170,6 +171,25 @@ TEST(CliHygiene, FashionEvalFloorIsFixed) {
   const auto trained = floor_of("a.json"), loaded = floor_of("b.json");
   EXPECT_EQ(trained, loaded);
   EXPECT_NE(trained, "missing");
+
+  // --autoencoder: a (barely trained) first stage's reconstructions of the test split, measured alike
+  auto r = test::run_command(std::string(LDM_BINARY) + " train " + LDM_SOURCE_DIR + "/configs/fashion/autoencoder.yaml -q -o " +
+                             dir + "/ae --max-steps 2 training.image_every=0");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  r = ldm_run("fashion-eval --samples " + dir + "/s --autoencoder " + dir + "/ae --classifier " + dir +
+              "/cls.safetensors --grid " + dir + "/g.png --json " + dir + "/c.json");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_NE(r.out.find("reconstructions (" + dir + "/ae): class accuracy"), std::string::npos) << r.out;
+  auto j = nlohmann::json::parse(std::ifstream(dir + "/c.json"));
+  for (const char* k : {"reconstruction_accuracy", "frechet_reconstruction", "frechet_real_train_10000", "reconstruction_l1",
+                        "reconstruction_psnr", "sample_accuracy", "frechet_samples"})
+    EXPECT_TRUE(j.contains(k)) << k;
+  const double l1 = j["reconstruction_l1"], psnr = j["reconstruction_psnr"];
+  EXPECT_GT(l1, 0);
+  EXPECT_LE(l1, std::pow(10, -psnr / 20) + 1e-9);  // mean |d| <= sqrt(mean d^2) (Jensen)
+  EXPECT_GT(j["frechet_reconstruction"].get<double>(), j["frechet_real_train_10000"].get<double>());
+  auto grid = io::load_image(dir + "/g_compare.png", 1);
+  EXPECT_EQ(grid.sizes(), (std::vector<int64_t>{1, 10 * 30 + 2, 12 * 30 + 2}));
 }
 
 // txt2img --prompts FILE under --nproc 2: each rank makes a contiguous block

@@ -58,3 +58,28 @@ TEST(Embeddings, VectorsOfRedCubeGiveRedCubesImage) {
     EXPECT_NE(std::string(e.what()).find("bad.safetensors: not a textual-inversion embedding"), std::string::npos);
   }
 }
+
+// An embedding as AUTOMATIC1111 saves it: torch.save's zip + pickle with the
+// vectors as a Parameter under string_to_param['*'] (tests/data/a1111_embedding.pt,
+// written by tests/data/make_a1111_embedding.py with the standard library).
+TEST(Embeddings, A1111TorchSaveFile) {
+  const std::string file = std::string(LDM_SOURCE_DIR) + "/tests/data/a1111_embedding.pt";
+  auto v = load_embedding(file);
+  ASSERT_EQ(v.sizes(), (std::vector<int64_t>{2, 64}));
+  auto want = torch::empty({2, 64});
+  for (int i = 0; i < 2; ++i)
+    for (int j = 0; j < 64; ++j) want[i][j] = (i + 1) * 0.01 * (j + 1);
+  EXPECT_TRUE(torch::allclose(v, want, 0, 1e-7));
+  LDM_REQUIRE_SHARED();
+  auto dir = test::temp_dir();
+  std::filesystem::copy_file(file, dir + "/a1111_embedding.pt");
+  auto o = test::tiny_sd_options();
+  o.embd_dir = dir;
+  auto p = pipeline::Pipeline::load(o);
+  pipeline::GenerateRequest r;
+  r.steps = 2;
+  r.prompt = "a photo in a1111_embedding style";
+  auto with = p->generate(r).images_u8;
+  auto without = pipeline::Pipeline::load(test::tiny_sd_options())->generate(r).images_u8;
+  EXPECT_FALSE(torch::equal(with, without));  // the word became the file's vectors
+}

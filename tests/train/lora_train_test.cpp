@@ -105,3 +105,49 @@ TEST(LoraTrain, LowersTheLossAndItsFileChangesTheImages) {
   req.loras = {{file, 1.0, 1.0}};
   EXPECT_FALSE(torch::equal(p->generate(req).images_u8, base));
 }
+
+// lora.text_encoder: adapters on CLIP's attention train too and are exported
+// under kohya's lora_te_ names; lora.ema_decay: lora.safetensors holds LitEma's
+// average of the adapters, checked against the average recomputed from every
+// step's checkpoint (up starts at zero, so its average is known from the steps).
+TEST(LoraTrain, TextEncoderAdaptersAndTheirEma) {
+  LDM_REQUIRE_SHARED();
+  auto dir = test::temp_dir();
+  auto y = lora_config(dir, "attention");
+  apply_overrides(y, {"lora.text_encoder=true", "lora.ema_decay=0.9", "lightning.trainer.max_steps=6",
+                      "training.checkpoint_every=1", "training.keep_checkpoints=10"});
+  TrainOptions o;
+  o.out_dir = dir + "/run";
+  o.quiet = true;
+  ASSERT_EQ(train(y, o).steps, 6);
+  const std::string file = dir + "/run/lora.safetensors";
+  auto t = io::load_safetensors(file);
+  EXPECT_EQ(io::safetensors_metadata(file).at("ss_text_encoder"), "trained");
+  const std::string te = "lora_te_text_model_encoder_layers_0_self_attn_q_proj";
+  ASSERT_TRUE(t.count(te + ".lora_up.weight"));
+  EXPECT_GT(t.at(te + ".lora_up.weight").abs().max().item<double>(), 0) << "the text encoder's adapter trained";
+  EXPECT_FALSE(t.count("lora_te_text_model_encoder_layers_0_mlp_fc1.lora_up.weight"));  // targets: attention
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (auto& [k, v] : io::load_weights(test::fixture("tiny_sd_v1.ckpt")).tensors) shapes[k] = v.sizes().vec();
+  auto m = match_lora(t, shapes, file);
+  EXPECT_TRUE(m.unmatched.empty()) << m.unmatched.front();
+  bool te_delta = false;
+  for (auto& d : m.deltas) te_delta = te_delta || d.key.rfind("cond_stage_model.", 0) == 0;
+  EXPECT_TRUE(te_delta);
+  // EMA: e_k = d_k e_{k-1} + (1 - d_k) w_k with d_k = min(0.9, (1 + k) / (10 + k)) (LitEma), e_0 = w_0 = 0 for `up`
+  for (const std::string name : {te, std::string("lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k")}) {
+    torch::Tensor e;
+    for (int k = 1; k <= 6; ++k) {
+      char step[32];
+      std::snprintf(step, sizeof step, "step-%09d", k);
+      auto w = io::load_safetensors(dir + "/run/checkpoints/" + step + "/model.safetensors").at(name + ".up");
+      if (!e.defined()) e = torch::zeros_like(w);
+      const double d = std::min(0.9, (1.0 + k) / (10.0 + k));
+      e = d * e + (1 - d) * w;
+    }
+    auto got = t.at(name + ".lora_up.weight");
+    EXPECT_TRUE(torch::allclose(got, e, 1e-5, 1e-7)) << name << ": " << (got - e).abs().max().item<double>();
+    auto raw = io::load_safetensors(dir + "/run/checkpoints/step-000000006/model.safetensors").at(name + ".up");
+    EXPECT_FALSE(torch::allclose(got, raw)) << name << ": the file holds the average, not the last step";
+  }
+}

@@ -4,7 +4,8 @@
 // FLOPs counted by libtorch's profiler), peak RSS, and the machine's practical
 // peak (sgemm, 3x3 conv) measured in the same run. Peers run in the same
 // invocation when given: the original PyTorch code (--reference CHECKOUT, as
-// is and with tcmalloc preloaded) and a stable-diffusion.cpp binary (--sdcpp).
+// is and with tcmalloc preloaded), diffusers on PyTorch 2.x (--peers-venv DIR)
+// and a stable-diffusion.cpp binary (--sdcpp).
 #include <spawn.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
@@ -47,7 +48,7 @@ using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 struct Opts {
-  std::string only, child, weights, weights16, vocab, reference, sdcpp, json_out, python = "/usr/bin/python3";
+  std::string only, child, weights, weights16, vocab, reference, sdcpp, json_out, python = "/usr/bin/python3", peers_venv;
   std::string fashion_config = "configs/fashion/ldm.yaml";
   int runs = 3;
 };
@@ -161,6 +162,14 @@ json run_child_work(const Opts& o) {
   const std::string& w = o.child;
   if (w == "peak_gemm") {
     auto a = torch::randn({2048, 2048}), b = torch::randn({2048, 2048}), c = torch::empty({2048, 2048});
+    auto r = time_work([&] { torch::mm_out(c, a, b); }, o.runs, false);
+    r["gflop"] = 2.0 * 2048 * 2048 * 2048 / 1e9;
+    r["gflops_per_s"] = r["gflop"].get<double>() / r["median_s"].get<double>();
+    return r;
+  }
+  if (w == "peak_gemm_bf16") {  // AMX / AVX512-BF16 where the CPU has them
+    auto a = torch::randn({2048, 2048}).to(torch::kBFloat16), b = torch::randn({2048, 2048}).to(torch::kBFloat16);
+    auto c = torch::empty({2048, 2048}, torch::kBFloat16);
     auto r = time_work([&] { torch::mm_out(c, a, b); }, o.runs, false);
     r["gflop"] = 2.0 * 2048 * 2048 * 2048 / 1e9;
     r["gflops_per_s"] = r["gflop"].get<double>() / r["median_s"].get<double>();
@@ -319,6 +328,7 @@ std::string ensure_weights(const std::string& given, const std::string& dtype) {
 
 const std::vector<std::pair<std::string, std::string>> kWork = {
     {"peak_gemm", "sgemm 2048^3 (practical peak)"},
+    {"peak_gemm_bf16", "bf16 GEMM 2048^3 (practical bf16 peak)"},
     {"peak_conv640", "3x3 conv 640ch 32x32, batch 2 (practical peak)"},
     {"peak_conv1280", "3x3 conv 1280ch 16x16, batch 2"},
     {"unet256", "UNet step with CFG (2 images), 256x256"},
@@ -339,6 +349,42 @@ const std::vector<std::pair<std::string, std::string>> kWork = {
 };
 // the works the reference script runs (bench/reference_bench.py)
 const std::vector<std::string> kRefWork = {"unet256", "unet512", "vae256", "vae512", "train256"};
+// the works bench/peers_bench.py runs in diffusers on PyTorch 2.x
+const std::vector<std::string> kPeerWork = {"unet256",      "unet512",      "vae256",      "vae512",
+                                            "unet256_bf16", "unet512_bf16", "vae256_bf16", "vae512_bf16"};
+
+// diffusers on PyTorch 2.x from the --peers-venv environment, same work, threads and runs.
+void run_peer(const Opts& o, const std::string& name, json& r, std::string& peers) {
+  if (o.peers_venv.empty() || !std::count(kPeerWork.begin(), kPeerWork.end(), name)) return;
+  fs::path script = fs::path(LDM_SOURCE_DIR) / "bench" / "peers_bench.py";
+  auto s = spawn({(fs::path(o.peers_venv) / "bin" / "python").string(), script.string(), "--work", name, "--runs",
+                  std::to_string(o.runs), "--threads", std::to_string(torch::get_num_threads())});
+  try {
+    auto pr = result_of(s, "diffusers (" + o.peers_venv + ")");
+    r["diffusers"] = pr;
+    char b[96];
+    std::snprintf(b, sizeof b, "diffusers %.2f (x%.2f) ", pr["median_s"].get<double>(),
+                  r["median_s"].get<double>() / pr["median_s"].get<double>());
+    peers += b;
+  } catch (const Error& e) {
+    peers += "diffusers failed ";
+    r["diffusers"] = {{"error", e.what()}};
+  }
+}
+
+// Each work's GFLOP/s as a fraction of the practical peak measured in this run
+// (fp32 works against sgemm, bf16 works against the bf16 GEMM).
+void print_fraction_of_peak(const json& all) {
+  for (auto& [k, v] : all.items()) {
+    if (!v.contains("gflops_per_s") || k.rfind("peak_", 0) == 0) continue;
+    const bool bf16 = k.size() > 5 && k.substr(k.size() - 5) == "_bf16";
+    const char* peak = bf16 ? "peak_gemm_bf16" : "peak_gemm";
+    if (!all.contains(peak)) continue;
+    std::printf("fraction of peak %-14s %6.1f GFLOP/s = %5.1f%% of %s (%.1f GFLOP/s)\n", k.c_str(),
+                v["gflops_per_s"].get<double>(), 100 * v["gflops_per_s"].get<double>() / all[peak]["gflops_per_s"].get<double>(),
+                peak, all[peak]["gflops_per_s"].get<double>());
+  }
+}
 
 void run_bench(const Opts& o) {
   std::vector<std::string> works;
@@ -402,6 +448,7 @@ void run_bench(const Opts& o) {
         }
       }
     }
+    run_peer(o, name, r, peers);
     if (!o.sdcpp.empty() && name == "txt2img256") {
       auto s = spawn({o.sdcpp, "-m", o.weights.empty() ? ensure_weights("", "fp32") : o.weights, "-p",
                       "a lighthouse at dusk, oil painting", "-W", "256", "-H", "256", "--steps", "5", "--cfg-scale", "7",
@@ -440,6 +487,7 @@ void run_bench(const Opts& o) {
       std::printf("conv A/B %-13s ours %.3f s, libtorch's conv %.3f s (x%.2f), same process, interleaved; "
                   "first call %.3f s\n", k.c_str(), ours, lt, ours / lt, v["first_s"].get<double>());
     }
+  print_fraction_of_peak(all);
   all["threads"] = torch::get_num_threads();
   all["torch"] = TORCH_VERSION;
   if (!o.json_out.empty()) {
@@ -463,6 +511,8 @@ void add_bench(CLI::App& app) {
   sub->add_option("--reference", o->reference, "checkout of Stability-AI/stablediffusion or CompVis/latent-diffusion");
   sub->add_option("--python", o->python, "python with torch for --reference")->capture_default_str();
   sub->add_option("--sdcpp", o->sdcpp, "stable-diffusion.cpp's sd binary");
+  sub->add_option("--peers-venv", o->peers_venv,
+                  "virtual environment with PyTorch 2.x and diffusers (bench/setup_peers.sh): the same works in diffusers");
   sub->add_option("--fashion-config", o->fashion_config, "config of the train_fashion work")->capture_default_str();
   sub->add_option("--json", o->json_out, "write all figures to this JSON file");
   sub->add_option("--child", o->child)->group("");  // internal: run one work in this process

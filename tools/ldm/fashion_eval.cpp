@@ -3,18 +3,31 @@
 // gives the class accuracy of DIR/<label>/*.png, and the Frechet distance
 // between its penultimate features of the samples and of the real test split
 // (Heusel et al. 2017, with this classifier instead of Inception); the same
-// distance for real training images is the floor.
+// distance for real training images is the floor. --autoencoder RUN_DIR
+// measures the first stage the same way: the real test split encoded and
+// decoded (the posterior mean, as the reference's reconstruct), with L1/PSNR.
+
 #include <torch/torch.h>
 
 #include <filesystem>
 #include <fstream>
 #include <iostream>
-#include <random>
+#include <cmath>
+#include <nlohmann/json.hpp>
 
 #include "ldm/data/dataset.h"
 #include "ldm/error.h"
 #include "ldm/io/image.h"
+#include "ldm/io/atomic_file.h"
+#include "ldm/io/ckpt.h"
+#include "ldm/io/run_dir.h"
 #include "ldm/io/safetensors.h"
+#include "ldm/io/state_dict.h"
+#include "ldm/models/autoencoder.h"
+#include "ldm/models/diffusion/load.h"
+#include "ldm/models/registry.h"
+#include "ldm/modules/layers.h"
+#include "ldm/util/config.h"
 #include "ldm/util/progress.h"
 #include "tools/ldm/commands.h"
 
@@ -121,24 +134,100 @@ Classifier get_classifier(const std::string& cache, const FashionMNIST& train, i
 
 struct Opts {
   std::string samples, classifier = "outputs/fashion/classifier.safetensors", grid, root = FashionMNIST::kDefaultRoot,
-              json;
+              json, autoencoder;
   int epochs = 4;
 };
 
-void run(const Opts& o) {
-  FashionMNIST train("train", o.root), test("test", o.root);
-  auto net = get_classifier(o.classifier, train, o.epochs);
-  auto xt = to_input(test.images());
-  const double test_acc = accuracy(net, xt, test.labels());
-  std::printf("classifier accuracy on the real test split: %.2f%%\n", 100 * test_acc);
+// The run's first stage, built from its config.yaml and filled from its newest checkpoint.
+std::shared_ptr<FirstStage> load_first_stage(const std::string& run) {
+  const auto cfg_path = run_config_of(run);
+  if (cfg_path.empty()) throw Error("--autoencoder " + run + ": not an ldm train run directory (no config.yaml)");
+  auto cfg = load_yaml(cfg_path);
+  std::shared_ptr<FirstStage> ae;
+  {
+    nn::InitScope empty(nn::Init::Empty);
+    ae = instantiate_as<FirstStage>(model_node(cfg), cfg_path + ": model");
+  }
+  if (!ae) throw Error("--autoencoder " + run + ": the run's model is not an autoencoder");
+  const auto file = weights_file(run);
+  auto rep = load_state_dict(*ae, io::load_weights(file).tensors, false, file);
+  LoadReport bad;
+  for (auto& k : rep.missing)
+    if (k.rfind("loss.", 0) != 0) bad.missing.push_back(k);
+  bad.mismatched = rep.mismatched;
+  if (!bad.ok()) throw Error("--autoencoder " + file + ": " + bad.summary());
+  ae->eval();
+  return ae;
+}
 
-  // samples: DIR/<label>/*.png, 28x28 or 32x32 (2-pixel padding removed)
+// The test split through encode/decode: [N, 1, 28, 28] in [-1, 1] (the
+// training pad of 2 added before and removed after).
+torch::Tensor reconstruct_all(FirstStage& ae, const torch::Tensor& x28) {
+  torch::NoGradGuard ng;
+  std::vector<torch::Tensor> out;
+  for (int64_t i = 0; i < x28.size(0); i += 500) {
+    auto xb = torch::constant_pad_nd(x28.slice(0, i, i + 500), {2, 2, 2, 2}, -1.0);
+    out.push_back(ae.reconstruct(xb).narrow(2, 2, 28).narrow(3, 2, 28).clamp(-1, 1));
+  }
+  return torch::cat(out);
+}
+
+struct ReconFigures {
+  double accuracy = 0, frechet = 0, l1 = 0, psnr = 0;
+  torch::Tensor images;  // [N, 1, 28, 28] in [-1, 1]
+};
+
+ReconFigures measure_reconstruction(Classifier& net, const std::string& run, const torch::Tensor& xt,
+                                    const torch::Tensor& labels, const torch::Tensor& ft) {
+  auto ae = load_first_stage(run);
+  ReconFigures f;
+  f.images = reconstruct_all(*ae, xt);
+  f.accuracy = accuracy(net, f.images, labels);
+  f.frechet = frechet(features(net, f.images), ft);
+  auto d = (f.images - xt).div(2);  // [0, 1] units
+  f.l1 = d.abs().mean().item<double>();
+  f.psnr = -10 * std::log10(d.square().mean().item<double>());
+  return f;
+}
+
+// One row per class: 4 real test images, their reconstructions, 4 samples.
+void write_compare_grid(const std::string& path, const torch::Tensor& xt, const torch::Tensor& labels,
+                        const torch::Tensor& rec, const std::vector<std::vector<torch::Tensor>>& by_class) {
+  std::vector<torch::Tensor> cells;
+  for (int c = 0; c < 10; ++c) {
+    auto idx = labels.eq(c).nonzero().flatten().slice(0, 0, 4);
+    for (int i = 0; i < 4; ++i) cells.push_back((xt[idx[i].item<int64_t>()] + 1) / 2);
+    for (int i = 0; i < 4; ++i) cells.push_back((rec[idx[i].item<int64_t>()] + 1) / 2);
+    for (int i = 0; i < 4; ++i)
+      cells.push_back(i < static_cast<int>(by_class[c].size()) ? by_class[c][i] : torch::zeros({1, 28, 28}));
+  }
+  io::save_png(path, io::make_grid(torch::stack(cells), 12, 2, 1.0),
+               {{"Description", "per class: 4 real test images | their reconstructions | 4 samples"}});
+  std::printf("comparison grid: %s (real | reconstruction | sample)\n", path.c_str());
+}
+
+// Frechet distance of `n` real training images to the test split: the floor
+// for a set of n images (the estimate's bias depends on n). Its own seed: the
+// same whether or not the classifier was trained in this run.
+double real_floor(Classifier& net, const FashionMNIST& train, int64_t n, const torch::Tensor& ft) {
+  auto gen = torch::make_generator<at::CPUGeneratorImpl>(0);
+  auto perm = torch::randperm(train.size(), gen, torch::TensorOptions().dtype(torch::kInt64)).slice(0, 0, n);
+  return frechet(features(net, to_input(train.images().index_select(0, perm))), ft);
+}
+
+struct Samples {
+  torch::Tensor x, y;  // [N, 1, 28, 28] in [-1, 1], labels
+  std::vector<std::vector<torch::Tensor>> by_class = std::vector<std::vector<torch::Tensor>>(10);
+};
+
+// DIR/<label>/*.png, 28x28 or 32x32 (2-pixel padding removed)
+Samples load_samples(const std::string& dir) {
+  Samples s;
   std::vector<torch::Tensor> imgs;
   std::vector<int64_t> labels;
-  std::vector<std::vector<torch::Tensor>> by_class(10);
   for (int c = 0; c < 10; ++c) {
-    fs::path d = fs::path(o.samples) / std::to_string(c);
-    if (!fs::is_directory(d)) throw Error(d.string() + ": missing (expected " + o.samples + "/<label 0-9>/*.png)");
+    fs::path d = fs::path(dir) / std::to_string(c);
+    if (!fs::is_directory(d)) throw Error(d.string() + ": missing (expected " + dir + "/<label 0-9>/*.png)");
     std::vector<std::string> files;
     for (auto& e : fs::directory_iterator(d))
       if (e.path().extension() == ".png" && e.path().filename() != "grid.png") files.push_back(e.path().string());
@@ -149,49 +238,82 @@ void run(const Opts& o) {
       if (im.size(1) != 28 || im.size(2) != 28) throw Error(f + ": expected 28x28 or 32x32, got " + c10::str(im.sizes()));
       imgs.push_back(im[0]);
       labels.push_back(c);
-      by_class[c].push_back(im);
+      s.by_class[c].push_back(im);
     }
   }
-  if (imgs.empty()) throw Error(o.samples + ": no samples found");
-  auto xs = torch::stack(imgs).mul(2).sub(1).unsqueeze(1);
-  auto ys = torch::tensor(labels, torch::kInt64);
+  if (imgs.empty()) throw Error(dir + ": no samples found");
+  s.x = torch::stack(imgs).mul(2).sub(1).unsqueeze(1);
+  s.y = torch::tensor(labels, torch::kInt64);
+  return s;
+}
+
+void print_per_class(Classifier& net, const torch::Tensor& x, const torch::Tensor& y, const char* what) {
   torch::Tensor pred;
   {
     torch::NoGradGuard ng;
     net->eval();
-    pred = net->forward(xs).argmax(1);
+    std::vector<torch::Tensor> parts;
+    for (int64_t i = 0; i < x.size(0); i += 500) parts.push_back(net->forward(x.slice(0, i, i + 500)).argmax(1));
+    pred = torch::cat(parts);
   }
-  const double acc = pred.eq(ys).to(torch::kFloat64).mean().item<double>();
-  std::printf("\n%-12s %8s %10s\n", "class", "samples", "accuracy");
+  std::printf("\n%-12s %8s %10s  (%s)\n", "class", "images", "accuracy", what);
   for (int c = 0; c < 10; ++c) {
-    auto m = ys.eq(c);
+    auto m = y.eq(c);
     int64_t n = m.sum().item<int64_t>();
     double a = n ? pred.masked_select(m).eq(c).to(torch::kFloat64).mean().item<double>() : 0.0;
     std::printf("%-12s %8lld %9.1f%%\n", FashionMNIST::class_names()[c].c_str(), (long long)n, 100 * a);
   }
+}
+
+void run(const Opts& o) {
+  if (o.samples.empty() && o.autoencoder.empty())
+    throw Error("fashion-eval: give --samples DIR, --autoencoder RUN_DIR, or both");
+  FashionMNIST train("train", o.root), test("test", o.root);
+  auto net = get_classifier(o.classifier, train, o.epochs);
+  auto xt = to_input(test.images());
+  const double test_acc = accuracy(net, xt, test.labels());
+  std::printf("classifier accuracy on the real test split: %.2f%%\n", 100 * test_acc);
   auto ft = features(net, xt);
-  const double fd = frechet(features(net, xs), ft);
-  // floor: as many real training images as samples
-  // drawn with its own fixed seed: the floor is the same whether or not the classifier was trained in this run
-  auto floor_gen = torch::make_generator<at::CPUGeneratorImpl>(0);
-  auto perm = torch::randperm(train.size(), floor_gen, torch::TensorOptions().dtype(torch::kInt64)).slice(0, 0, xs.size(0));
-  const double fd_real = frechet(features(net, to_input(train.images().index_select(0, perm))), ft);
-  std::printf("\nsamples: %lld, class accuracy %.2f%%\n", (long long)xs.size(0), 100 * acc);
-  std::printf("Frechet distance (classifier features) to the test split: samples %.3f, real training images %.3f (floor)\n",
-              fd, fd_real);
-  if (!o.grid.empty()) {
-    std::vector<torch::Tensor> cells;
-    for (int c = 0; c < 10; ++c)
-      for (int i = 0; i < 10; ++i)
-        cells.push_back(i < static_cast<int>(by_class[c].size()) ? by_class[c][i] : torch::zeros({1, 28, 28}));
-    io::save_png(o.grid, io::make_grid(torch::stack(cells), 10, 2, 1.0),
-                 {{"Description", "Fashion-MNIST samples, one row per class 0-9"}});
-    std::printf("grid: %s\n", o.grid.c_str());
+  nlohmann::json j = {{"classifier_test_accuracy", test_acc}};
+  Samples smp;
+  if (!o.samples.empty()) {
+    smp = load_samples(o.samples);
+    print_per_class(net, smp.x, smp.y, "samples");
+    const double acc = accuracy(net, smp.x, smp.y), fd = frechet(features(net, smp.x), ft);
+    const double fd_real = real_floor(net, train, smp.x.size(0), ft);
+    std::printf("\nsamples: %lld, class accuracy %.2f%%\n", (long long)smp.x.size(0), 100 * acc);
+    std::printf("Frechet distance (classifier features) to the test split: samples %.3f, real training images %.3f "
+                "(floor; x%.1f)\n", fd, fd_real, fd / fd_real);
+    j.update({{"sample_accuracy", acc}, {"samples", smp.x.size(0)}, {"frechet_samples", fd}, {"frechet_real_train", fd_real}});
+    if (!o.grid.empty()) {
+      std::vector<torch::Tensor> cells;
+      for (int c = 0; c < 10; ++c)
+        for (int i = 0; i < 10; ++i)
+          cells.push_back(i < static_cast<int>(smp.by_class[c].size()) ? smp.by_class[c][i] : torch::zeros({1, 28, 28}));
+      io::save_png(o.grid, io::make_grid(torch::stack(cells), 10, 2, 1.0),
+                   {{"Description", "Fashion-MNIST samples, one row per class 0-9"}});
+      std::printf("grid: %s\n", o.grid.c_str());
+    }
+  }
+  if (!o.autoencoder.empty()) {
+    auto r = measure_reconstruction(net, o.autoencoder, xt, test.labels(), ft);
+    const double floor = real_floor(net, train, xt.size(0), ft);
+    print_per_class(net, r.images, test.labels(), "reconstructions of the test split");
+    std::printf("\nreconstructions (%s): class accuracy %.2f%% (real test images %.2f%%), Frechet distance %.3f "
+                "(floor for %lld real training images %.3f; x%.1f), L1 %.4f, PSNR %.2f dB\n",
+                o.autoencoder.c_str(), 100 * r.accuracy, 100 * test_acc, r.frechet, (long long)xt.size(0), floor,
+                r.frechet / floor, r.l1, r.psnr);
+    j.update({{"reconstruction_accuracy", r.accuracy}, {"frechet_reconstruction", r.frechet},
+              {"frechet_real_train_10000", floor}, {"reconstruction_l1", r.l1}, {"reconstruction_psnr", r.psnr}});
+    if (!o.samples.empty() && !o.grid.empty()) {
+      auto p = fs::path(o.grid);
+      write_compare_grid((p.parent_path() / (p.stem().string() + "_compare.png")).string(), xt, test.labels(), r.images,
+                         smp.by_class);
+    }
   }
   if (!o.json.empty()) {
-    std::ofstream(o.json) << "{\"classifier_test_accuracy\": " << test_acc << ", \"sample_accuracy\": " << acc
-                          << ", \"samples\": " << xs.size(0) << ", \"frechet_samples\": " << fd
-                          << ", \"frechet_real_train\": " << fd_real << "}\n";
+    const std::string text = j.dump(2) + "\n";
+    write_file_atomic(o.json, text.data(), text.size());
   }
 }
 }  // namespace
@@ -199,7 +321,10 @@ void run(const Opts& o) {
 void add_fashion_eval(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   auto* sub = app.add_subcommand("fashion-eval", "class accuracy and Frechet distance of Fashion-MNIST samples");
-  sub->add_option("--samples", o->samples, "directory with <label>/<i>.png")->required();
+  sub->add_option("--samples", o->samples, "directory with <label>/<i>.png");
+  sub->add_option("--autoencoder", o->autoencoder,
+                  "an autoencoder's run directory: its reconstructions of the test split measured the same way "
+                  "(with --samples and --grid, also GRID_compare.png: real | reconstruction | sample per class)");
   sub->add_option("--classifier", o->classifier, "classifier weights (trained and saved here when absent)")->capture_default_str();
   sub->add_option("--epochs", o->epochs, "classifier training epochs")->capture_default_str();
   sub->add_option("--grid", o->grid, "write a 10x10 grid (10 samples per class) to this PNG");

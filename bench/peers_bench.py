@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""The same work as `ldm bench` in diffusers on PyTorch 2.x (the peer CPU users
+pick today): SD 1.5's UNet and VAE built from their config dicts with random
+weights (no hub access), timed with the same warm-up/median rule. Run by
+`ldm bench --peers-venv DIR` with DIR/bin/python; bench/setup_peers.sh makes
+that environment (outside the repository). Prints one line: RESULT {json}.
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+UNET = dict(
+    act_fn="silu", attention_head_dim=8, block_out_channels=[320, 640, 1280, 1280], center_input_sample=False,
+    cross_attention_dim=768,
+    down_block_types=["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    downsample_padding=1, flip_sin_to_cos=True, freq_shift=0, in_channels=4, layers_per_block=2,
+    mid_block_scale_factor=1, norm_eps=1e-5, norm_num_groups=32, out_channels=4, sample_size=64,
+    up_block_types=["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"])
+VAE = dict(
+    act_fn="silu", block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+    in_channels=3, latent_channels=4, layers_per_block=2, norm_num_groups=32, out_channels=3, sample_size=512,
+    up_block_types=["UpDecoderBlock2D"] * 4)
+
+
+def work_fn(work):
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    torch.manual_seed(0)
+    base = work.replace("_bf16", "")
+    side = 32 if base.endswith("256") else 64
+    if base.startswith("unet"):
+        m = UNet2DConditionModel(**UNET).eval()
+        x, ctx, t = torch.randn(2, 4, side, side), torch.randn(2, 77, 768), torch.tensor([500.0, 500.0])
+        return lambda: m(x, t, encoder_hidden_states=ctx).sample
+    if base.startswith("vae"):
+        m = AutoencoderKL(**VAE).eval()
+        z = torch.randn(1, 4, side, side)
+        return lambda: m.decode(z).sample
+    raise SystemExit(f"peers_bench: unknown work {work}")
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--work", required=True)
+    ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    fn = work_fn(a.work)
+    bf16 = a.work.endswith("_bf16")
+
+    def call():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            fn()
+
+    t0 = time.perf_counter()
+    call()
+    first = time.perf_counter() - t0
+    times = []
+    for _ in range(a.runs):
+        t0 = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - t0)
+    import diffusers
+    print("RESULT " + json.dumps({"median_s": statistics.median(times), "runs_s": times, "first_s": first,
+                                  "torch": torch.__version__, "diffusers": diffusers.__version__,
+                                  "sdpa": hasattr(torch.nn.functional, "scaled_dot_product_attention")}))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
