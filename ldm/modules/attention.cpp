@@ -52,7 +52,11 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
   auto sim_buf = torch::empty({B, rows, M}, q.options()), p_buf = torch::empty({B, rows, M}, q.options());
   for (int64_t s = 0; s < N; s += rows) {
     const int64_t n = std::min(rows, N - s);
-    auto sim = sim_buf.narrow(1, 0, n), p = p_buf.narrow(1, 0, n);
+    // a shorter last chunk gets buffers of its own: a narrowed [B, n, M] view
+    // is not contiguous, and libtorch 1.13's out= kernels here gave wrong rows
+    // for it (N not a multiple of the chunk: Attention.ChunkedEqualsOneShot)
+    auto sim = n == rows ? sim_buf : torch::empty({B, n, M}, q.options());
+    auto p = n == rows ? p_buf : torch::empty({B, n, M}, q.options());
     torch::baddbmm_out(sim, sim, q.narrow(1, s, n), kt, /*beta=*/0.0, /*alpha=*/scale);
     torch::_softmax_out(p, sim, -1, false);
     auto o = out.narrow(1, s, n);

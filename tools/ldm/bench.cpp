@@ -28,6 +28,7 @@
 #include "ldm/models/diffusion/ddpm.h"
 #include "ldm/models/diffusion/load.h"
 #include "ldm/models/diffusion/sd_configs.h"
+#include "ldm/modules/attention.h"
 #include "ldm/modules/diffusionmodules/openaimodel.h"
 #include "ldm/modules/encoders/clip_text.h"
 #include "ldm/modules/fast_conv.h"
@@ -186,6 +187,15 @@ json run_child_work(const Opts& o) {
   }
   const bool bf16 = w.size() > 5 && w.substr(w.size() - 5) == "_bf16";
   Autocast ac(bf16 ? "bf16" : "32", torch::kCPU);
+  if (w == "attn4096" || w == "attn4096_bf16") {  // the UNet's largest self-attention at 512x512: 16 heads x 4096 tokens
+    auto dt = bf16 ? torch::kBFloat16 : torch::kFloat32;
+    auto q = torch::randn({16, 4096, 40}).to(dt), k = torch::randn({16, 4096, 40}).to(dt), v = torch::randn({16, 4096, 40}).to(dt);
+    torch::NoGradGuard ng;
+    auto r = time_work([&] { (void)attention(q, k, v, 1.0 / std::sqrt(40.0)); }, o.runs, false);
+    r["gflop"] = 2.0 * 2 * 16 * 4096.0 * 4096 * 40 / 1e9;
+    r["gflops_per_s"] = r["gflop"].get<double>() / r["median_s"].get<double>();
+    return r;
+  }
   if (w.rfind("unet256", 0) == 0 || w.rfind("unet512", 0) == 0) {
     const int64_t l = w.rfind("unet256", 0) == 0 ? 32 : 64;
     auto unet = sd15_unet();
@@ -331,6 +341,7 @@ const std::vector<std::pair<std::string, std::string>> kWork = {
     {"peak_gemm_bf16", "bf16 GEMM 2048^3 (practical bf16 peak)"},
     {"peak_conv640", "3x3 conv 640ch 32x32, batch 2 (practical peak)"},
     {"peak_conv1280", "3x3 conv 1280ch 16x16, batch 2"},
+    {"attn4096", "attention, 16 heads x 4096 tokens x 40 (UNet 512x512)"},
     {"unet256", "UNet step with CFG (2 images), 256x256"},
     {"unet512", "UNet step with CFG (2 images), 512x512"},
     {"vae256", "VAE decode 256x256"},
@@ -350,7 +361,7 @@ const std::vector<std::pair<std::string, std::string>> kWork = {
 // the works the reference script runs (bench/reference_bench.py)
 const std::vector<std::string> kRefWork = {"unet256", "unet512", "vae256", "vae512", "train256"};
 // the works bench/peers_bench.py runs in diffusers on PyTorch 2.x
-const std::vector<std::string> kPeerWork = {"unet256",      "unet512",      "vae256",      "vae512",
+const std::vector<std::string> kPeerWork = {"attn4096",     "unet256",      "unet512",      "vae256",      "vae512",
                                             "unet256_bf16", "unet512_bf16", "vae256_bf16", "vae512_bf16"};
 
 // diffusers on PyTorch 2.x from the --peers-venv environment, same work, threads and runs.
