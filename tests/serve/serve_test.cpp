@@ -321,13 +321,19 @@ TEST(Serve, InterruptProgressAndSigterm) {
     status = r ? r->status : -1;
     answer = r ? r->body : "";
   };
+  // Until the long job (not a finished earlier one: progress keeps its last
+  // state) is past step 2.
+  auto until_sampling = [&] {
+    json p;
+    for (int i = 0; i < 400; ++i) {
+      p = body(c.Get("/sdapi/v1/progress"));
+      if (p["state"]["sampling_steps"] == 400 && p["state"]["sampling_step"].get<int>() > 2) break;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    return p;
+  };
   std::thread t(post_long);
-  json p;
-  for (int i = 0; i < 200; ++i) {  // until it is sampling
-    p = body(c.Get("/sdapi/v1/progress"));
-    if (p["state"]["sampling_step"].get<int>() > 2) break;
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
+  json p = until_sampling();
   EXPECT_GT(p["progress"].get<double>(), 0.0);
   EXPECT_EQ(p["state"]["sampling_steps"], 400);
   EXPECT_TRUE(p["current_image"].is_string());  // the live preview (latent projection)
@@ -339,8 +345,7 @@ TEST(Serve, InterruptProgressAndSigterm) {
 
   // SIGTERM during a job: that job is answered, the server exits 0
   std::thread t2(post_long);
-  for (int i = 0; i < 200 && body(c.Get("/sdapi/v1/progress"))["state"]["sampling_step"].get<int>() < 2; ++i)
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_GT(until_sampling()["state"]["sampling_step"].get<int>(), 2);
   EXPECT_EQ(s.stop(SIGTERM), 0);
   t2.join();
   EXPECT_EQ(status, 503) << answer;
