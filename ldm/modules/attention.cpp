@@ -3,9 +3,14 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
+#include <ATen/Parallel.h>
+
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "ldm/modules/diffusionmodules/util.h"
+#include "ldm/modules/flash_attention_kernel.h"
 
 namespace ldm {
 
@@ -31,21 +36,44 @@ torch::Tensor attention_plain(const torch::Tensor& q, const torch::Tensor& k, co
   return torch::bmm(sim.softmax(-1), v);
 }
 
-torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
-  return at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, scale);
-#elif TORCH_VERSION_MAJOR == 2
-  // torch 2.0's fused kernel has no scale argument: fold it into q.
-  return at::scaled_dot_product_attention(q * (scale * std::sqrt(static_cast<double>(q.size(-1)))), k, v);
-#else
+bool attention_fused_supports(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v) {
+  return flash_attention_available() && q.dim() == 3 && q.scalar_type() == torch::kFloat32 &&
+         k.scalar_type() == torch::kFloat32 && v.scalar_type() == torch::kFloat32 && q.device().is_cpu() &&
+         q.size(2) % 8 == 0 && v.size(2) == q.size(2) && v.size(1) == k.size(1) && k.size(0) == q.size(0) && v.size(0) == q.size(0) &&
+         k.size(1) > 0;
+}
+
+torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
+  TORCH_CHECK(attention_fused_supports(q, k, v), "attention_fused: needs AVX2/FMA, fp32 [B, N, d] with d % 8 == 0");
+  const int64_t B = q.size(0), N = q.size(1), M = k.size(1), d = q.size(2), Mp = (M + 15) / 16 * 16;
+  // base-2 softmax: the scale and log2(e) ride in q; keys and values padded
+  // to whole 16-key tiles with zeros (masked in the kernel), the keys packed
+  // as [Mp / 16, d, 16] panels that the score tiles read in order
+  auto qs = (q * (scale * M_LOG2E)).contiguous();
+  auto kt = torch::constant_pad_nd(k, {0, 0, 0, Mp - M}).view({B, Mp / 16, 16, d}).permute({0, 1, 3, 2}).contiguous();
+  auto vp = torch::constant_pad_nd(v, {0, 0, 0, Mp - M}).contiguous();
+  auto out = torch::empty({B, N, d}, q.options());
+  const int64_t rows = 96, tasks_per_head = (N + rows - 1) / rows;
+  const float *qp = qs.data_ptr<float>(), *kp = kt.data_ptr<float>(), *vpp = vp.data_ptr<float>();
+  float* op = out.data_ptr<float>();
+  at::parallel_for(0, B * tasks_per_head, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<float> scratch(flash_attention_scratch(d));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / tasks_per_head, r0 = t % tasks_per_head * rows;
+      flash_attention_rows(qp + b * N * d, kp + b * d * Mp, vpp + b * Mp * d, op + b * N * d, r0,
+                           std::min(N, r0 + rows), M, Mp, d, scratch.data());
+    }
+  });
+  return out;
+}
+
+torch::Tensor attention_chunked(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
+  // Chunks over query rows (each row's softmax is independent, so the result
+  // is exact) with the scores in two buffers reused by every chunk: the scale
+  // rides in the GEMM (alpha), the softmax writes the second buffer, and the
+  // output goes straight into its rows. Fresh 64-128 MB score matrices per
+  // call cost page faults and a separate scaling pass.
   const int64_t B = q.size(0), N = q.size(1), M = k.size(1);
-  bool needs_grad = torch::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
-  if (needs_grad) return attention_plain(q, k, v, scale);
-  // Inference: chunk over query rows (each row's softmax is independent, so
-  // the result is exact) with the scores in two buffers reused by every chunk:
-  // the scale rides in the GEMM (alpha), the softmax writes the second buffer,
-  // and the output goes straight into its rows. Fresh 64-128 MB score
-  // matrices per call cost page faults and a separate scaling pass.
   auto out = torch::empty({B, N, v.size(2)}, q.options());
   auto kt = k.transpose(1, 2);
   const int64_t rows = std::min(N, std::max<int64_t>(1, g_chunk_elements / (B * M)));
@@ -63,6 +91,22 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
     torch::bmm_out(o, p, v);
   }
   return out;
+}
+
+torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
+  const bool needs_grad =
+      torch::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+  (void)needs_grad;
+  return at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, scale);
+#elif TORCH_VERSION_MAJOR == 2
+  (void)needs_grad;
+  // torch 2.0's fused kernel has no scale argument: fold it into q.
+  return at::scaled_dot_product_attention(q * (scale * std::sqrt(static_cast<double>(q.size(-1)))), k, v);
+#else
+  if (needs_grad) return attention_plain(q, k, v, scale);
+  if (attention_fused_supports(q, k, v)) return attention_fused(q, k, v, scale);
+  return attention_chunked(q, k, v, scale);
 #endif
 }
 

@@ -14,11 +14,18 @@
 namespace ldm {
 
 // softmax(q k^T * scale) v for q [B, N, d], k/v [B, M, d]. Fused
-// scaled_dot_product_attention on torch >= 2; otherwise chunked over queries
-// so the score matrix stays under a fixed budget (exact, same numbers).
+// scaled_dot_product_attention on torch >= 2. On torch 1.x inference: our
+// fused kernel (attention_fused) where it applies, else chunked over queries
+// so the score matrix stays under a fixed budget; training: the plain path.
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale);
 // Plain one-shot path (reference behaviour), for tests and comparison.
 torch::Tensor attention_plain(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale);
+// Query rows in chunks under the thread's score budget (no autograd).
+torch::Tensor attention_chunked(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale);
+// The fused tiled kernel with an online softmax, no score matrix (no
+// autograd): fp32 CPU tensors with d % 8 == 0 on an AVX2/FMA machine.
+bool attention_fused_supports(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
+torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale);
 // Budget of score-matrix elements per chunk (default 32M floats = 128 MB),
 // per thread: a pipeline sets its own for the duration of a request.
 constexpr int64_t kDefaultAttentionChunkElements = 32ll << 20;

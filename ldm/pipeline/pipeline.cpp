@@ -62,10 +62,9 @@ int64_t decoder_width(LatentDiffusion& m) {
 // regenerates the image.
 std::string parameters_text(const GenerateRequest& r, const std::string& prompt_text, int64_t seed, int64_t w, int64_t h,
                             const LoadOptions& o) {
-  const bool k_sampler = r.sampler == "euler" || r.sampler == "euler_a" || r.sampler == "heun" || r.sampler == "dpm++2m";
   std::ostringstream p;
   p << prompt_text << "\nSteps: " << r.steps << ", Sampler: " << r.sampler;
-  if (k_sampler) p << ", Schedule type: " << r.schedule;
+  if (sampler_uses_sigma_schedule(r.sampler)) p << ", Schedule type: " << r.schedule;
   else p << ", Discretize: " << r.discretize;
   p << ", CFG scale: " << r.cfg_scale << ", Seed: " << seed << ", Size: " << w << "x" << h
     << ", Model: " << std::filesystem::path(o.model).stem().string();

@@ -1,8 +1,11 @@
-// The inference attention kernel (chunks of query rows under the thread's
-// score budget, two reused buffers) against the one-shot reference path: each
-// row's softmax is independent, so chunking must not change the numbers beyond
-// GEMM rounding, for chunk sizes that do and do not divide the rows.
+// The inference attention kernels against the one-shot reference path. The
+// chunked one (query rows under the thread's score budget, two reused
+// buffers): each row's softmax is independent, so chunking must not change the
+// numbers beyond GEMM rounding, for chunk sizes that do and do not divide the
+// rows. The fused one (tiles and an online softmax): the same within float
+// rounding, for tile edges that fall inside the rows and keys or not.
 #include <torch/torch.h>
+#include <torch/version.h>
 
 #include "ldm/modules/attention.h"
 #include "tests/testing.h"
@@ -19,8 +22,43 @@ TEST(Attention, ChunkedEqualsOneShot) {
     auto want = attention_plain(q, k, v, scale);
     for (int64_t budget : {kDefaultAttentionChunkElements, int64_t(1000), int64_t(1)}) {
       AttentionChunkScope scope(budget);
-      auto got = attention(q, k, v, scale);
+      auto got = attention_chunked(q, k, v, scale);
       EXPECT_LT((got - want).abs().max().item<double>(), 1e-5) << B << "x" << N << "x" << M << " budget " << budget;
     }
   }
+}
+
+TEST(Attention, FusedEqualsOneShot) {
+  torch::NoGradGuard ng;
+  if (!attention_fused_supports(torch::zeros({1, 1, 8}), torch::zeros({1, 1, 8}), torch::zeros({1, 1, 8})))
+    GTEST_SKIP() << "this CPU has no AVX2/FMA: the fused kernel does not run here";
+  auto g = torch::make_generator<at::CPUGeneratorImpl>(5);
+  // [B, N, M, d]: the UNet's self- and cross-attention shapes, partial tiles
+  // (N, M not multiples of 6, 48, 96 or 16), a key block boundary (M > 256),
+  // the VAE's single 512-wide head, one key
+  const std::vector<std::array<int64_t, 4>> shapes = {
+      {2, 1024, 1024, 40}, {3, 1000, 77, 40}, {2, 97, 300, 64}, {1, 50, 17, 8}, {1, 130, 200, 512},
+      {2, 7, 1, 16},       {1, 301, 513, 160}};
+  for (auto [B, N, M, d] : shapes) {
+    for (double amp : {1.0, 8.0}) {  // amp 8: peaked softmaxes, where a missing max shift would overflow
+      auto q = torch::randn({B, N, d}, g) * amp, k = torch::randn({B, M, d}, g), v = torch::randn({B, M, d}, g);
+      const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+      auto want = attention_plain(q.to(torch::kFloat64), k.to(torch::kFloat64), v.to(torch::kFloat64), scale);
+      auto got = attention_fused(q, k, v, scale);
+      // as close to the float64 truth as the float32 one-shot path is (its
+      // error grows with d and with peaked softmaxes), with a floor
+      const double plain_err = (attention_plain(q, k, v, scale).to(torch::kFloat64) - want).abs().max().item<double>();
+      EXPECT_LT((got.to(torch::kFloat64) - want).abs().max().item<double>(), std::max(2e-5, 4 * plain_err))
+          << B << "x" << N << "x" << M << "x" << d << " amp " << amp << " (float32 one-shot: " << plain_err << ")";
+#if TORCH_VERSION_MAJOR < 2  // torch 2 builds call scaled_dot_product_attention instead
+      EXPECT_TRUE(torch::equal(attention(q, k, v, scale), got)) << "attention() takes the fused path for fp32";
+#endif
+    }
+  }
+  // NaN in a query row: that row is NaN (as the one-shot path), the others are not
+  auto q = torch::randn({1, 20, 8}, g), k = torch::randn({1, 20, 8}, g), v = torch::randn({1, 20, 8}, g);
+  q[0][3][2] = std::nan("");
+  auto got = attention_fused(q, k, v, 0.3);
+  EXPECT_TRUE(got[0][3].isnan().all().item<bool>());
+  EXPECT_FALSE(got[0][4].isnan().any().item<bool>());
 }

@@ -26,6 +26,10 @@ const std::vector<std::string>& sampler_names() {
   return n;
 }
 
+bool sampler_uses_sigma_schedule(const std::string& name) {
+  return name == "euler" || name == "euler_a" || name == "heun" || name == "dpm++2m";
+}
+
 torch::Tensor sample(Denoiser& d, const torch::Tensor& noise, const SampleOptions& o) {
   auto it = registry().find(o.sampler);
   if (it == registry().end()) {

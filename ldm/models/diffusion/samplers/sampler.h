@@ -65,6 +65,9 @@ struct SampleOptions {
 };
 
 const std::vector<std::string>& sampler_names();
+// Whether the sampler works in sigma space (the k-diffusion family), so that
+// SampleOptions::schedule applies to it.
+bool sampler_uses_sigma_schedule(const std::string& name);
 // `noise` is standard normal, the shape of the latents; returns x_0.
 torch::Tensor sample(Denoiser& d, const torch::Tensor& noise, const SampleOptions& o);
 

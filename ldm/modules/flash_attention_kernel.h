@@ -1,0 +1,21 @@
+// The fused CPU attention kernel (FlashAttention's tiling, Dao et al. 2022:
+// query tiles against key tiles with an online softmax, so no N x M score
+// matrix exists). Its own file, free of libtorch headers, built for the
+// baseline with AVX2/FMA functions chosen at run time.
+#pragma once
+#include <cstdint>
+
+namespace ldm {
+
+// True when this CPU runs the kernel (AVX2 and FMA).
+bool flash_attention_available();
+// Floats of scratch one thread needs for head size d.
+int64_t flash_attention_scratch(int64_t d);
+// out[i] = softmax_2(q[i] k^T) v for query rows [r0, r1) of one head, where
+// softmax_2 uses base 2 (q comes scaled by scale * log2(e)). q, out: [N, d];
+// kt: [Mp / 16, d, 16], the keys in panels of 16 transposed; v: [Mp, d];
+// Mp = M rounded up to 16, the padding zeros. d must be a multiple of 8.
+void flash_attention_rows(const float* q, const float* kt, const float* v, float* out, int64_t r0, int64_t r1,
+                          int64_t M, int64_t Mp, int64_t d, float* scratch);
+
+}  // namespace ldm
