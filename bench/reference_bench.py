@@ -3,7 +3,8 @@
 
 `ldm bench --reference CHECKOUT` runs this with a checkout of Stability-AI/stablediffusion or
 CompVis/latent-diffusion (never part of this repository), once as is and once with tcmalloc in
-LD_PRELOAD. Needs python3-torch (Debian's is libtorch 1.13, the same kernels as our build). When
+LD_PRELOAD. The fashion training works need Stability's tree (v-prediction) with CompVis's
+ldm/modules/losses and taming-transformers' taming/ package copied in (bench/setup_reference.sh). Needs python3-torch (Debian's is libtorch 1.13, the same kernels as our build). When
 einops is not installed, a small stand-in below covers the patterns the reference modules use.
 Prints one line: RESULT {"median_s": ..., "runs_s": [...]}.
 """
@@ -88,6 +89,109 @@ def install_einops_stand_in():
     sys.modules["einops"] = m
 
 
+def install_stand_ins():
+    """Modules the reference imports at the top of files whose training step never uses them (Lightning's
+    logging, image grids, text encoders): empty stand-ins where they are not installed."""
+    import torch
+
+    def stub(name, **attrs):
+        try:
+            __import__(name)
+            return
+        except ImportError:
+            pass
+        parts = name.split(".")
+        for i in range(1, len(parts) + 1):
+            sub = ".".join(parts[:i])
+            if sub not in sys.modules:
+                sys.modules[sub] = types.ModuleType(sub)
+                if i > 1:
+                    setattr(sys.modules[".".join(parts[:i - 1])], parts[i - 1], sys.modules[sub])
+        for k, v in attrs.items():
+            setattr(sys.modules[name], k, v)
+
+    class LightningModule(torch.nn.Module):
+        device = torch.device("cpu")
+        global_step = 0
+
+        def log(self, *a, **k):
+            pass
+
+        def log_dict(self, *a, **k):
+            pass
+
+    stub("pytorch_lightning", LightningModule=LightningModule)
+    stub("pytorch_lightning.utilities.distributed", rank_zero_only=lambda f: f)
+    stub("torchvision.utils", make_grid=None)
+    stub("omegaconf", ListConfig=list)
+    stub("omegaconf.listconfig", ListConfig=list)
+    stub("tqdm", tqdm=lambda x, *a, **k: x)
+    stub("kornia")
+    stub("open_clip")
+    stub("transformers", T5Tokenizer=None, T5EncoderModel=None, CLIPTokenizer=None, CLIPTextModel=None)
+    # taming's LPIPS loads VGG weights from the network when built; the fashion config's perceptual weight is 0
+    lpips = types.ModuleType("taming.modules.losses.lpips")
+    lpips.LPIPS = torch.nn.Module
+    sys.modules["taming.modules.losses.lpips"] = lpips
+
+
+def fashion_ae_step(config, runs):
+    """The reference's AutoencoderKL and LPIPSWithDiscriminator built from our YAML, one training step as
+    Lightning runs it with two optimizers: training_step for the autoencoder's Adam, then for the
+    discriminator's (its loss is 0 times the hinge before disc_start, as the reference computes it)."""
+    import torch
+    from ldm.util import instantiate_from_config
+
+    cfg = yaml.safe_load(open(config))
+    m = instantiate_from_config(cfg["model"])
+    bs = cfg["data"]["params"]["batch_size"]
+    m.learning_rate = cfg["model"]["base_learning_rate"] * bs
+    m.train()
+    opts, _ = m.configure_optimizers()
+    res = m.encoder.resolution
+    batch = {m.image_key: torch.rand(bs, res, res, m.encoder.conv_in.in_channels) * 2 - 1}
+
+    def step():
+        for i, opt in enumerate(opts):
+            opt.zero_grad(set_to_none=True)
+            m.training_step(batch, 0, i).backward()
+            opt.step()
+
+    r = median_time(step, max(5, runs * 3))
+    r["samples_per_s"] = bs / r["median_s"]
+    return r
+
+
+def fashion_ldm_step(config, runs):
+    """The reference's LatentDiffusion built from our YAML (first stage random), one training step:
+    conditioning, p_losses (with its VLB term), backward, AdamW over the UNet, on one latent batch."""
+    import torch
+    from ldm.util import instantiate_from_config
+
+    cfg = yaml.safe_load(open(config))
+    model = cfg["model"]
+    model["params"]["first_stage_config"]["params"].pop("ckpt_path", None)
+    m = instantiate_from_config(model)
+    m.train()
+    opt = torch.optim.AdamW(m.model.parameters(), lr=1e-4)
+    bs = cfg["data"]["params"]["batch_size"]
+    p = model["params"]
+    z = torch.randn(bs, p["channels"], p["image_size"], p["image_size"])
+    batch = {p["cond_stage_key"]: torch.randint(0, 10, (bs,))}
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        c = m.get_learned_conditioning(batch)
+        t = torch.randint(0, m.num_timesteps, (bs,))
+        loss, _ = m.p_losses(z, c, t)
+        loss.backward()
+        opt.step()
+
+    r = median_time(step, max(5, runs * 3))
+    r["samples_per_s"] = bs / r["median_s"]
+    return r
+
+
 def median_time(fn, runs):
     fn()  # warm-up
     times = []
@@ -106,6 +210,10 @@ def main():
     ap.add_argument("--threads", type=int, default=0, help="torch threads (ldm bench passes its own count)")
     ap.add_argument("--config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "stable-diffusion",
                                                      "v1-inference.yaml"))
+    ap.add_argument("--fashion-config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "fashion",
+                                                             "ldm.yaml"))
+    ap.add_argument("--fashion-ae-config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "fashion",
+                                                                "autoencoder.yaml"))
     a = ap.parse_args()
     sys.path.insert(0, a.repo)
     try:
@@ -118,7 +226,13 @@ def main():
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     params = yaml.safe_load(open(a.config))["model"]["params"]
-    if a.work.startswith("unet") or a.work.startswith("train"):
+    if a.work in ("train_fashion", "train_fashion_ae"):
+        install_stand_ins()
+        if a.work == "train_fashion":
+            r = fashion_ldm_step(a.fashion_config, a.runs)
+        else:
+            r = fashion_ae_step(a.fashion_ae_config, a.runs)
+    elif a.work.startswith("unet") or a.work.startswith("train"):
         from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
         up = dict(params["unet_config"]["params"])

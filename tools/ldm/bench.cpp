@@ -34,6 +34,7 @@
 #include "ldm/modules/fast_conv.h"
 #include "ldm/modules/layers.h"
 #include "ldm/train/optim.h"
+#include "ldm/train/task.h"
 #include "ldm/util/config.h"
 #include "ldm/models/registry.h"
 #include "ldm/util/autocast.h"
@@ -50,7 +51,7 @@ using Clock = std::chrono::steady_clock;
 
 struct Opts {
   std::string only, child, weights, weights16, vocab, reference, sdcpp, json_out, python = "/usr/bin/python3", peers_venv;
-  std::string fashion_config = "configs/fashion/ldm.yaml";
+  std::string fashion_config = "configs/fashion/ldm.yaml", fashion_ae_config = "configs/fashion/autoencoder.yaml";
   int runs = 3;
 };
 
@@ -256,6 +257,29 @@ json run_child_work(const Opts& o) {
     r["samples_per_s"] = bs / r["median_s"].get<double>();
     return r;
   }
+  if (w == "train_fashion_ae") {  // the trainer's autoencoder task: both optimizers' steps as the trainer runs them
+    auto cfg = load_yaml(o.fashion_ae_config);
+    const int64_t bs = cfg["data"]["params"]["batch_size"].as<int64_t>();
+    auto task = make_autoencoder_task(cfg["model"], cfg["model"]["base_learning_rate"].as<double>() * bs);
+    task->module().train();
+    const auto& dd = cfg["model"]["params"]["ddconfig"];
+    const int64_t res = dd["resolution"].as<int64_t>();
+    Batch b;
+    b.image = torch::rand({bs, dd["in_channels"].as<int64_t>(), res, res}) * 2 - 1;
+    auto gen = torch::make_generator<at::CPUGeneratorImpl>(0);
+    auto opts = task->optimizers();
+    auto step = [&] {
+      for (size_t i = 0; i < opts.size(); ++i) {
+        if (!task->active(static_cast<int>(i), 1)) continue;
+        task->module().zero_grad(/*set_to_none=*/true);
+        task->loss(b, static_cast<int>(i), 1, gen).loss.backward();
+        opts[i].opt->step();
+      }
+    };
+    auto r = time_work(step, std::max(5, o.runs * 3));
+    r["samples_per_s"] = bs / r["median_s"].get<double>();
+    return r;
+  }
   throw Error("bench: unknown work \"" + w + "\"");
 }
 
@@ -357,9 +381,11 @@ const std::vector<std::pair<std::string, std::string>> kWork = {
     {"train256", "training step, SD 1.5 UNet 256x256, batch 1, AdamW"},
     {"train256_ckpt", "the same with gradient checkpointing"},
     {"train_fashion", "training step, configs/fashion/ldm.yaml (UNet + class cond)"},
+    {"train_fashion_ae", "training step, configs/fashion/autoencoder.yaml (both optimizers)"},
 };
 // the works the reference script runs (bench/reference_bench.py)
-const std::vector<std::string> kRefWork = {"unet256", "unet512", "vae256", "vae512", "train256"};
+const std::vector<std::string> kRefWork = {"unet256",  "unet512",       "vae256",          "vae512",
+                                           "train256", "train_fashion", "train_fashion_ae"};
 // the works bench/peers_bench.py runs in diffusers on PyTorch 2.x
 const std::vector<std::string> kPeerWork = {"attn4096",     "unet256",      "unet512",      "vae256",      "vae512",
                                             "unet256_bf16", "unet512_bf16", "vae256_bf16", "vae512_bf16"};
@@ -432,7 +458,8 @@ void run_bench(const Opts& o) {
       r = {{"median_s", s.wall_s}, {"peak_gb", s.peak_gb}, {"weights_gb", fs::file_size(weights) / 1e9}};
     } else {
       std::vector<std::string> args = {self_exe(), "bench", "--child", name, "--runs", std::to_string(o.runs),
-                                       "--fashion-config", o.fashion_config};
+                                       "--fashion-config", o.fashion_config, "--fashion-ae-config",
+                                       o.fashion_ae_config};
       r = result_of(spawn(args), name);
     }
     std::string peers;
@@ -443,7 +470,8 @@ void run_bench(const Opts& o) {
         std::vector<std::string> env;
         if (with_tcm) env.push_back("LD_PRELOAD=" + tcm);
         auto s = spawn({o.python, script.string(), "--repo", o.reference, "--work", name, "--runs", std::to_string(o.runs),
-                        "--threads", std::to_string(torch::get_num_threads())},
+                        "--threads", std::to_string(torch::get_num_threads()), "--fashion-config", o.fashion_config,
+                        "--fashion-ae-config", o.fashion_ae_config},
                        env);
         const std::string key = with_tcm ? "reference_tcmalloc" : "reference";
         try {
@@ -525,6 +553,7 @@ void add_bench(CLI::App& app) {
   sub->add_option("--peers-venv", o->peers_venv,
                   "virtual environment with PyTorch 2.x and diffusers (bench/setup_peers.sh): the same works in diffusers");
   sub->add_option("--fashion-config", o->fashion_config, "config of the train_fashion work")->capture_default_str();
+  sub->add_option("--fashion-ae-config", o->fashion_ae_config, "config of the train_fashion_ae work")->capture_default_str();
   sub->add_option("--json", o->json_out, "write all figures to this JSON file");
   sub->add_option("--child", o->child)->group("");  // internal: run one work in this process
   sub->callback([o] {
