@@ -226,8 +226,8 @@ def main():
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     params = yaml.safe_load(open(a.config))["model"]["params"]
+    install_stand_ins()
     if a.work in ("train_fashion", "train_fashion_ae"):
-        install_stand_ins()
         if a.work == "train_fashion":
             r = fashion_ldm_step(a.fashion_config, a.runs)
         else:
