@@ -11,6 +11,7 @@
 
 #include "ldm/modules/diffusionmodules/util.h"
 #include "ldm/modules/flash_attention_kernel.h"
+#include "ldm/modules/small_bmm.h"
 
 namespace ldm {
 
@@ -32,7 +33,10 @@ void set_attention_chunk_elements(int64_t n) { g_chunk_elements = std::max<int64
 int64_t attention_chunk_elements() { return g_chunk_elements; }
 
 torch::Tensor attention_plain(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
-  auto sim = torch::bmm(q, k.transpose(1, 2)) * scale;
+  auto kt = k.transpose(1, 2);
+  if (small_bmm_pays(q, kt))  // many tiny heads (p v has the same work): see small_bmm.h
+    return small_bmm(small_bmm(q, kt).mul(scale).softmax(-1), v);
+  auto sim = torch::bmm(q, kt) * scale;
   return torch::bmm(sim.softmax(-1), v);
 }
 
@@ -94,16 +98,14 @@ torch::Tensor attention_chunked(const torch::Tensor& q, const torch::Tensor& k, 
 }
 
 torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
-  const bool needs_grad =
-      torch::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
-  (void)needs_grad;
   return at::scaled_dot_product_attention(q, k, v, {}, 0.0, false, scale);
 #elif TORCH_VERSION_MAJOR == 2
-  (void)needs_grad;
   // torch 2.0's fused kernel has no scale argument: fold it into q.
   return at::scaled_dot_product_attention(q * (scale * std::sqrt(static_cast<double>(q.size(-1)))), k, v);
 #else
+  const bool needs_grad =
+      torch::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
   if (needs_grad) return attention_plain(q, k, v, scale);
   if (attention_fused_supports(q, k, v)) return attention_fused(q, k, v, scale);
   return attention_chunked(q, k, v, scale);
