@@ -81,22 +81,22 @@ LDM_AVX2 inline void pv_tile(const float* p, int64_t ldp, const float* v, int64_
   __m256 acc[R][W];
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
-#pragma GCC unroll 5
+#pragma GCC unroll 2
     for (int w = 0; w < W; ++w) acc[r][w] = _mm256_loadu_ps(o + r * d + 8 * w);
   for (int64_t j = 0; j < kb; ++j) {
     __m256 b[W];
-#pragma GCC unroll 5
+#pragma GCC unroll 2
     for (int w = 0; w < W; ++w) b[w] = _mm256_loadu_ps(v + j * d + 8 * w);
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
       const __m256 a = _mm256_broadcast_ss(p + r * ldp + j);
-#pragma GCC unroll 5
+#pragma GCC unroll 2
       for (int w = 0; w < W; ++w) acc[r][w] = _mm256_fmadd_ps(a, b[w], acc[r][w]);
     }
   }
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r)
-#pragma GCC unroll 5
+#pragma GCC unroll 2
     for (int w = 0; w < W; ++w) _mm256_storeu_ps(o + r * d + 8 * w, acc[r][w]);
 }
 

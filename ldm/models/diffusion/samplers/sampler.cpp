@@ -3,7 +3,7 @@
 #include <torch/torch.h>
 
 #include <cmath>
-#include <map>
+#include <vector>
 
 #include "ldm/error.h"
 #include "ldm/models/diffusion/samplers/common.h"
@@ -12,27 +12,42 @@ namespace ldm {
 
 namespace {
 using Fn = torch::Tensor (*)(Denoiser&, const torch::Tensor&, const SampleOptions&);
-const std::map<std::string, Fn>& registry() {
-  static const std::map<std::string, Fn> r = {
-      {"ddpm", ddpm_sample},   {"ddim", ddim_sample},       {"plms", plms_sample},
-      {"dpm_solver++", dpm_solver_pp_sample},                {"euler", euler_sample},
-      {"euler_a", euler_a_sample}, {"heun", heun_sample},   {"dpm++2m", dpmpp_2m_sample}};
+struct Entry {
+  const char* name;
+  Fn fn;
+  bool sigma_schedule;  // k-diffusion family: works on sigmas, so SampleOptions::schedule applies
+};
+const std::vector<Entry>& registry() {
+  static const std::vector<Entry> r = {
+      {"ddpm", ddpm_sample, false},     {"ddim", ddim_sample, false},   {"plms", plms_sample, false},
+      {"dpm_solver++", dpm_solver_pp_sample, false},                    {"euler", euler_sample, true},
+      {"euler_a", euler_a_sample, true}, {"heun", heun_sample, true},   {"dpm++2m", dpmpp_2m_sample, true}};
   return r;
+}
+const Entry* find_sampler(const std::string& name) {
+  for (auto& e : registry())
+    if (name == e.name) return &e;
+  return nullptr;
 }
 }  // namespace
 
 const std::vector<std::string>& sampler_names() {
-  static const std::vector<std::string> n = {"ddpm", "ddim", "plms", "dpm_solver++", "euler", "euler_a", "heun", "dpm++2m"};
+  static const std::vector<std::string> n = [] {
+    std::vector<std::string> v;
+    for (auto& e : registry()) v.push_back(e.name);
+    return v;
+  }();
   return n;
 }
 
 bool sampler_uses_sigma_schedule(const std::string& name) {
-  return name == "euler" || name == "euler_a" || name == "heun" || name == "dpm++2m";
+  const Entry* e = find_sampler(name);
+  return e && e->sigma_schedule;
 }
 
 torch::Tensor sample(Denoiser& d, const torch::Tensor& noise, const SampleOptions& o) {
-  auto it = registry().find(o.sampler);
-  if (it == registry().end()) {
+  const Entry* entry = find_sampler(o.sampler);
+  if (!entry) {
     std::string names;
     for (auto& n : sampler_names()) names += (names.empty() ? "" : ", ") + n;
     throw Error("sampler: unknown \"" + o.sampler + "\" (expected one of " + names + ")");
@@ -46,7 +61,7 @@ torch::Tensor sample(Denoiser& d, const torch::Tensor& noise, const SampleOption
   if (o.x0.defined() && o.x0.sizes() != noise.sizes())
     throw Error("x0: shape must equal the noise's " + c10::str(noise.sizes()) + ", got " + c10::str(o.x0.sizes()));
   torch::NoGradGuard ng;
-  return it->second(d, noise, o);
+  return entry->fn(d, noise, o);
 }
 
 namespace samplers {
