@@ -21,6 +21,9 @@ std::shared_ptr<AutoencoderKL> AutoencoderKL::from_params(const Params& p) {
   int64_t e = p.req<int64_t>("embed_dim");
   // Training-only or bookkeeping keys of the reference; the loss is built by the trainer.
   p.ignore({"lossconfig", "image_key", "colorize_nlabels", "monitor", "ema_decay", "learn_logvar"});
+  // The trainer's learning-rate schedule, as LatentDiffusion's (ours only: the
+  // reference's AutoencoderKL trains at a constant rate).
+  p.ignore({"scheduler_config"});
   auto ckpt = p.get<std::string>("ckpt_path", "");
   auto ignore = p.get<std::vector<std::string>>("ignore_keys", {});
   p.check_unused("ldm.models.autoencoder.AutoencoderKL");

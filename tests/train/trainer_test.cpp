@@ -73,6 +73,22 @@ TEST(Trainer, AutoencoderThenLatentDiffusionEndToEnd) {
   EXPECT_TRUE(state_dict(*fresh).at(k).equal(state_dict(*m).at(k)));
 }
 
+// scheduler_config under AutoencoderKL (ours: the reference's trains at a
+// constant rate) drives the first stage's learning rate as LatentDiffusion's.
+TEST(Trainer, AutoencoderFollowsItsLrSchedule) {
+  auto dir = test::temp_dir();
+  auto folder = make_folder(dir + "/data");
+  auto cfg = parse_yaml(ae_config(folder), "ae");
+  cfg["model"]["params"]["scheduler_config"] = YAML::Load(
+      "{target: ldm.lr_scheduler.LambdaLinearScheduler,"
+      " params: {warm_up_steps: [0], cycle_lengths: [4], f_start: [0.0], f_max: [1.0], f_min: [0.0]}}");
+  train(cfg, quiet(dir + "/ae"));
+  auto lrs = csv_column(dir + "/ae/metrics.csv", "lr");
+  ASSERT_EQ(lrs.size(), 4u);
+  for (int i = 0; i < 4; ++i)  // linear decay over the cycle: 1, 3/4, 1/2, 1/4 of base_lr x batch
+    EXPECT_NEAR(std::stod(lrs[i]), (4 - i) / 4.0 * 4e-4, 1e-12) << "step " << i + 1;
+}
+
 // Stopped after 3 steps and resumed, the loss sequence equals the
 // uninterrupted run's exactly (CPU).
 TEST(Trainer, ResumeContinuesExactly) {
