@@ -143,6 +143,8 @@ def fashion_ae_step(config, runs):
     from ldm.util import instantiate_from_config
 
     cfg = yaml.safe_load(open(config))
+    # ours only: the reference's AutoencoderKL has no schedule (it scales the rate, not the step's work)
+    cfg["model"]["params"].pop("scheduler_config", None)
     m = instantiate_from_config(cfg["model"])
     bs = cfg["data"]["params"]["batch_size"]
     m.learning_rate = cfg["model"]["base_learning_rate"] * bs
