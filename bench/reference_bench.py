@@ -229,11 +229,10 @@ def main():
     torch.manual_seed(0)
     params = yaml.safe_load(open(a.config))["model"]["params"]
     install_stand_ins()
-    if a.work in ("train_fashion", "train_fashion_ae"):
-        if a.work == "train_fashion":
-            r = fashion_ldm_step(a.fashion_config, a.runs)
-        else:
-            r = fashion_ae_step(a.fashion_ae_config, a.runs)
+    if a.work == "train_fashion":
+        r = fashion_ldm_step(a.fashion_config, a.runs)
+    elif a.work == "train_fashion_ae":
+        r = fashion_ae_step(a.fashion_ae_config, a.runs)
     elif a.work.startswith("unet") or a.work.startswith("train"):
         from ldm.modules.diffusionmodules.openaimodel import UNetModel
 
