@@ -66,6 +66,8 @@ std::shared_ptr<LatentDiffusion> LatentDiffusion::from_params(const Params& p, b
   o.original_elbo_weight = p.get<double>("original_elbo_weight", 0.0);
   o.logvar_init = p.get<double>("logvar_init", 0.0);
   o.learn_logvar = p.get<bool>("learn_logvar", false);
+  o.snr_gamma = p.get<double>("snr_gamma", 0.0);
+  if (o.snr_gamma < 0) throw Error(p.where() + ".snr_gamma: expected >= 0 (0 turns the weighting off)");
   o.clip_denoised = p.get<bool>("clip_denoised", true);
   o.use_ema = p.get<bool>("use_ema", true);
   o.image_size = p.get<int64_t>("image_size", 256);
@@ -143,6 +145,20 @@ torch::Tensor LatentDiffusion::predict_eps_from_v(const torch::Tensor& xt, const
   return extract(sched_.sqrt_alphas_cumprod, t, xt) * v + extract(sched_.sqrt_one_minus_alphas_cumprod, t, xt) * xt;
 }
 
+// Min-SNR-gamma: the loss of x0 weighted by min(SNR, gamma), expressed in the
+// model's own target: / SNR for eps, / (SNR + 1) for v, as is for x0.
+torch::Tensor LatentDiffusion::snr_weight(const torch::Tensor& t) const {
+  if (o_.snr_gamma <= 0) return torch::ones({t.size(0)});
+  auto ti = t.to(torch::kInt64).cpu();
+  auto ac = sched_.alphas_cumprod.to(torch::kFloat64).index_select(0, ti);
+  auto snr = ac / (1 - ac);
+  auto w = snr.clamp_max(o_.snr_gamma);
+  const auto& p = o_.schedule.parameterization;
+  if (p == "eps") w = w / snr;
+  if (p == "v") w = w / (snr + 1);
+  return w.to(torch::kFloat32);
+}
+
 LatentDiffusion::Losses LatentDiffusion::p_losses(const torch::Tensor& x0, const Cond& c, const torch::Tensor& t,
                                                   const torch::Tensor& noise_in) {
   Losses L;
@@ -155,7 +171,8 @@ LatentDiffusion::Losses LatentDiffusion::p_losses(const torch::Tensor& x0, const
   auto per = (o_.loss_type == "l2" ? diff.pow(2) : diff.abs()).mean({1, 2, 3});
   auto lv = logvar.to(x0.device()).index_select(0, t.to(torch::kInt64));
   L.loss_simple = per.mean();
-  auto loss = (per / lv.exp() + lv).mean() * o_.l_simple_weight;
+  auto weighted = o_.snr_gamma > 0 ? per * snr_weight(t).to(per.device()) : per;
+  auto loss = (weighted / lv.exp() + lv).mean() * o_.l_simple_weight;
   L.loss_vlb = (sched_.lvlb_weights.to(x0.device()).index_select(0, t.to(torch::kInt64)) * per).mean();
   L.loss = loss + o_.original_elbo_weight * L.loss_vlb;
   return L;

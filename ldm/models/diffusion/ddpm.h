@@ -24,6 +24,9 @@ struct LatentDiffusionOptions {
   std::string loss_type = "l2";  // l1 | l2
   double l_simple_weight = 1.0, original_elbo_weight = 0.0, logvar_init = 0.0;
   bool learn_logvar = false, clip_denoised = true;
+  // ours (0 = off, the reference): Min-SNR-gamma loss weighting (Hang et al. 2023,
+  // arXiv:2303.09556), as diffusers' training scripts' --snr_gamma.
+  double snr_gamma = 0.0;
   std::string conditioning_key;  // "", concat, crossattn, hybrid, adm
   double scale_factor = 1.0;
   bool scale_by_std = false, cond_stage_trainable = false, use_ema = false;
@@ -59,6 +62,8 @@ class LatentDiffusion : public torch::nn::Module {
   struct Losses {
     torch::Tensor loss, loss_simple, loss_vlb, x_noisy, model_output, target;
   };
+  // Per-sample loss weight of Min-SNR-gamma at timesteps t (ones when snr_gamma is 0).
+  torch::Tensor snr_weight(const torch::Tensor& t) const;
   Losses p_losses(const torch::Tensor& x_start, const Cond& c, const torch::Tensor& t, const torch::Tensor& noise);
   // One training objective evaluation: t ~ U{0..T-1} and noise from `gen`
   // (the reference's shared_step on already-encoded latents).
