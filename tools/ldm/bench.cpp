@@ -64,7 +64,8 @@ double median(std::vector<double> v) {
 
 // conv + matmul GFLOP of fn (convolutions counted by nn::Conv, matmuls by
 // libtorch's profiler; a training step's backward convs are not), and where the
-// time goes: outermost aten ops grouped into conv / matmul / softmax / norm / other.
+// time goes: outermost aten ops and autograd nodes grouped into conv / matmul /
+// softmax / norm / other.
 struct Profile {
   double gflop = 0;
   std::map<std::string, double> ms;
@@ -82,11 +83,13 @@ Profile profile(const std::function<void()>& fn) {
   nn::set_conv_flop_counter(nullptr);
   Profile p;
   p.gflop = conv_flops.load() / 1e9;
-  auto group = [](const std::string& n) -> std::string {
+  // backward nodes count with their forward op's family (ConvolutionBackward0 is conv time)
+  auto group = [](std::string n) -> std::string {
+    std::transform(n.begin(), n.end(), n.begin(), [](unsigned char ch) { return std::tolower(ch); });
     if (n.find("conv") != std::string::npos) return "conv";
-    if (n == "aten::mm" || n == "aten::addmm" || n == "aten::bmm" || n == "aten::baddbmm" || n == "aten::matmul" ||
-        n == "aten::linear" || n == "aten::einsum")
-      return "matmul";
+    for (const char* m : {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
+                          "aten::einsum", "mmbackward", "smallbmm"})
+      if (n == m || (m[0] != 'a' && n.find(m) != std::string::npos)) return "matmul";
     if (n.find("softmax") != std::string::npos) return "softmax";
     if (n.find("norm") != std::string::npos) return "norm";
     return "other";
