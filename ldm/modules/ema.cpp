@@ -24,21 +24,24 @@ LitEma::LitEma(torch::nn::Module& model, double d, bool use_num_updates) {
   }
 }
 
+double lit_ema_decay(double decay, double n) { return std::min(decay, (1 + n) / (10 + n)); }
+
+void lit_ema_step(torch::Tensor& shadow, const torch::Tensor& live, double d) {
+  shadow.sub_((1.0 - d) * (shadow - live));
+}
+
 void LitEma::update(torch::nn::Module& model) {
   torch::NoGradGuard ng;
   double d = decay.item<double>();
   if (num_updates.item<int>() >= 0) {
     num_updates.add_(1);
-    double n = num_updates.item<int>();
-    d = std::min(d, (1 + n) / (10 + n));
+    d = lit_ema_decay(d, num_updates.item<int>());
   }
-  const double one_minus = 1.0 - d;
   auto bufs = named_buffers(false);
   for (auto& p : model.named_parameters()) {
     auto it = m2s_.find(p.key());
     if (it == m2s_.end() || !p.value().requires_grad()) continue;
-    auto& s = bufs[it->second];
-    s.sub_(one_minus * (s - p.value()));
+    lit_ema_step(bufs[it->second], p.value(), d);
   }
 }
 

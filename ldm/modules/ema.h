@@ -12,6 +12,11 @@
 
 namespace ldm {
 
+// LitEma's warm-up rule: the n-th update (n from 1) uses min(decay, (1 + n) / (10 + n)).
+double lit_ema_decay(double decay, double n);
+// One update of a shadow toward the live tensor as LitEma: shadow -= (1 - d) (shadow - live).
+void lit_ema_step(torch::Tensor& shadow, const torch::Tensor& live, double d);
+
 class LitEma : public torch::nn::Module {
  public:
   explicit LitEma(torch::nn::Module& model, double decay = 0.9999, bool use_num_updates = true);

@@ -84,15 +84,14 @@ class LoraTask : public DiffusionTask {
   torch::nn::Module& module() override { return *holder_; }
   std::vector<NamedOptimizer> optimizers() override { return {{"opt0", opt_.get()}}; }
   std::vector<torch::Tensor> params(int) override { return holder_->parameters(); }
-  // LitEma's rule on the adapters: at the n-th update (n from 1) decay min(d, (1 + n) / (10 + n))
+  // LitEma's rule on the adapters (its own buffer names: ema.<adapter>.down/up)
   void after_step() override {
     if (!ema_) return;
     torch::NoGradGuard ng;
     ema_updates_.add_(1);
-    const double n = ema_updates_.item<double>();
-    const double d = std::min(ls_.ema_decay, (1 + n) / (10 + n));
+    const double d = lit_ema_decay(ls_.ema_decay, ema_updates_.item<double>());
     auto live = adapter_tensors();
-    for (size_t i = 0; i < live.size(); ++i) ema_tensors_[i].mul_(d).add_(live[i].detach(), 1 - d);
+    for (size_t i = 0; i < live.size(); ++i) lit_ema_step(ema_tensors_[i], live[i].detach(), d);
   }
   // previews with the EMA adapters, as the base's EMA is used for its samples
   void log_images(const std::string& path, const Batch& b, const Settings& s) override {
