@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <set>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
@@ -87,9 +88,10 @@ Profile profile(const std::function<void()>& fn) {
   auto group = [](std::string n) -> std::string {
     std::transform(n.begin(), n.end(), n.begin(), [](unsigned char ch) { return std::tolower(ch); });
     if (n.find("conv") != std::string::npos) return "conv";
-    for (const char* m : {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear",
-                          "aten::einsum", "mmbackward", "smallbmm"})
-      if (n == m || (m[0] != 'a' && n.find(m) != std::string::npos)) return "matmul";
+    static const std::set<std::string> kMatmulOps = {"aten::mm",     "aten::addmm",  "aten::bmm",   "aten::baddbmm",
+                                                     "aten::matmul", "aten::linear", "aten::einsum"};
+    if (kMatmulOps.count(n) || n.find("mmbackward") != std::string::npos || n.find("smallbmm") != std::string::npos)
+      return "matmul";
     if (n.find("softmax") != std::string::npos) return "softmax";
     if (n.find("norm") != std::string::npos) return "norm";
     return "other";
