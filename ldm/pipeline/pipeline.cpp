@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
 #include <filesystem>
 #include <optional>
 #include <random>
@@ -68,6 +69,8 @@ std::string parameters_text(const GenerateRequest& r, const std::string& prompt_
   else p << ", Discretize: " << r.discretize;
   p << ", CFG scale: " << r.cfg_scale << ", Seed: " << seed << ", Size: " << w << "x" << h
     << ", Model: " << std::filesystem::path(o.model).stem().string();
+  if (r.cfg_sigma_lo > 0 || std::isfinite(r.cfg_sigma_hi))
+    p << ", CFG interval: " << r.cfg_sigma_lo << "-" << r.cfg_sigma_hi;
   if (r.init_image.defined() && !r.mask.defined()) p << ", Denoising strength: " << r.strength;
   if (r.mask.defined()) p << ", Inpainting: masked";
   if (r.sampler == "ddim") p << ", Eta: " << r.eta;
@@ -279,6 +282,7 @@ GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& 
   res.timings.conditioning = since(t0);
 
   GuidedDenoiser d(*m_, c.cond, c.uncond, r.cfg_scale);
+  d.set_interval(r.cfg_sigma_lo, r.cfg_sigma_hi);
   SampleOptions so;
   so.sampler = r.sampler;
   so.steps = r.steps;

@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -31,6 +32,9 @@ struct GenerateRequest {
   std::string sampler = "euler_a", schedule = "discrete", discretize = "uniform";
   int64_t steps = 20;
   double eta = 0.0, cfg_scale = 7.0;
+  // guide only at noise levels cfg_sigma_lo < sigma <= cfg_sigma_hi (the
+  // conditional model alone elsewhere); the default guides every step
+  double cfg_sigma_lo = 0.0, cfg_sigma_hi = std::numeric_limits<double>::infinity();
   // img2img: [C, H, W] float in [0, 1] (resized to the output size); strength 1 ignores it
   torch::Tensor init_image;
   double strength = 0.75;

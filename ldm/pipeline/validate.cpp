@@ -116,6 +116,9 @@ void validate_sampling(const std::string& sampler, int64_t steps, const std::str
 void validate(const GenerateRequest& r, const ModelFacts& m) {
   finite(r.cfg_scale, "cfg scale");
   finite(r.eta, "eta");
+  if (!(r.cfg_sigma_lo >= 0 && std::isfinite(r.cfg_sigma_lo) && r.cfg_sigma_hi > r.cfg_sigma_lo))
+    throw Error("cfg interval: expected 0 <= low < high (sigmas; high may be inf), got " + num(r.cfg_sigma_lo) + ", " +
+                num(r.cfg_sigma_hi));
   finite(r.strength, "strength");
   if (r.batch < 1) throw Error("batch: expected at least 1 image, got " + std::to_string(r.batch));
   if (r.eta < 0) throw Error("eta: expected >= 0, got " + num(r.eta));

@@ -11,6 +11,8 @@
 #include <map>
 #include <optional>
 #include <sstream>
+#include <tuple>
+#include <utility>
 
 #include "ldm/util/memory.h"
 #include "ldm/error.h"
@@ -51,6 +53,7 @@ struct Opts {
                             schedule = "discrete", discretize = "uniform", labels, prompt, negative, vocab;
   int64_t steps = 50, batch = 1, width = 0, height = 0, seed = 42;
   double eta = 0.0, cfg_scale = 1.0;
+  std::string cfg_interval;  // "LO,HI" in sigmas
   bool no_ema = false, no_grid = false, vae_tiling = false;
   std::string prediction, precision = "fp32";
   int64_t vae_tile = 32, vae_overlap = 8;  // latent units (256 px tiles, 64 px overlap for SD)
@@ -66,6 +69,24 @@ struct Opts {
   int nproc = 1;
   int rank = 0, world = 1;   // this process's share: images [n*rank/world, n*(rank+1)/world)
 };
+
+std::pair<double, double> parse_interval(const std::string& s) {
+  const auto comma = s.find(',');
+  auto bad = [&] { return Error("--cfg-interval: expected LO,HI in sigmas (for example 0.5,10 or 1,inf), got \"" + s + "\""); };
+  if (comma == std::string::npos) throw bad();
+  auto number = [&](const std::string& t) {
+    size_t used = 0;
+    double v = 0;
+    try {
+      v = std::stod(t, &used);
+    } catch (const std::exception&) {
+      throw bad();
+    }
+    if (used != t.size()) throw bad();
+    return v;
+  };
+  return {number(s.substr(0, comma)), number(s.substr(comma + 1))};
+}
 
 std::vector<std::string> read_prompts(const std::string& file) {
   std::ifstream in(file);
@@ -135,6 +156,7 @@ pipeline::GenerateRequest request(const Opts& o, pipeline::Pipeline& p) {
   r.steps = o.steps;
   r.eta = o.eta;
   r.cfg_scale = o.cfg_scale;
+  if (!o.cfg_interval.empty()) std::tie(r.cfg_sigma_lo, r.cfg_sigma_hi) = parse_interval(o.cfg_interval);
   r.strength = o.strength;
   if (!o.init_noise.empty()) r.init_noise = load_tensor_arg(o.init_noise, "--init-noise");
   if (!o.cond.empty()) r.cond = load_tensor_arg(o.cond, "--cond");
@@ -262,6 +284,8 @@ void add_generate(CLI::App& app, const std::string& mode) {
   sub->add_option("--schedule", o->schedule, "sigma schedule of euler/euler_a/heun/dpm++2m: discrete, karras")->capture_default_str();
   sub->add_option("--discretize", o->discretize, "timestep spacing of ddim/plms/ddpm/dpm_solver++: uniform, quad")->capture_default_str();
   sub->add_option("--cfg-scale", o->cfg_scale, "classifier-free guidance scale (1 = off)")->capture_default_str();
+  sub->add_option("--cfg-interval", o->cfg_interval,
+                  "guide only at noise levels LO < sigma <= HI, as LO,HI (HI may be inf); the conditional model elsewhere");
   sub->add_option("--seed,-s", o->seed, "seed (noise equals torch.manual_seed(seed); torch.randn on CPU)")->capture_default_str();
   sub->add_option("-b,--batch", o->batch, "images")->capture_default_str();
   sub->add_option("--class", o->labels, "class label, or one per image separated by commas");

@@ -1,7 +1,10 @@
 #include <torch/torch.h>
 
 #include <cmath>
+#include <cstdio>
+#include <string>
 
+#include "ldm/error.h"
 #include "ldm/models/diffusion/samplers/sampler.h"
 
 namespace ldm {
@@ -10,6 +13,11 @@ namespace {
 torch::Tensor cat2(const torch::Tensor& a, const torch::Tensor& b) {
   if (!a.defined() && !b.defined()) return {};
   return torch::cat({a, b}, 0);
+}
+std::string fmt(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%g", v);
+  return b;
 }
 }  // namespace
 
@@ -25,6 +33,13 @@ GuidedDenoiser::GuidedDenoiser(LatentDiffusion& m, Cond c, Cond u, double s)
   if (guided_) both_ = {cat2(uncond_.crossattn, cond_.crossattn), cat2(uncond_.concat, cond_.concat), cat2(uncond_.y, cond_.y)};
 }
 
+void GuidedDenoiser::set_interval(double lo, double hi) {
+  if (!(lo >= 0 && hi > lo))
+    throw Error("guidance interval: expected 0 <= sigma_lo < sigma_hi, got " + fmt(lo) + ", " + fmt(hi));
+  sigma_lo_ = lo;
+  sigma_hi_ = hi;
+}
+
 torch::Tensor GuidedDenoiser::eps(const torch::Tensor& x, double t, double alpha) {
   ++calls;
   // Integer timesteps go in as int64 like the reference samplers; sigma-space
@@ -33,7 +48,8 @@ torch::Tensor GuidedDenoiser::eps(const torch::Tensor& x, double t, double alpha
   auto topt = torch::TensorOptions().device(x.device()).dtype(integral ? torch::kInt64 : torch::kFloat32);
   const int64_t n = x.size(0);
   torch::Tensor out;
-  if (guided_) {
+  const double sigma = std::sqrt((1 - alpha) / alpha);
+  if (guided_ && sigma > sigma_lo_ && sigma <= sigma_hi_) {
     auto x_in = torch::cat({x, x}, 0);
     auto both = m_.apply_model(x_in, torch::full({2 * n}, t, topt), both_).chunk(2, 0);
     out = both[0] + scale_ * (both[1] - both[0]);

@@ -1,0 +1,100 @@
+// Classifier-free guidance restricted to a sigma interval: inside it the
+// denoiser equals out_u + s (out_c - out_u), outside it the conditional model
+// alone; both computed here from separate UNet calls.
+#include <gtest/gtest.h>
+#include <torch/torch.h>
+
+#include <cmath>
+#include <limits>
+
+#include "ldm/error.h"
+#include "ldm/models/diffusion/samplers/sampler.h"
+#include "ldm/models/registry.h"
+#include "ldm/util/config.h"
+#include "tests/testing.h"
+
+using namespace ldm;
+
+namespace {
+std::shared_ptr<LatentDiffusion> tiny_model() {
+  const char* cfg = R"(target: ldm.models.diffusion.ddpm.LatentDiffusion
+params:
+  timesteps: 1000
+  image_size: 8
+  channels: 4
+  conditioning_key: crossattn
+  first_stage_config: {target: ldm.models.autoencoder.IdentityFirstStage}
+  cond_stage_config: {target: torch.nn.Identity}
+  unet_config:
+    target: ldm.modules.diffusionmodules.openaimodel.UNetModel
+    params: {image_size: 8, in_channels: 4, out_channels: 4, model_channels: 32, attention_resolutions: [1],
+             num_res_blocks: 1, channel_mult: [1], num_head_channels: 32, use_spatial_transformer: true,
+             context_dim: 16, legacy: false}
+)";
+  auto m = instantiate_as<LatentDiffusion>(parse_yaml(cfg, "guidance"), "guidance");
+  m->eval();
+  // the reference zero-initialises the output layers: random weights make the
+  // conditional and unconditional predictions differ
+  torch::NoGradGuard ng;
+  for (auto& p : m->unet()->parameters()) p.copy_(torch::randn_like(p) * 0.2);
+  return m;
+}
+
+double sigma_at(double alpha) { return std::sqrt((1 - alpha) / alpha); }
+}  // namespace
+
+TEST(GuidanceInterval, GuidesInsideAndRunsConditionalOutside) {
+  torch::manual_seed(3);
+  auto m = tiny_model();
+  torch::NoGradGuard ng;
+  auto c = torch::randn({2, 3, 16}), u = torch::zeros({2, 3, 16});
+  auto x = torch::randn({2, 4, 8, 8});
+  const double scale = 4.0, lo = 1.0, hi = 5.0;
+  GuidedDenoiser d(*m, Cond{c}, Cond{u}, scale);
+  d.set_interval(lo, hi);
+  auto alphas = m->schedule().alphas_cumprod;
+  int inside = 0, outside = 0;
+  for (int64_t t : {20, 300, 450, 600, 700, 900}) {
+    const double a = alphas[t].item<double>(), s = sigma_at(a);
+    auto ts = torch::full({2}, t, torch::kInt64);
+    auto ec = m->apply_model(x, ts, Cond{c}), eu = m->apply_model(x, ts, Cond{u});
+    auto want = (s > lo && s <= hi) ? eu + scale * (ec - eu) : ec;
+    (s > lo && s <= hi ? inside : outside) += 1;
+    test::expect_close(d.eps(x, t), want, 1e-4, 1e-5, "t " + std::to_string(t) + " sigma " + std::to_string(s));
+  }
+  EXPECT_GT((m->apply_model(x, torch::full({2}, 300, torch::kInt64), Cond{c}) -
+             m->apply_model(x, torch::full({2}, 300, torch::kInt64), Cond{u})).abs().max().item<double>(), 1e-3);
+  EXPECT_GE(inside, 2);  // the timesteps span both sides of the interval
+  EXPECT_GE(outside, 2);
+}
+
+TEST(GuidanceInterval, WholeRangeEqualsPlainGuidanceAndEmptyEqualsScaleOne) {
+  torch::manual_seed(4);
+  auto m = tiny_model();
+  torch::NoGradGuard ng;
+  auto c = torch::randn({1, 3, 16}), u = torch::zeros({1, 3, 16});
+  auto noise = torch::randn({1, 4, 8, 8});
+  auto run = [&](double scale, double lo, double hi, bool set) {
+    GuidedDenoiser d(*m, Cond{c}, Cond{u}, scale);
+    if (set) d.set_interval(lo, hi);
+    SampleOptions o;
+    o.sampler = "dpm++2m";
+    o.schedule = "karras";
+    o.steps = 6;
+    return sample(d, noise, o);
+  };
+  const double inf = std::numeric_limits<double>::infinity();
+  auto plain = run(3.0, 0, inf, false);
+  EXPECT_TRUE(torch::equal(run(3.0, 0, inf, true), plain));
+  EXPECT_TRUE(torch::equal(run(3.0, 1e6, 2e6, true), run(1.0, 0, inf, false)));  // no step inside
+  EXPECT_GT((run(3.0, 0.5, 5.0, true) - plain).abs().max().item<double>(), 1e-4);
+}
+
+TEST(GuidanceInterval, RefusesAnEmptyOrNegativeInterval) {
+  auto m = tiny_model();
+  GuidedDenoiser d(*m, Cond{torch::zeros({1, 3, 16})}, Cond{torch::zeros({1, 3, 16})}, 2.0);
+  EXPECT_THROW(d.set_interval(5.0, 1.0), Error);
+  EXPECT_THROW(d.set_interval(-1.0, 1.0), Error);
+  EXPECT_THROW(d.set_interval(2.0, 2.0), Error);
+  EXPECT_THROW(d.set_interval(std::nan(""), 2.0), Error);
+}
