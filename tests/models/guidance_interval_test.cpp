@@ -11,27 +11,14 @@
 #include "ldm/models/diffusion/samplers/sampler.h"
 #include "ldm/models/registry.h"
 #include "ldm/util/config.h"
+#include "tests/models/tiny_ldm.h"
 #include "tests/testing.h"
 
 using namespace ldm;
 
 namespace {
 std::shared_ptr<LatentDiffusion> tiny_model() {
-  const char* cfg = R"(target: ldm.models.diffusion.ddpm.LatentDiffusion
-params:
-  timesteps: 1000
-  image_size: 8
-  channels: 4
-  conditioning_key: crossattn
-  first_stage_config: {target: ldm.models.autoencoder.IdentityFirstStage}
-  cond_stage_config: {target: torch.nn.Identity}
-  unet_config:
-    target: ldm.modules.diffusionmodules.openaimodel.UNetModel
-    params: {image_size: 8, in_channels: 4, out_channels: 4, model_channels: 32, attention_resolutions: [1],
-             num_res_blocks: 1, channel_mult: [1], num_head_channels: 32, use_spatial_transformer: true,
-             context_dim: 16, legacy: false}
-)";
-  auto m = instantiate_as<LatentDiffusion>(parse_yaml(cfg, "guidance"), "guidance");
+  auto m = instantiate_as<LatentDiffusion>(parse_yaml(test::tiny_ldm_yaml(), "guidance"), "guidance");
   m->eval();
   // the reference zero-initialises the output layers: random weights make the
   // conditional and unconditional predictions differ

@@ -4,6 +4,7 @@
 #include "ldm/util/config.h"
 #include "ldm/models/registry.h"
 #include "ldm/io/state_dict.h"
+#include "tests/models/tiny_ldm.h"
 #include "tests/testing.h"
 
 using namespace ldm;
@@ -76,21 +77,7 @@ TEST(TrainingLossParity, EpsAndV) {
 // The 9-channel inpainting UNet (SD inpainting checkpoints): latents,
 // mask and masked-image latents concatenated (hybrid conditioning), guided.
 TEST(Sampler, NineChannelInpaintingUNet) {
-  const char* cfg = R"(target: ldm.models.diffusion.ddpm.LatentDiffusion
-params:
-  timesteps: 1000
-  image_size: 8
-  channels: 4
-  conditioning_key: hybrid
-  first_stage_config: {target: ldm.models.autoencoder.IdentityFirstStage}
-  cond_stage_config: {target: torch.nn.Identity}
-  unet_config:
-    target: ldm.modules.diffusionmodules.openaimodel.UNetModel
-    params: {image_size: 8, in_channels: 9, out_channels: 4, model_channels: 32, attention_resolutions: [1],
-             num_res_blocks: 1, channel_mult: [1], num_head_channels: 32, use_spatial_transformer: true,
-             context_dim: 16, legacy: false}
-)";
-  auto m = instantiate_as<LatentDiffusion>(parse_yaml(cfg, "inpaint"), "inpaint");
+  auto m = instantiate_as<LatentDiffusion>(parse_yaml(test::tiny_ldm_yaml("", "hybrid", 9), "inpaint"), "inpaint");
   m->eval();
   torch::NoGradGuard ng;
   auto mask = torch::zeros({2, 1, 8, 8});

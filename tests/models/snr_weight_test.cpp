@@ -3,28 +3,14 @@
 #include "ldm/models/diffusion/ddpm.h"
 #include "ldm/models/registry.h"
 #include "ldm/util/config.h"
+#include "tests/models/tiny_ldm.h"
 #include "tests/testing.h"
 
 using namespace ldm;
 
 namespace {
 std::shared_ptr<LatentDiffusion> tiny(const std::string& param, const std::string& gamma) {
-  std::string cfg = R"(target: ldm.models.diffusion.ddpm.LatentDiffusion
-params:
-  timesteps: 1000
-  image_size: 8
-  channels: 4
-  parameterization: )" + param + R"(
-  snr_gamma: )" + gamma + R"(
-  conditioning_key: crossattn
-  first_stage_config: {target: ldm.models.autoencoder.IdentityFirstStage}
-  cond_stage_config: {target: torch.nn.Identity}
-  unet_config:
-    target: ldm.modules.diffusionmodules.openaimodel.UNetModel
-    params: {image_size: 8, in_channels: 4, out_channels: 4, model_channels: 32, attention_resolutions: [1],
-             num_res_blocks: 1, channel_mult: [1], num_head_channels: 32, use_spatial_transformer: true,
-             context_dim: 16, legacy: false}
-)";
+  auto cfg = test::tiny_ldm_yaml("  parameterization: " + param + "\n  snr_gamma: " + gamma);
   torch::manual_seed(5);
   auto m = instantiate_as<LatentDiffusion>(parse_yaml(cfg, "snr"), "snr");
   m->eval();
