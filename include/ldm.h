@@ -69,6 +69,9 @@ typedef struct ldm_generate_params {
   const ldm_image* mask;       /* NULL, or white (>= 128) = repaint; needs init_image */
   ldm_progress_fn progress;    /* NULL: none */
   void* user;                  /* passed to progress */
+  /* guide only where cfg_sigma_lo < sigma <= cfg_sigma_hi (noise levels; the
+   * conditional model alone elsewhere); default 0 and INFINITY: every step */
+  float cfg_sigma_lo, cfg_sigma_hi;
 } ldm_generate_params;
 
 LDM_API void ldm_load_params_init(ldm_load_params* p);

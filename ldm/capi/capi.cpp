@@ -5,6 +5,7 @@
 #include <torch/torch.h>
 
 #include <cstring>
+#include <limits>
 #include <memory>
 #include <string>
 
@@ -54,6 +55,8 @@ ldm::pipeline::GenerateRequest request(const ldm_generate_params& g) {
   r.height = g.height;
   r.steps = g.steps;
   r.cfg_scale = g.cfg_scale;
+  r.cfg_sigma_lo = g.cfg_sigma_lo;
+  r.cfg_sigma_hi = g.cfg_sigma_hi;
   r.seed = g.seed;
   r.sampler = str(g.sampler, "euler_a");
   r.schedule = str(g.schedule, "discrete");
@@ -103,6 +106,7 @@ void ldm_generate_params_init(ldm_generate_params* p) {
   p->schedule = "discrete";
   p->batch_count = 1;
   p->strength = 0.75f;
+  p->cfg_sigma_hi = std::numeric_limits<float>::infinity();
 }
 
 int ldm_generate(ldm_pipeline* p, const ldm_generate_params* g, ldm_image** images, int* count) {

@@ -50,6 +50,13 @@ int main(int argc, char** argv) {
   if (ldm_generate(p, &gp, &images, &count) != 1 || strstr(ldm_last_error(), "cfg scale") == NULL || images != NULL)
     return fail("cfg scale NaN must be refused");
   gp.cfg_scale = 7.0f;
+  if (!isinf(gp.cfg_sigma_hi) || gp.cfg_sigma_lo != 0.0f) return fail("the default guidance interval is every step");
+  gp.cfg_sigma_lo = 5.0f;
+  gp.cfg_sigma_hi = 1.0f;
+  if (ldm_generate(p, &gp, &images, &count) != 1 || strstr(ldm_last_error(), "cfg interval") == NULL)
+    return fail("a reversed guidance interval must be refused");
+  gp.cfg_sigma_lo = 0.0f;
+  gp.cfg_sigma_hi = INFINITY;
   gp.width = -64;
   if (ldm_generate(p, &gp, &images, &count) != 1 || strstr(ldm_last_error(), "width") == NULL)
     return fail("width -64 must be refused");
