@@ -7,6 +7,7 @@
 #include <regex>
 
 #include "ldm/error.h"
+#include "ldm/util/number.h"
 
 namespace ldm {
 
@@ -259,12 +260,8 @@ std::pair<std::string, double> parse_lora_arg(const std::string& spec) {
   auto colon = spec.rfind(':');
   if (colon == std::string::npos || colon == 0) return {spec, 1.0};
   const std::string num = spec.substr(colon + 1);
-  try {
-    size_t used = 0;
-    double m = std::stod(num, &used);
-    if (used == num.size() && std::isfinite(m)) return {spec.substr(0, colon), m};
-  } catch (const std::exception&) {
-  }
+  auto m = parse_double(num);
+  if (m && std::isfinite(*m)) return {spec.substr(0, colon), *m};
   throw Error("--lora " + spec + ": expected FILE or FILE:MULTIPLIER with a finite number");
 }
 

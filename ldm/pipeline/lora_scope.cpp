@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "ldm/error.h"
+#include "ldm/util/number.h"
 #include "ldm/io/ckpt.h"
 #include "ldm/models/lora.h"
 
@@ -29,12 +30,8 @@ std::string resolve_name(const std::string& name, const std::string& dir) {
 }
 
 double number(const std::string& s, const std::string& tag) {
-  try {
-    size_t used = 0;
-    double v = std::stod(s, &used);
-    if (used == s.size() && std::isfinite(v)) return v;
-  } catch (const std::exception&) {
-  }
+  auto v = parse_double(s);
+  if (v && std::isfinite(*v)) return *v;
   throw Error(tag + ": expected a finite multiplier, got \"" + s + "\"");
 }
 

@@ -3,22 +3,17 @@
 #include <cmath>
 #include <algorithm>
 #include <fstream>
-#include <sstream>
 
 #include "ldm/error.h"
+#include "ldm/util/number.h"
 #include "ldm/models/diffusion/samplers/sampler.h"
 #include "ldm/modules/diffusionmodules/util.h"
 
 namespace ldm::pipeline {
 
 namespace {
-std::string num(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
 void finite(double v, const char* what) {
-  if (!std::isfinite(v)) throw Error(std::string(what) + ": expected a finite number, got " + num(v));
+  if (!std::isfinite(v)) throw Error(std::string(what) + ": expected a finite number, got " + format_number(v));
 }
 void side(int64_t v, const ModelFacts& m, const char* what) {
   if (v <= 0) throw Error(std::string(what) + ": expected a positive number of pixels, got " + std::to_string(v));
@@ -117,11 +112,11 @@ void validate(const GenerateRequest& r, const ModelFacts& m) {
   finite(r.cfg_scale, "cfg scale");
   finite(r.eta, "eta");
   if (!(r.cfg_sigma_lo >= 0 && std::isfinite(r.cfg_sigma_lo) && r.cfg_sigma_hi > r.cfg_sigma_lo))
-    throw Error("cfg interval: expected 0 <= low < high (sigmas; high may be inf), got " + num(r.cfg_sigma_lo) + ", " +
-                num(r.cfg_sigma_hi));
+    throw Error("cfg interval: expected 0 <= low < high (sigmas; high may be inf), got " + format_number(r.cfg_sigma_lo) + ", " +
+                format_number(r.cfg_sigma_hi));
   finite(r.strength, "strength");
   if (r.batch < 1) throw Error("batch: expected at least 1 image, got " + std::to_string(r.batch));
-  if (r.eta < 0) throw Error("eta: expected >= 0, got " + num(r.eta));
+  if (r.eta < 0) throw Error("eta: expected >= 0, got " + format_number(r.eta));
   if (r.seed < -1) throw Error("seed: expected >= 0, or -1 for a random seed, got " + std::to_string(r.seed));
   if (r.schedule != "discrete" && r.schedule != "karras")
     throw Error("schedule: expected discrete or karras, got \"" + r.schedule + "\"");
@@ -138,7 +133,7 @@ void validate(const GenerateRequest& r, const ModelFacts& m) {
     side(h, m, "height");
   }
   if (r.init_image.defined()) {
-    if (r.strength <= 0 || r.strength > 1) throw Error("strength: expected in (0, 1], got " + num(r.strength));
+    if (r.strength <= 0 || r.strength > 1) throw Error("strength: expected in (0, 1], got " + format_number(r.strength));
     if (r.init_image.dim() != 3 || (r.init_image.size(0) != 1 && r.init_image.size(0) != 3) || r.init_image.numel() == 0)
       throw Error("init image: expected [C, H, W] with 1 or 3 channels, got " + c10::str(r.init_image.sizes()));
   }
@@ -150,8 +145,8 @@ void validate(const GenerateRequest& r, const ModelFacts& m) {
   conditioning(r, m);
   const double need = estimated_bytes(r, m), have = available_bytes();
   if (need > have)
-    throw Error("request too large: about " + num(std::round(need / 1e8) / 10) + " GB needed, " +
-                num(std::round(have / 1e8) / 10) + " GB available (fewer images per batch, a smaller size, or VAE tiling)");
+    throw Error("request too large: about " + format_number(std::round(need / 1e8) / 10) + " GB needed, " +
+                format_number(std::round(have / 1e8) / 10) + " GB available (fewer images per batch, a smaller size, or VAE tiling)");
 }
 
 }  // namespace ldm::pipeline

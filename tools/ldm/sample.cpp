@@ -15,6 +15,7 @@
 #include <utility>
 
 #include "ldm/util/memory.h"
+#include "ldm/util/number.h"
 #include "ldm/error.h"
 #include "ldm/io/image.h"
 #include "ldm/io/image_file.h"
@@ -75,15 +76,9 @@ std::pair<double, double> parse_interval(const std::string& s) {
   auto bad = [&] { return Error("--cfg-interval: expected LO,HI in sigmas (for example 0.5,10 or 1,inf), got \"" + s + "\""); };
   if (comma == std::string::npos) throw bad();
   auto number = [&](const std::string& t) {
-    size_t used = 0;
-    double v = 0;
-    try {
-      v = std::stod(t, &used);
-    } catch (const std::exception&) {
-      throw bad();
-    }
-    if (used != t.size()) throw bad();
-    return v;
+    auto v = parse_double(t);
+    if (!v) throw bad();
+    return *v;
   };
   return {number(s.substr(0, comma)), number(s.substr(comma + 1))};
 }

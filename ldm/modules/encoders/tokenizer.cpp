@@ -11,6 +11,7 @@
 #include <sstream>
 
 #include "ldm/error.h"
+#include "ldm/util/number.h"
 
 namespace fs = std::filesystem;
 
@@ -420,14 +421,9 @@ std::vector<std::pair<std::string, double>> parse_prompt_weights(const std::stri
       double w = 1.1;
       auto colon = cur.rfind(':');
       if (colon != std::string::npos) {
-        try {
-          size_t used = 0;
-          double v = std::stod(cur.substr(colon + 1), &used);
-          if (used == cur.size() - colon - 1) {
-            w = v;
-            cur.resize(colon);
-          }
-        } catch (const std::exception&) {
+        if (auto v = parse_double(cur.substr(colon + 1))) {
+          w = *v;
+          cur.resize(colon);
         }
       }
       flush();

@@ -1,10 +1,10 @@
 #include <torch/torch.h>
 
 #include <cmath>
-#include <cstdio>
 #include <string>
 
 #include "ldm/error.h"
+#include "ldm/util/number.h"
 #include "ldm/models/diffusion/samplers/sampler.h"
 
 namespace ldm {
@@ -13,11 +13,6 @@ namespace {
 torch::Tensor cat2(const torch::Tensor& a, const torch::Tensor& b) {
   if (!a.defined() && !b.defined()) return {};
   return torch::cat({a, b}, 0);
-}
-std::string fmt(double v) {
-  char b[32];
-  std::snprintf(b, sizeof b, "%g", v);
-  return b;
 }
 }  // namespace
 
@@ -35,7 +30,7 @@ GuidedDenoiser::GuidedDenoiser(LatentDiffusion& m, Cond c, Cond u, double s)
 
 void GuidedDenoiser::set_interval(double lo, double hi) {
   if (!(lo >= 0 && hi > lo))
-    throw Error("guidance interval: expected 0 <= sigma_lo < sigma_hi, got " + fmt(lo) + ", " + fmt(hi));
+    throw Error("guidance interval: expected 0 <= sigma_lo < sigma_hi, got " + format_number(lo) + ", " + format_number(hi));
   sigma_lo_ = lo;
   sigma_hi_ = hi;
 }
