@@ -6,12 +6,8 @@
 // invocation when given: the original PyTorch code (--reference CHECKOUT, as
 // is and with tcmalloc preloaded), diffusers on PyTorch 2.x (--peers-venv DIR)
 // and a stable-diffusion.cpp binary (--sdcpp).
-#include <spawn.h>
-#include <sys/resource.h>
-#include <sys/wait.h>
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <set>
@@ -40,9 +36,9 @@
 #include "ldm/models/registry.h"
 #include "ldm/util/autocast.h"
 #include "ldm/util/progress.h"
+#include "tools/ldm/bench_sdcpp.h"
+#include "tools/ldm/bench_spawn.h"
 #include "tools/ldm/commands.h"
-
-extern char** environ;
 
 namespace ldm::cli {
 namespace {
@@ -288,47 +284,6 @@ json run_child_work(const Opts& o) {
   throw Error("bench: unknown work \"" + w + "\"");
 }
 
-struct Spawned {
-  int status = 0;
-  double wall_s = 0, peak_gb = 0;
-  std::string out;
-};
-
-// Runs argv (with extra environment), capturing stdout+stderr; peak RSS from wait4.
-Spawned spawn(const std::vector<std::string>& args, const std::vector<std::string>& env_extra = {}) {
-  std::vector<char*> argv, envp;
-  for (auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  std::vector<std::string> env;
-  for (char** e = environ; *e; ++e) env.push_back(*e);
-  for (auto& e : env_extra) env.push_back(e);
-  for (auto& e : env) envp.push_back(e.data());
-  envp.push_back(nullptr);
-  int fds[2];
-  if (pipe(fds) != 0) throw Error("bench: pipe failed");
-  posix_spawn_file_actions_t fa;
-  posix_spawn_file_actions_init(&fa);
-  posix_spawn_file_actions_adddup2(&fa, fds[1], 1);
-  posix_spawn_file_actions_adddup2(&fa, fds[1], 2);
-  posix_spawn_file_actions_addclose(&fa, fds[0]);
-  pid_t pid;
-  const auto t0 = Clock::now();
-  if (posix_spawnp(&pid, args[0].c_str(), &fa, nullptr, argv.data(), envp.data()) != 0)
-    throw Error("bench: cannot start " + args[0]);
-  close(fds[1]);
-  Spawned s;
-  char buf[4096];
-  ssize_t n;
-  while ((n = read(fds[0], buf, sizeof buf)) > 0) s.out.append(buf, n);
-  close(fds[0]);
-  rusage ru{};
-  wait4(pid, &s.status, 0, &ru);
-  s.wall_s = seconds_since(t0);
-  s.peak_gb = ru.ru_maxrss / 1048576.0;
-  return s;
-}
-
-bool ok(const Spawned& s) { return WIFEXITED(s.status) && WEXITSTATUS(s.status) == 0; }
 
 // The JSON line a child printed after "RESULT ".
 json result_of(const Spawned& s, const std::string& what) {
@@ -342,7 +297,6 @@ json result_of(const Spawned& s, const std::string& what) {
   return r;
 }
 
-std::string self_exe() { return fs::read_symlink("/proc/self/exe").string(); }
 
 std::string find_tcmalloc() {
   for (const char* p : {"/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4"})
@@ -444,6 +398,8 @@ void run_bench(const Opts& o) {
     }
   }
   const std::string tcm = find_tcmalloc();
+  std::unique_ptr<SdcppPeer> sdcpp;
+  if (!o.sdcpp.empty()) sdcpp = std::make_unique<SdcppPeer>(o.sdcpp, ensure_weights(o.weights, "fp32"), torch::get_num_threads());
   json all = json::object();
   std::printf("%-58s %9s %9s %8s %s\n", "work (SD 1.5 shapes, fp32, random weights)", "median s", "GFLOP/s", "peak GB",
               "peers (s, ours/theirs)");
@@ -493,20 +449,7 @@ void run_bench(const Opts& o) {
       }
     }
     run_peer(o, name, r, peers);
-    if (!o.sdcpp.empty() && name == "txt2img256") {
-      auto s = spawn({o.sdcpp, "-m", o.weights.empty() ? ensure_weights("", "fp32") : o.weights, "-p",
-                      "a lighthouse at dusk, oil painting", "-W", "256", "-H", "256", "--steps", "5", "--cfg-scale", "7",
-                      "-t", std::to_string(torch::get_num_threads()), "-o",
-                      (fs::temp_directory_path() / "ldm_bench_sdcpp.png").string()});
-      if (ok(s)) {
-        r["sdcpp"] = {{"median_s", s.wall_s}, {"peak_gb", s.peak_gb}};
-        char b[96];
-        std::snprintf(b, sizeof b, "sd.cpp %.2f (x%.2f) ", s.wall_s, r["median_s"].get<double>() / s.wall_s);
-        peers += b;
-      } else {
-        peers += "sd.cpp failed ";
-      }
-    }
+    if (sdcpp) sdcpp->add(name, r, peers);
     char gf[32] = "-";
     if (r.contains("gflops_per_s")) std::snprintf(gf, sizeof gf, "%.1f", r["gflops_per_s"].get<double>());
     std::printf("%-58s %9.3f %9s %8.2f %s\n", desc.c_str(), r["median_s"].get<double>(), gf, r["peak_gb"].get<double>(),
@@ -554,7 +497,7 @@ void add_bench(CLI::App& app) {
   sub->add_option("--vocab", o->vocab, "CLIP vocabulary for txt2img (default: beside the weights)");
   sub->add_option("--reference", o->reference, "checkout of Stability-AI/stablediffusion or CompVis/latent-diffusion");
   sub->add_option("--python", o->python, "python with torch for --reference")->capture_default_str();
-  sub->add_option("--sdcpp", o->sdcpp, "stable-diffusion.cpp's sd binary");
+  sub->add_option("--sdcpp", o->sdcpp, "stable-diffusion.cpp's CLI (sd or sd-cli): its UNet step, VAE decode and txt2img on the same weights");
   sub->add_option("--peers-venv", o->peers_venv,
                   "virtual environment with PyTorch 2.x and diffusers (bench/setup_peers.sh): the same works in diffusers");
   sub->add_option("--fashion-config", o->fashion_config, "config of the train_fashion work")->capture_default_str();

@@ -1,0 +1,70 @@
+#include "tools/ldm/bench_sdcpp.h"
+
+#include <cstdio>
+#include <filesystem>
+#include <regex>
+
+#include "tools/ldm/bench_spawn.h"
+
+namespace ldm::cli {
+using json = nlohmann::json;
+
+json parse_sdcpp_log(const std::string& log) {
+  json r = json::object();
+  // progress lines end "N/N - 12.34s/it" (or "1.50it/s"), each the time of that step alone
+  static const std::regex step(R"(([0-9]+(?:\.[0-9]+)?)(s/it|it/s))");
+  for (auto it = std::sregex_iterator(log.begin(), log.end(), step); it != std::sregex_iterator(); ++it) {
+    const double v = std::stod((*it)[1]);
+    r["step_s"] = (*it)[2] == "it/s" ? 1 / v : v;
+  }
+  std::smatch m;
+  static const std::regex sampling(R"(sampling completed, taking ([0-9.]+)s)");
+  if (std::regex_search(log, m, sampling)) r["sampling_s"] = std::stod(m[1]);
+  static const std::regex decode(R"(decode_first_stage completed, taking ([0-9.]+)s)");
+  if (std::regex_search(log, m, decode)) r["decode_s"] = std::stod(m[1]);
+  return r;
+}
+
+SdcppPeer::SdcppPeer(std::string bin, std::string weights, int threads)
+    : bin_(std::move(bin)), weights_(std::move(weights)), threads_(threads) {}
+
+json SdcppPeer::run(int side, int steps) {
+  auto found = runs_.find(side);
+  if (found != runs_.end()) return found->second;
+  const std::string n = std::to_string(side);
+  // ours: euler_a, CFG 7, the same prompt (ldm bench's txt2img works)
+  auto s = spawn({bin_, "-m", weights_, "-p", "a lighthouse at dusk, oil painting", "-W", n, "-H", n, "--steps",
+                  std::to_string(steps), "--cfg-scale", "7", "--sampling-method", "euler_a", "-t",
+                  std::to_string(threads_), "-o",
+                  (std::filesystem::temp_directory_path() / "ldm_bench_sdcpp.png").string()});
+  json r = ok(s) ? parse_sdcpp_log(s.out) : json{{"error", s.out.substr(s.out.size() > 400 ? s.out.size() - 400 : 0)}};
+  r["wall_s"] = s.wall_s;
+  r["peak_gb"] = s.peak_gb;
+  r["steps"] = steps;
+  return runs_[side] = r;
+}
+
+void SdcppPeer::add(const std::string& work, json& r, std::string& peers) {
+  const char* key = nullptr;
+  int side = 0;
+  if (work == "unet256" || work == "unet512") key = "step_s";
+  else if (work == "vae256" || work == "vae512") key = "decode_s";
+  else if (work == "txt2img256") key = "wall_s";
+  else return;
+  side = work.find("512") != std::string::npos ? 512 : 256;
+  // 256: the 5 steps of our txt2img work; 512: 3 (its figures are per step or per decode)
+  json s = run(side, side == 256 ? 5 : 3);
+  if (s.contains("error") || !s.contains(key)) {
+    r["sdcpp"] = s;
+    peers += "sd.cpp failed ";
+    return;
+  }
+  const double t = s[key].get<double>();
+  r["sdcpp"] = {{"median_s", t}, {"from", key}, {"run", s}};
+  if (work == "txt2img256") r["sdcpp"]["peak_gb"] = s["peak_gb"];
+  char b[96];
+  std::snprintf(b, sizeof b, "sd.cpp %.2f (x%.2f) ", t, r["median_s"].get<double>() / t);
+  peers += b;
+}
+
+}  // namespace ldm::cli
