@@ -114,6 +114,16 @@ TEST(Cli, BadInputGivesOneLineError) {
   EXPECT_FALSE(std::filesystem::exists(dir + "/x.safetensors"));
   r = run("frobnicate");
   EXPECT_NE(r.rc, 0);
+  // a missing peer is refused before any work runs
+  for (const auto& [flag, want] : std::vector<std::pair<std::string, std::string>>{
+           {"--sdcpp " + dir + "/no-sd-cli", "ldm: error: --sdcpp " + dir + "/no-sd-cli: not an executable file"},
+           {"--peers-venv " + dir, "ldm: error: --peers-venv " + dir + ": no bin/python in it"},
+           {"--reference " + dir + "/none", "ldm: error: --reference " + dir + "/none: not a directory"}}) {
+    r = run("bench --only peak_gemm " + flag);
+    EXPECT_EQ(r.rc, 1) << flag;
+    EXPECT_NE(r.out.find(want), std::string::npos) << r.out;
+    EXPECT_EQ(r.out.find("sgemm"), std::string::npos) << r.out;  // no work ran
+  }
 }
 
 // ldm sample with the reference's noise and conditioning injected reproduces

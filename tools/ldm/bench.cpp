@@ -8,6 +8,7 @@
 // and a stable-diffusion.cpp binary (--sdcpp).
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <set>
@@ -382,6 +383,16 @@ void print_fraction_of_peak(const json& all) {
   }
 }
 
+// A peer given but missing fails at once, not after minutes of our own works.
+void check_peer_paths(const Opts& o) {
+  if (!o.sdcpp.empty() && access(o.sdcpp.c_str(), X_OK) != 0)
+    throw Error("--sdcpp " + o.sdcpp + ": not an executable file (bench/setup_sdcpp.sh builds stable-diffusion.cpp's sd-cli)");
+  if (!o.peers_venv.empty() && access((fs::path(o.peers_venv) / "bin" / "python").c_str(), X_OK) != 0)
+    throw Error("--peers-venv " + o.peers_venv + ": no bin/python in it (bench/setup_peers.sh makes the environment)");
+  if (!o.reference.empty() && !fs::is_directory(o.reference))
+    throw Error("--reference " + o.reference + ": not a directory (a checkout of the original code)");
+}
+
 void run_bench(const Opts& o) {
   std::vector<std::string> works;
   if (o.only.empty()) {
@@ -397,6 +408,7 @@ void run_bench(const Opts& o) {
       works.push_back(k);
     }
   }
+  check_peer_paths(o);
   const std::string tcm = find_tcmalloc();
   std::unique_ptr<SdcppPeer> sdcpp;
   if (!o.sdcpp.empty()) sdcpp = std::make_unique<SdcppPeer>(o.sdcpp, ensure_weights(o.weights, "fp32"), torch::get_num_threads());
