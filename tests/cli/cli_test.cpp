@@ -126,6 +126,24 @@ TEST(Cli, BadInputGivesOneLineError) {
   }
 }
 
+// ldm bench prints each work's share of the peaks measured in the same run;
+// the printed percentages are recomputed here from its JSON.
+TEST(CliBench, FractionOfPeakFromTheSameRun) {
+  auto dir = test::temp_dir();
+  auto r = run("bench --runs 1 --only peak_gemm,peak_conv640,attn4096 --json " + dir + "/b.json");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  std::ifstream f(dir + "/b.json");
+  auto j = nlohmann::json::parse(f);
+  const double attn = j["attn4096"]["gflops_per_s"].get<double>();
+  for (const char* peak : {"peak_gemm", "peak_conv640"}) {
+    const double p = j[peak]["gflops_per_s"].get<double>();
+    ASSERT_GT(p, 0) << peak;
+    char want[64];
+    std::snprintf(want, sizeof want, "%5.1f%% of %s (%.1f GFLOP/s)", 100 * attn / p, peak, p);
+    EXPECT_NE(r.out.find(want), std::string::npos) << want << "\n" << r.out;
+  }
+}
+
 // ldm sample with the reference's noise and conditioning injected reproduces
 // the reference DDIM/PLMS latents.
 namespace {

@@ -369,17 +369,25 @@ void run_peer(const Opts& o, const std::string& name, json& r, std::string& peer
   }
 }
 
-// Each work's GFLOP/s as a fraction of the practical peak measured in this run
-// (fp32 works against sgemm, bf16 works against the bf16 GEMM).
+// Each work's GFLOP/s as a fraction of the practical peaks measured in this
+// run: fp32 works against sgemm and the 3x3 convolution, bf16 works against
+// the bf16 GEMM.
 void print_fraction_of_peak(const json& all) {
   for (auto& [k, v] : all.items()) {
     if (!v.contains("gflops_per_s") || k.rfind("peak_", 0) == 0) continue;
     const bool bf16 = k.size() > 5 && k.substr(k.size() - 5) == "_bf16";
-    const char* peak = bf16 ? "peak_gemm_bf16" : "peak_gemm";
-    if (!all.contains(peak)) continue;
-    std::printf("fraction of peak %-14s %6.1f GFLOP/s = %5.1f%% of %s (%.1f GFLOP/s)\n", k.c_str(),
-                v["gflops_per_s"].get<double>(), 100 * v["gflops_per_s"].get<double>() / all[peak]["gflops_per_s"].get<double>(),
-                peak, all[peak]["gflops_per_s"].get<double>());
+    std::string line;
+    for (const char* peak : bf16 ? std::vector<const char*>{"peak_gemm_bf16"}
+                                 : std::vector<const char*>{"peak_gemm", "peak_conv640"}) {
+      if (!all.contains(peak)) continue;
+      const double p = all[peak]["gflops_per_s"].get<double>();
+      char b[96];
+      std::snprintf(b, sizeof b, "%s%5.1f%% of %s (%.1f GFLOP/s)", line.empty() ? "" : ", ",
+                    100 * v["gflops_per_s"].get<double>() / p, peak, p);
+      line += b;
+    }
+    if (!line.empty())
+      std::printf("fraction of peak %-14s %6.1f GFLOP/s = %s\n", k.c_str(), v["gflops_per_s"].get<double>(), line.c_str());
   }
 }
 

@@ -1,27 +1,47 @@
 #include "tools/ldm/bench_sdcpp.h"
 
+#include <cctype>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
-#include <regex>
+#include <optional>
 
 #include "tools/ldm/bench_spawn.h"
 
 namespace ldm::cli {
 using json = nlohmann::json;
 
+namespace {
+// The number right after the last `marker` in `log`, if any.
+std::optional<double> after(const std::string& log, const std::string& marker) {
+  const auto p = log.rfind(marker);
+  if (p == std::string::npos) return std::nullopt;
+  const char* start = log.c_str() + p + marker.size();
+  char* end = nullptr;
+  const double v = std::strtod(start, &end);
+  return end == start ? std::nullopt : std::optional<double>(v);
+}
+
+// The number ending right before position `end` (digits and dots).
+double number_before(const std::string& log, size_t end) {
+  size_t b = end;
+  while (b > 0 && (std::isdigit(static_cast<unsigned char>(log[b - 1])) || log[b - 1] == '.')) --b;
+  return b == end ? -1 : std::strtod(log.substr(b, end - b).c_str(), nullptr);
+}
+}  // namespace
+
 json parse_sdcpp_log(const std::string& log) {
   json r = json::object();
-  // progress lines end "N/N - 12.34s/it" (or "1.50it/s"), each the time of that step alone
-  static const std::regex step(R"(([0-9]+(?:\.[0-9]+)?)(s/it|it/s))");
-  for (auto it = std::sregex_iterator(log.begin(), log.end(), step); it != std::sregex_iterator(); ++it) {
-    const double v = std::stod((*it)[1]);
-    r["step_s"] = (*it)[2] == "it/s" ? 1 / v : v;
+  // progress lines end "N/N - 12.34s/it" (or "1.50it/s"), each the time of that step alone: the last one
+  const auto slow = log.rfind("s/it"), fast = log.rfind("it/s");
+  const bool has_slow = slow != std::string::npos, has_fast = fast != std::string::npos;
+  if (has_slow && (!has_fast || slow > fast)) {
+    if (double v = number_before(log, slow); v > 0) r["step_s"] = v;
+  } else if (has_fast) {
+    if (double v = number_before(log, fast); v > 0) r["step_s"] = 1 / v;
   }
-  std::smatch m;
-  static const std::regex sampling(R"(sampling completed, taking ([0-9.]+)s)");
-  if (std::regex_search(log, m, sampling)) r["sampling_s"] = std::stod(m[1]);
-  static const std::regex decode(R"(decode_first_stage completed, taking ([0-9.]+)s)");
-  if (std::regex_search(log, m, decode)) r["decode_s"] = std::stod(m[1]);
+  if (auto v = after(log, "sampling completed, taking ")) r["sampling_s"] = *v;
+  if (auto v = after(log, "decode_first_stage completed, taking ")) r["decode_s"] = *v;
   return r;
 }
 
