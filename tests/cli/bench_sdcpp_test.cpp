@@ -1,6 +1,7 @@
 // ldm bench's stable-diffusion.cpp peer: its figures read from the log that
 // sd.cpp's CLI prints, here from a stand-in script that prints that log.
 #include "tools/ldm/bench_sdcpp.h"
+#include "tools/ldm/bench_spawn.h"
 
 #include <sys/stat.h>
 
@@ -70,4 +71,12 @@ TEST(BenchSdcpp, AFailingPeerIsReportedNotFatal) {
   peer.add("vae512", r, peers);
   EXPECT_EQ(peers, "sd.cpp failed ");
   EXPECT_NE(r["sdcpp"]["error"].get<std::string>().find("cannot load model"), std::string::npos);
+}
+
+TEST(BenchSdcpp, PeerBinaryFromAPathOrPATH) {
+  EXPECT_TRUE(ldm::cli::can_execute("sh"));  // found on PATH, as posix_spawnp would start it
+  EXPECT_TRUE(ldm::cli::can_execute("/bin/sh"));
+  EXPECT_FALSE(ldm::cli::can_execute("no-such-sd-cli-here"));
+  EXPECT_FALSE(ldm::cli::can_execute(ldm::test::temp_dir() + "/sd-cli"));
+  EXPECT_FALSE(ldm::cli::can_execute(""));
 }

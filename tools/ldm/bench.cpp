@@ -285,19 +285,17 @@ json run_child_work(const Opts& o) {
   throw Error("bench: unknown work \"" + w + "\"");
 }
 
-
 // The JSON line a child printed after "RESULT ".
 json result_of(const Spawned& s, const std::string& what) {
   auto p = s.out.rfind("RESULT ");
   if (!ok(s) || p == std::string::npos) {
-    std::string tail = s.out.size() > 400 ? s.out.substr(s.out.size() - 400) : s.out;
+    const std::string tail = output_tail(s);
     throw Error("bench: " + what + " failed: " + tail);
   }
   auto r = json::parse(s.out.substr(p + 7, s.out.find('\n', p) - p - 7));
   r["peak_gb"] = s.peak_gb;
   return r;
 }
-
 
 std::string find_tcmalloc() {
   for (const char* p : {"/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4", "/usr/lib/aarch64-linux-gnu/libtcmalloc_minimal.so.4"})
@@ -393,7 +391,7 @@ void print_fraction_of_peak(const json& all) {
 
 // A peer given but missing fails at once, not after minutes of our own works.
 void check_peer_paths(const Opts& o) {
-  if (!o.sdcpp.empty() && access(o.sdcpp.c_str(), X_OK) != 0)
+  if (!o.sdcpp.empty() && !can_execute(o.sdcpp))
     throw Error("--sdcpp " + o.sdcpp + ": not an executable file (bench/setup_sdcpp.sh builds stable-diffusion.cpp's sd-cli)");
   if (!o.peers_venv.empty() && access((fs::path(o.peers_venv) / "bin" / "python").c_str(), X_OK) != 0)
     throw Error("--peers-venv " + o.peers_venv + ": no bin/python in it (bench/setup_peers.sh makes the environment)");
@@ -435,7 +433,7 @@ void run_bench(const Opts& o) {
       if (!o.vocab.empty()) args.insert(args.end(), {"--vocab", o.vocab});
       if (bf16) args.insert(args.end(), {"--precision", "bf16"});
       auto s = spawn(args);
-      if (!ok(s)) throw Error("bench: txt2img failed: " + s.out.substr(s.out.size() > 400 ? s.out.size() - 400 : 0));
+      if (!ok(s)) throw Error("bench: txt2img failed: " + output_tail(s));
       r = {{"median_s", s.wall_s}, {"peak_gb", s.peak_gb}, {"weights_gb", fs::file_size(weights) / 1e9}};
     } else {
       std::vector<std::string> args = {self_exe(), "bench", "--child", name, "--runs", std::to_string(o.runs),

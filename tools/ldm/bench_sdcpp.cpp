@@ -57,7 +57,7 @@ json SdcppPeer::run(int side, int steps) {
                   std::to_string(steps), "--cfg-scale", "7", "--sampling-method", "euler_a", "-t",
                   std::to_string(threads_), "-o",
                   (std::filesystem::temp_directory_path() / "ldm_bench_sdcpp.png").string()});
-  json r = ok(s) ? parse_sdcpp_log(s.out) : json{{"error", s.out.substr(s.out.size() > 400 ? s.out.size() - 400 : 0)}};
+  json r = ok(s) ? parse_sdcpp_log(s.out) : json{{"error", output_tail(s)}};
   r["wall_s"] = s.wall_s;
   r["peak_gb"] = s.peak_gb;
   r["steps"] = steps;
@@ -66,12 +66,11 @@ json SdcppPeer::run(int side, int steps) {
 
 void SdcppPeer::add(const std::string& work, json& r, std::string& peers) {
   const char* key = nullptr;
-  int side = 0;
   if (work == "unet256" || work == "unet512") key = "step_s";
   else if (work == "vae256" || work == "vae512") key = "decode_s";
   else if (work == "txt2img256") key = "wall_s";
   else return;
-  side = work.find("512") != std::string::npos ? 512 : 256;
+  const int side = work.find("512") != std::string::npos ? 512 : 256;
   // 256: the 5 steps of our txt2img work; 512: 3 (its figures are per step or per decode)
   json s = run(side, side == 256 ? 5 : 3);
   if (s.contains("error") || !s.contains(key)) {

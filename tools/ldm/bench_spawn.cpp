@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 
 #include "ldm/error.h"
@@ -53,6 +54,23 @@ Spawned spawn(const std::vector<std::string>& args, const std::vector<std::strin
 }
 
 bool ok(const Spawned& s) { return WIFEXITED(s.status) && WEXITSTATUS(s.status) == 0; }
+
+std::string output_tail(const Spawned& s, size_t n) { return s.out.size() > n ? s.out.substr(s.out.size() - n) : s.out; }
+
+bool can_execute(const std::string& bin) {
+  if (bin.empty()) return false;
+  if (bin.find('/') != std::string::npos) return access(bin.c_str(), X_OK) == 0;
+  const char* path = std::getenv("PATH");
+  std::string dirs = path ? path : "";
+  for (size_t a = 0; a <= dirs.size();) {
+    size_t b = dirs.find(':', a);
+    if (b == std::string::npos) b = dirs.size();
+    const std::string dir = b > a ? dirs.substr(a, b - a) : ".";
+    if (access((dir + "/" + bin).c_str(), X_OK) == 0) return true;
+    a = b + 1;
+  }
+  return false;
+}
 
 std::string self_exe() { return std::filesystem::read_symlink("/proc/self/exe").string(); }
 

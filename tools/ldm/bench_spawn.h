@@ -15,6 +15,9 @@ struct Spawned {
 // Runs argv (with extra environment entries), capturing its output.
 Spawned spawn(const std::vector<std::string>& args, const std::vector<std::string>& env_extra = {});
 bool ok(const Spawned& s);  // exited with status 0
+std::string output_tail(const Spawned& s, size_t n = 400);  // the last n characters, for error messages
+// Whether `bin` can be started: an executable path, or a name found on PATH (as posix_spawnp looks it up).
+bool can_execute(const std::string& bin);
 std::string self_exe();
 
 }  // namespace ldm::cli
