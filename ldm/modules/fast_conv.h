@@ -3,9 +3,10 @@
 //
 // Why: libtorch 1.13's mkldnn path reorders the weights on every call, which
 // dominates the UNet's 1280-channel convolutions at 4x4/8x8 (26-75 GFLOP/s
-// against 150-200 with packed weights), and it never uses oneDNN's Winograd
-// F(4x4, 3x3) kernels, 2-3x faster on the 3x3 convolutions of large maps (same
-// result to ~5e-6 of the output's range). Training (autograd) keeps libtorch's
+// against 150-200 with packed weights), and it never uses Winograd F(4x4, 3x3),
+// 2-3x faster on the 3x3 convolutions of large maps: oneDNN's kernels where
+// the CPU has AVX-512 (same result to ~5e-6 of the output's range), ours
+// (winograd_conv.h, ~1e-5) elsewhere. Training (autograd) keeps libtorch's
 // path: weights change every step there.
 #pragma once
 #include <torch/types.h>
@@ -18,8 +19,8 @@
 namespace ldm::nn {
 
 // aten: always libtorch's conv. direct: packed weights, oneDNN direct kernels.
-// auto: direct, and Winograd for 3x3/stride 1 convolutions on maps large enough
-// to pay for the 4x larger transformed weights (see fast_conv.cpp).
+// auto: direct on small maps, and Winograd for 3x3/stride 1 convolutions on maps
+// large enough to pay for the 4x larger transformed weights (see fast_conv.cpp).
 enum class FastConv { Aten, Direct, Auto };
 // Per thread, initially from LDM_CONV=aten|direct|auto (default auto); for tests/benchmarks.
 // The auto policy's thresholds can be moved for experiments with

@@ -45,10 +45,11 @@ TEST(FastConv, MatchesLibtorchOnEveryKernelKind) {
         EXPECT_LT(test::max_abs_err(y, ref), 1e-5 * ref.abs().max().item<double>())
             << "mode " << static_cast<int>(mode) << " in " << k.in << " k " << k.k << " call " << call;
       }
-      // Auto sends 3x3 convs of maps >= 1024 pixels to Winograd, which oneDNN has
-      // only with AVX-512; elsewhere those (> 512 pixels) take libtorch's conv
-      const bool winograd_shape = mode == nn::FastConv::Auto && k.k == 3 && k.stride == 1 && k.n * k.hw * k.hw >= 1024;
-      if (nn::fast_conv_available() && (!winograd_shape || __builtin_cpu_supports("avx512f")))
+      // Auto sends 3x3 convs of maps >= 1024 pixels to Winograd (oneDNN's with
+      // AVX-512, ours elsewhere), other maps > 512 pixels to libtorch's conv
+      const bool aten_shape = mode == nn::FastConv::Auto && k.n * k.hw * k.hw > 512 &&
+                              !(k.k == 3 && k.stride == 1 && k.n * k.hw * k.hw >= 1024 && std::min(k.in, k.out) >= 16);
+      if (nn::fast_conv_available() && !aten_shape)
         EXPECT_GT(nn::fast_conv_cache_bytes(c.fast), 0u) << "fast path not taken: mode " << static_cast<int>(mode)
                                                           << " in " << k.in << " hw " << k.hw;
       // once settled the result repeats bit for bit
@@ -124,4 +125,25 @@ TEST(FastConv, PackedHookSeesEachWeightOnceAndReleaseDropsThePacking) {
   EXPECT_GT(nn::fast_conv_cache_bytes(a->fast), 0u);
   nn::release_fast_conv(*holder);
   EXPECT_EQ(nn::fast_conv_cache_bytes(a->fast) + nn::fast_conv_cache_bytes(b->fast), 0u);
+}
+
+// A Winograd layer's plain weights are handed to the hook once its transformed
+// weights replace them: after the first call where this CPU has no oneDNN
+// Winograd (ours transforms per call until the second), never twice.
+TEST(FastConv, WinogradHookOnceTheTransformedWeightsAreKept) {
+  if (!nn::fast_conv_available()) GTEST_SKIP() << "built without oneDNN headers";
+  ModeScope ms(nn::FastConv::Auto);
+  int calls = 0;
+  nn::set_fast_conv_packed_hook([&](const torch::Tensor&) { ++calls; });
+  nn::Conv c(2, 32, 32, 3, 1, 1);
+  torch::NoGradGuard ng;
+  auto x = torch::randn({1, 32, 48, 48});
+  auto first = c.forward(x);
+  EXPECT_LE(calls, 1);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(torch::equal(c.forward(x), first));
+  nn::set_fast_conv_packed_hook(nullptr);
+  EXPECT_EQ(calls, 1);
+  EXPECT_GT(nn::fast_conv_cache_bytes(c.fast), 0u);
+  auto ref = aten_conv(c, x);
+  EXPECT_LT(test::max_abs_err(first, ref), 3e-5 * ref.abs().max().item<double>());
 }
