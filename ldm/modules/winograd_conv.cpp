@@ -250,6 +250,7 @@ class BatchedGemm {
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, w, dst), attr, dnnl_engine());
+    if (prims_.size() >= 8) prims_.erase(prims_.begin());  // many shapes (VAE tiles, a server's sizes)
     prims_.push_back({rows, dnnl::matmul(pd), src, w, dst, pd.scratchpad_desc()});
     return prims_.back();
   }
@@ -274,8 +275,10 @@ bool WinogradConv3x3::cached() const { return impl_->u.defined(); }
 
 torch::Tensor WinogradConv3x3::operator()(const torch::Tensor& x, const torch::Tensor& bias) {
   const int64_t ci = impl_->ci, co = impl_->co;
-  if (x.dim() != 4 || x.scalar_type() != torch::kFloat32 || x.size(1) != ci)
-    throw std::invalid_argument("WinogradConv3x3: expected x [N, " + std::to_string(ci) + ", H, W] float32");
+  if (x.dim() != 4 || x.scalar_type() != torch::kFloat32 || !x.device().is_cpu() || x.size(1) != ci)
+    throw std::invalid_argument("WinogradConv3x3: expected x [N, " + std::to_string(ci) + ", H, W] float32 on the CPU");
+  if (bias.defined() && (bias.scalar_type() != torch::kFloat32 || bias.numel() != co))
+    throw std::invalid_argument("WinogradConv3x3: expected a float32 bias of " + std::to_string(co) + " values");
   const Geometry g{x.size(0), x.size(2), x.size(3), (x.size(2) + kOut - 1) / kOut, (x.size(3) + kOut - 1) / kOut};
   // A layer that runs once (a one-shot command's VAE decode) transforms its
   // weights for the call: cheap next to the convolution, while keeping 4x its

@@ -77,4 +77,5 @@ TEST(WinogradConv, BadInputIsAClearError) {
   } catch (const std::invalid_argument& e) {
     EXPECT_NE(std::string(e.what()).find("[N, 6, H, W]"), std::string::npos) << e.what();
   }
+  EXPECT_THROW(conv(torch::randn({1, 6, 8, 8}), torch::randn({5})), std::invalid_argument);
 }
