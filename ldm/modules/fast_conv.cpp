@@ -57,9 +57,11 @@ const int64_t kWinoMinPixels = std::getenv("LDM_WINO_MIN_PIXELS") ? std::atoll(s
 // ... and only for weights up to 640x640x3x3: the transformed weights are 4x
 // the plain ones (6x6 tiles of 3x3 kernels), which bounds the extra memory.
 const int64_t kWinoMaxInOut = std::getenv("LDM_WINO_MAX_INOUT") ? std::atoll(std::getenv("LDM_WINO_MAX_INOUT")) : 640 * 640;
-// ... and at least this many channels in and out: the 36 channel products are
-// GEMMs of that width (an RGB output layer would run at a few GFLOP/s).
-const int64_t kWinoMinChannels = 16;
+// ... and at least this many channels in and out: below, the transforms weigh
+// as much as the 36 channel products (the Fashion-MNIST models' 32-64 channels
+// ran up to 2x slower than libtorch's conv; SD's VAE has 128 and up).
+const int64_t kWinoMinChannels =
+    std::getenv("LDM_WINO_MIN_CHANNELS") ? std::atoll(std::getenv("LDM_WINO_MIN_CHANNELS")) : 128;
 // The choice depends on the shape alone, never on how often a layer ran:
 // the same request gives the same pixels whatever ran before it (a server's
 // tenth request, a pipeline after a LoRA was restored). oneDNN's transform

@@ -24,7 +24,8 @@ namespace ldm::nn {
 enum class FastConv { Aten, Direct, Auto };
 // Per thread, initially from LDM_CONV=aten|direct|auto (default auto); for tests/benchmarks.
 // The auto policy's thresholds can be moved for experiments with
-// LDM_WINO_MIN_PIXELS, LDM_WINO_MAX_INOUT and LDM_DIRECT_MAX (fast_conv.cpp).
+// LDM_WINO_MIN_PIXELS, LDM_WINO_MAX_INOUT, LDM_WINO_MIN_CHANNELS and
+// LDM_DIRECT_MAX (fast_conv.cpp).
 void set_fast_conv(FastConv mode);
 FastConv fast_conv();
 // Whether oneDNN was found at build time.

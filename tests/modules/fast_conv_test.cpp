@@ -30,7 +30,8 @@ TEST(FastConv, MatchesLibtorchOnEveryKernelKind) {
   };
   // 3x3 on large maps (Winograd from the first call: shape alone decides), strided 3x3
   // (direct), 1x1 without bias, odd sizes
-  const std::vector<Case> cases = {{16, 24, 3, 1, 1, 1, 128, true}, {32, 32, 3, 1, 1, 2, 24, true},
+  const std::vector<Case> cases = {{128, 136, 3, 1, 1, 1, 40, true}, {16, 24, 3, 1, 1, 1, 128, true},
+                                   {32, 32, 3, 1, 1, 2, 24, true},
                                    {8, 16, 3, 2, 1, 2, 17, true},    {24, 8, 1, 1, 0, 3, 9, false},
                                    {5, 7, 3, 1, 1, 1, 13, true}};
   for (auto mode : {nn::FastConv::Direct, nn::FastConv::Auto}) {
@@ -48,7 +49,7 @@ TEST(FastConv, MatchesLibtorchOnEveryKernelKind) {
       // Auto sends 3x3 convs of maps >= 1024 pixels to Winograd (oneDNN's with
       // AVX-512, ours elsewhere), other maps > 512 pixels to libtorch's conv
       const bool aten_shape = mode == nn::FastConv::Auto && k.n * k.hw * k.hw > 512 &&
-                              !(k.k == 3 && k.stride == 1 && k.n * k.hw * k.hw >= 1024 && std::min(k.in, k.out) >= 16);
+                              !(k.k == 3 && k.stride == 1 && k.n * k.hw * k.hw >= 1024 && std::min(k.in, k.out) >= 128);
       if (nn::fast_conv_available() && !aten_shape)
         EXPECT_GT(nn::fast_conv_cache_bytes(c.fast), 0u) << "fast path not taken: mode " << static_cast<int>(mode)
                                                           << " in " << k.in << " hw " << k.hw;
@@ -135,9 +136,9 @@ TEST(FastConv, WinogradHookOnceTheTransformedWeightsAreKept) {
   ModeScope ms(nn::FastConv::Auto);
   int calls = 0;
   nn::set_fast_conv_packed_hook([&](const torch::Tensor&) { ++calls; });
-  nn::Conv c(2, 32, 32, 3, 1, 1);
+  nn::Conv c(2, 128, 128, 3, 1, 1);
   torch::NoGradGuard ng;
-  auto x = torch::randn({1, 32, 48, 48});
+  auto x = torch::randn({1, 128, 40, 40});
   auto first = c.forward(x);
   EXPECT_LE(calls, 1);
   for (int i = 0; i < 3; ++i) EXPECT_TRUE(torch::equal(c.forward(x), first));
