@@ -66,7 +66,9 @@ const int64_t kWinoMinChannels =
 // the same request gives the same pixels whatever ran before it (a server's
 // tenth request, a pipeline after a LoRA was restored). oneDNN's transform
 // into the Winograd layout is slow (~12 ms per MB); a one-off call on a map
-// near kWinoMinPixels pays it without being repaid.
+// near kWinoMinPixels pays it without being repaid. (Ours, winograd_conv,
+// keeps its transformed weights from a layer's second call on; the pixels are
+// the same as the first call's, which transforms them for the call.)
 // Packed direct kernels pay where the weights outweigh the maps (SD's 1280
 // channels at 4x4/8x8: libtorch reorders 59 MB of weights per call there); on
 // larger maps libtorch's per-call reorder is amortised and its kernel the same.
