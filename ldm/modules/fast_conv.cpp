@@ -48,8 +48,6 @@ namespace {
 using dt = dnnl::memory::data_type;
 using tag = dnnl::memory::format_tag;
 
-dnnl::engine& engine() { return dnnl_engine(); }
-dnnl::stream& stream() { return dnnl_stream(); }
 
 // Winograd only on maps with >= this many pixels (batch included): on smaller
 // ones it gains little (1280 channels at 8x8 x2: 25%; 320 at 32x32 x2: 2.3x).
@@ -109,10 +107,10 @@ std::shared_ptr<dnnl::memory> pack_weights(FastConvCache& c, const dnnl::memory:
   for (auto& p : c.packed)
     if (p->get_desc() == want) return p;
   dnnl::memory::desc plain(dims_of(w.sizes()), dt::f32, tag::oihw);
-  dnnl::memory user(plain, engine(), w.data_ptr());
-  auto packed = std::make_shared<dnnl::memory>(want, engine());
-  dnnl::reorder(user, *packed).execute(stream(), user, *packed);
-  stream().wait();
+  dnnl::memory user(plain, dnnl_engine(), w.data_ptr());
+  auto packed = std::make_shared<dnnl::memory>(want, dnnl_engine());
+  dnnl::reorder(user, *packed).execute(dnnl_stream(), user, *packed);
+  dnnl_stream().wait();
   c.packed.push_back(packed);
   if (g_packed_hook) g_packed_hook(w);
   return packed;
@@ -139,13 +137,13 @@ Entry build(FastConvCache& c, const torch::Tensor& x, const torch::Tensor& w, bo
                                                       any_dst, st, pad, pad);
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // from libtorch's allocator per call
-  dnnl::convolution_forward::primitive_desc pd(d, attr, engine());
+  dnnl::convolution_forward::primitive_desc pd(d, attr, dnnl_engine());
   e.scratch = pd.scratchpad_desc();
   e.prim = dnnl::convolution_forward(pd);
   e.src = pd.src_desc();
   e.dst = pd.dst_desc();
-  if (e.src != e.user_src) e.src_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(engine(), e.user_src, engine(), e.src));
-  if (e.dst != e.user_dst) e.dst_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(engine(), e.dst, engine(), e.user_dst));
+  if (e.src != e.user_src) e.src_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(dnnl_engine(), e.user_src, dnnl_engine(), e.src));
+  if (e.dst != e.user_dst) e.dst_reorder = dnnl::reorder(dnnl::reorder::primitive_desc(dnnl_engine(), e.dst, dnnl_engine(), e.user_dst));
   e.weights = pack_weights(c, pd.weights_desc(), w);
   return e;
 }
@@ -227,26 +225,26 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
   RECORD_FUNCTION(e->wino ? "ldm::conv_dnnl_winograd" : "ldm::conv_packed", std::vector<c10::IValue>{x});
   auto xc = x.contiguous();
   auto out = torch::empty(e->user_dst.dims(), x.options());
-  auto& s = stream();
-  dnnl::memory usrc(e->user_src, engine(), xc.data_ptr());
-  dnnl::memory udst(e->user_dst, engine(), out.data_ptr());
+  auto& s = dnnl_stream();
+  dnnl::memory usrc(e->user_src, dnnl_engine(), xc.data_ptr());
+  dnnl::memory udst(e->user_dst, dnnl_engine(), out.data_ptr());
   dnnl::memory src = usrc, dst = udst;
   torch::Tensor src_buf, dst_buf;  // libtorch's allocator keeps these resident
   if (e->src_reorder) {
     src_buf = torch::empty({static_cast<int64_t>(e->src.get_size() / 4)}, x.options());
-    src = dnnl::memory(e->src, engine(), src_buf.data_ptr());
+    src = dnnl::memory(e->src, dnnl_engine(), src_buf.data_ptr());
     e->src_reorder.execute(s, usrc, src);
   }
   if (e->dst_reorder) {
     dst_buf = torch::empty({static_cast<int64_t>(e->dst.get_size() / 4)}, x.options());
-    dst = dnnl::memory(e->dst, engine(), dst_buf.data_ptr());
+    dst = dnnl::memory(e->dst, dnnl_engine(), dst_buf.data_ptr());
   }
   auto scratch_buf = torch::empty({static_cast<int64_t>(e->scratch.get_size())}, x.options().dtype(torch::kUInt8));
   std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, src},
                                              {DNNL_ARG_WEIGHTS, *e->weights},
                                              {DNNL_ARG_DST, dst},
-                                             {DNNL_ARG_SCRATCHPAD, dnnl::memory(e->scratch, engine(), scratch_buf.data_ptr())}};
-  if (b.defined()) args.emplace(DNNL_ARG_BIAS, dnnl::memory(e->bias, engine(), b.data_ptr()));
+                                             {DNNL_ARG_SCRATCHPAD, dnnl::memory(e->scratch, dnnl_engine(), scratch_buf.data_ptr())}};
+  if (b.defined()) args.emplace(DNNL_ARG_BIAS, dnnl::memory(e->bias, dnnl_engine(), b.data_ptr()));
   e->prim.execute(s, args);
   if (e->dst_reorder) e->dst_reorder.execute(s, dst, udst);
   s.wait();

@@ -96,7 +96,8 @@ void gather(const float* x, const Geometry& g, int64_t c, int64_t n, int64_t i, 
 void transform_input_row(const float* x, const Geometry& g, int64_t c, int64_t tr, float* v, int64_t rows,
                          int64_t row0) {
   const int64_t n = tr / g.th, i = tr % g.th;
-  std::vector<float> l(kTile * (kOut * kGroup + 2) * kCB), mid(kPos * kCB);
+  // scratch of a fixed size, per thread: not reallocated per tile row (contents never carried over)
+  thread_local std::vector<float> l(kTile * (kOut * kGroup + 2) * kCB), mid(kPos * kCB);
   for (int64_t j0 = 0; j0 < g.tw; j0 += kGroup) {
     const int64_t j1 = std::min(j0 + kGroup, g.tw), cols = kOut * (j1 - j0) + 2;
     for (int64_t c0 = 0; c0 < c; c0 += kCB) {
@@ -128,7 +129,8 @@ void transform_input_row(const float* x, const Geometry& g, int64_t c, int64_t t
 void transform_output_row(const float* m, const float* bias, const Geometry& g, int64_t co, int64_t tr,
                           int64_t rows, int64_t row0, float* y) {
   const int64_t n = tr / g.th, i = tr % g.th, ylim = std::min(kOut, g.h - kOut * i);
-  std::vector<float> zeros(kCB, 0.0f), mid(kOut * kTile * kCB), o(kOut * kOut * kGroup * kCB);
+  static const std::vector<float> zeros(kCB, 0.0f);
+  thread_local std::vector<float> mid(kOut * kTile * kCB), o(kOut * kOut * kGroup * kCB);  // as above
   for (int64_t j0 = 0; j0 < g.tw; j0 += kGroup) {
     const int64_t j1 = std::min(j0 + kGroup, g.tw), cols = kOut * (j1 - j0), xlim = std::min(cols, g.w - kOut * j0);
     for (int64_t c0 = 0; c0 < co; c0 += kCB) {
