@@ -32,7 +32,8 @@ def work_fn(work):
     base = work.replace("_bf16", "")
     side = 32 if base.endswith("256") else 64
     if base == "attn4096":  # torch 2's fused scaled_dot_product_attention, as diffusers calls it
-        q, k, v = (torch.randn(16, 4096, 40) for _ in range(3))
+        dt = torch.bfloat16 if work.endswith("_bf16") else torch.float32  # bf16 inputs, as ours
+        q, k, v = (torch.randn(16, 4096, 40).to(dt) for _ in range(3))
         return lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)
     if base.startswith("unet"):
         m = UNet2DConditionModel(**UNET).eval()

@@ -23,7 +23,8 @@ torch::Tensor attention_plain(const torch::Tensor& q, const torch::Tensor& k, co
 // Query rows in chunks under the thread's score budget (no autograd).
 torch::Tensor attention_chunked(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale);
 // The fused tiled kernel with an online softmax, no score matrix (no
-// autograd): fp32 CPU tensors with d % 8 == 0 on an AVX2/FMA machine.
+// autograd): CPU tensors with d % 8 == 0, fp32 on an AVX2/FMA machine or
+// bf16 on an AVX512-BF16 one (bf16 products, float32 softmax and sums).
 bool attention_fused_supports(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
 torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale);
 // Budget of score-matrix elements per chunk (default 32M floats = 128 MB),

@@ -63,7 +63,7 @@ double median(std::vector<double> v) {
 // conv + matmul GFLOP of fn (convolutions counted by nn::Conv, matmuls by
 // libtorch's profiler; a training step's backward convs are not), and where the
 // time goes: outermost aten ops and autograd nodes grouped into conv / matmul /
-// softmax / norm / other.
+// softmax / attention (our fused kernel) / norm / other.
 struct Profile {
   double gflop = 0;
   std::map<std::string, double> ms;
@@ -90,6 +90,7 @@ Profile profile(const std::function<void()>& fn) {
     if (kMatmulOps.count(n) || n.find("mmbackward") != std::string::npos || n.find("smallbmm") != std::string::npos)
       return "matmul";
     if (n.find("softmax") != std::string::npos) return "softmax";
+    if (n == "ldm::attention_fused") return "attention";  // the fused kernel (its FLOPs are not counted)
     if (n.find("norm") != std::string::npos) return "norm";
     return "other";
   };
@@ -331,6 +332,7 @@ const std::vector<std::pair<std::string, std::string>> kWork = {
     {"clip", "CLIP text encode, 2 prompts"},
     {"txt2img256", "txt2img 256x256, 5 steps euler_a, CFG (whole command)"},
     {"txt2img256_fp16", "txt2img 256x256, 5 steps, fp16 weights file"},
+    {"attn4096_bf16", "attention, 16 heads x 4096 tokens x 40, bf16"},
     {"unet256_bf16", "UNet step with CFG, 256x256, --precision bf16"},
     {"unet512_bf16", "UNet step with CFG, 512x512, --precision bf16"},
     {"vae256_bf16", "VAE decode 256x256, --precision bf16"},
@@ -345,8 +347,9 @@ const std::vector<std::pair<std::string, std::string>> kWork = {
 const std::vector<std::string> kRefWork = {"unet256",  "unet512",       "vae256",          "vae512",
                                            "train256", "train_fashion", "train_fashion_ae"};
 // the works bench/peers_bench.py runs in diffusers on PyTorch 2.x
-const std::vector<std::string> kPeerWork = {"attn4096",     "unet256",      "unet512",      "vae256",      "vae512",
-                                            "unet256_bf16", "unet512_bf16", "vae256_bf16", "vae512_bf16"};
+const std::vector<std::string> kPeerWork = {"attn4096",     "unet256",       "unet512",      "vae256",
+                                            "vae512",       "attn4096_bf16", "unet256_bf16", "unet512_bf16",
+                                            "vae256_bf16",  "vae512_bf16"};
 
 // diffusers on PyTorch 2.x from the --peers-venv environment, same work, threads and runs.
 void run_peer(const Opts& o, const std::string& name, json& r, std::string& peers) {

@@ -1,0 +1,97 @@
+// What the float32 and bf16 fused attention kernels share: the tiling
+// constants, AVX2 exp2/max/sum and the online softmax over float32 scores.
+// Internal to flash_attention_kernel.cpp and flash_attention_bf16.cpp, whose
+// callers have checked the CPU (inline functions carry their own targets).
+#pragma once
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+
+// The build targets baseline x86-64: these functions carry AVX2/FMA
+// themselves and run only where the kernels' *_available() say so.
+#define LDM_AVX2 __attribute__((target("avx2,fma")))
+
+namespace ldm::flash {
+
+constexpr int64_t kRows = 6;  // query rows per register tile (6 x 16 accumulators: 12 of 16 ymm)
+constexpr int64_t kQB = 48;   // query rows per block
+
+// Key columns per block: a block's keys and values (2 x kb x d floats) stay in L2.
+inline int64_t key_block(int64_t d) {
+  const int64_t kb = (32768 / d) / 16 * 16;
+  return kb < 16 ? 16 : (kb > 256 ? 256 : kb);
+}
+
+#define LDM_BY_ROWS(r, call) \
+  switch (r) {               \
+    case 6: call(6); break;  \
+    case 5: call(5); break;  \
+    case 4: call(4); break;  \
+    case 3: call(3); break;  \
+    case 2: call(2); break;  \
+    default: call(1); break; \
+  }
+
+// 2^x: Cephes' exp2f polynomial on [-0.5, 0.5] (relative error ~1e-7) times
+// 2^round(x) built in the exponent bits. NaN passes through (max/min return
+// their second operand for NaN).
+LDM_AVX2 inline __m256 exp2_ps(__m256 x) {
+  x = _mm256_max_ps(_mm256_set1_ps(-126.0f), x);
+  x = _mm256_min_ps(_mm256_set1_ps(126.0f), x);
+  const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(x, n);
+  __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+LDM_AVX2 inline float hmax(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+
+LDM_AVX2 inline float hsum(__m256 v) {
+  __m128 m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_add_ss(m, _mm_shuffle_ps(m, m, 1));
+  return _mm_cvtss_f32(m);
+}
+
+// The online softmax (Milakov & Gimelshein 2018): the block's scores become
+// 2^(s - m_new) in place; the running sum l and the accumulated output o are
+// rescaled by 2^(m_old - m_new). Columns from `valid` on are padding.
+LDM_AVX2 inline void online_softmax(float* s, int64_t rows, int64_t lds, int64_t kb, int64_t valid, float* m, float* l,
+                             float* o, int64_t d) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* row = s + i * lds;
+    for (int64_t j = valid; j < kb; ++j) row[j] = -INFINITY;
+    __m256 mx = _mm256_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < kb; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(row + j));
+    const float block_max = hmax(mx);
+    const float m_new = block_max > m[i] ? block_max : m[i];
+    const float alpha = std::exp2(m[i] - m_new);  // 0 on the first block (m = -inf)
+    const __m256 mv = _mm256_set1_ps(m_new);
+    __m256 sum = _mm256_setzero_ps();
+    for (int64_t j = 0; j < kb; j += 8) {
+      const __m256 e = exp2_ps(_mm256_sub_ps(_mm256_loadu_ps(row + j), mv));
+      _mm256_storeu_ps(row + j, e);
+      sum = _mm256_add_ps(sum, e);
+    }
+    l[i] = l[i] * alpha + hsum(sum);
+    m[i] = m_new;
+    if (alpha != 1.0f) {
+      const __m256 av = _mm256_set1_ps(alpha);
+      for (int64_t c = 0; c < d; c += 8) _mm256_storeu_ps(o + i * d + c, _mm256_mul_ps(_mm256_loadu_ps(o + i * d + c), av));
+    }
+  }
+}
+}  // namespace ldm::flash
