@@ -103,12 +103,10 @@ struct FastConvCache {
 namespace {
 dnnl::memory::dims dims_of(at::IntArrayRef s) { return dnnl::memory::dims(s.begin(), s.end()); }
 
-dt dt_of(const torch::Tensor& t) { return t.scalar_type() == torch::kBFloat16 ? dt::bf16 : dt::f32; }
-
 std::shared_ptr<dnnl::memory> pack_weights(FastConvCache& c, const dnnl::memory::desc& want, const torch::Tensor& w) {
   for (auto& p : c.packed)
     if (p->get_desc() == want) return p;
-  dnnl::memory::desc plain(dims_of(w.sizes()), dt_of(w), tag::oihw);
+  dnnl::memory::desc plain(dims_of(w.sizes()), dt::f32, tag::oihw);
   dnnl::memory user(plain, dnnl_engine(), w.data_ptr());
   auto packed = std::make_shared<dnnl::memory>(want, dnnl_engine());
   dnnl::reorder(user, *packed).execute(dnnl_stream(), user, *packed);
@@ -118,22 +116,19 @@ std::shared_ptr<dnnl::memory> pack_weights(FastConvCache& c, const dnnl::memory:
   return packed;
 }
 
-// x: the input in the conv's dtype (w's); the output has it too.
-Entry build(FastConvCache& c, const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
+Entry build(FastConvCache& c, const torch::Tensor& x, const torch::Tensor& w, bool has_bias,
             const std::vector<int64_t>& stride, int64_t padding, bool wino) {
   const int64_t n = x.size(0), co = w.size(0);
   const auto [oh, ow] = out_hw(x, w, stride, padding);
-  const dt wt = dt_of(w);
-  const bool has_bias = b.defined();
   Entry e;
   e.in_sizes = x.sizes().vec();
   e.wino = wino;
-  e.user_src = dnnl::memory::desc(dims_of(x.sizes()), wt, tag::nchw);
-  e.user_dst = dnnl::memory::desc({n, co, oh, ow}, wt, tag::nchw);
-  dnnl::memory::desc any_src(dims_of(x.sizes()), wt, tag::any);
-  dnnl::memory::desc any_w(dims_of(w.sizes()), wt, tag::any);
-  dnnl::memory::desc any_dst({n, co, oh, ow}, wt, tag::any);
-  if (has_bias) e.bias = dnnl::memory::desc({co}, dt_of(b), tag::x);
+  e.user_src = dnnl::memory::desc(dims_of(x.sizes()), dt::f32, tag::nchw);
+  e.user_dst = dnnl::memory::desc({n, co, oh, ow}, dt::f32, tag::nchw);
+  dnnl::memory::desc any_src(dims_of(x.sizes()), dt::f32, tag::any);
+  dnnl::memory::desc any_w(dims_of(w.sizes()), dt::f32, tag::any);
+  dnnl::memory::desc any_dst({n, co, oh, ow}, dt::f32, tag::any);
+  if (has_bias) e.bias = dnnl::memory::desc({co}, dt::f32, tag::x);
   dnnl::memory::dims st{stride[0], stride[1]}, pad{padding, padding};
   auto alg = wino ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct;
   auto d = has_bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, alg, any_src, any_w, e.bias,
@@ -143,8 +138,6 @@ Entry build(FastConvCache& c, const torch::Tensor& x, const torch::Tensor& w, co
   dnnl::primitive_attr attr;
   attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // from libtorch's allocator per call
   dnnl::convolution_forward::primitive_desc pd(d, attr, dnnl_engine());
-  // oneDNN's reference kernels (bf16 on a CPU without AVX-512) are far slower than libtorch's path
-  if (std::strncmp(pd.impl_info_str(), "ref", 3) == 0) throw dnnl::error(dnnl_unimplemented, "reference kernel only");
   e.scratch = pd.scratchpad_desc();
   e.prim = dnnl::convolution_forward(pd);
   e.src = pd.src_desc();
@@ -155,40 +148,14 @@ Entry build(FastConvCache& c, const torch::Tensor& x, const torch::Tensor& w, co
   return e;
 }
 
-bool cpu_autocast_on() {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-  return at::autocast::is_autocast_enabled(at::kCPU);
-#else
-  return at::autocast::is_cpu_enabled();
-#endif
-}
-bool cpu_autocast_bf16() {
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-  return cpu_autocast_on() && at::autocast::get_autocast_dtype(at::kCPU) == at::kBFloat16;
-#else
-  return cpu_autocast_on() && at::autocast::get_autocast_cpu_dtype() == at::kBFloat16;
-#endif
-}
-
-// Float32 weights and input without autocast, or bf16 weights (bf16
-// inference) with a bf16 input, or a float32 one that autocast would cast to
-// bf16: the cases where libtorch's conv computes in that dtype too.
 bool applies(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
   if (x.dim() != 4 || w.dim() != 4 || !x.device().is_cpu() || !w.device().is_cpu()) return false;
-  const auto wt = w.scalar_type(), xt = x.scalar_type();
-  if (wt == torch::kFloat32) {
-    if (xt != torch::kFloat32 || cpu_autocast_on()) return false;
-    if (b.defined() && b.scalar_type() != torch::kFloat32) return false;
-  } else if (wt == torch::kBFloat16) {
-    if (xt != torch::kBFloat16 && !(xt == torch::kFloat32 && cpu_autocast_bf16())) return false;
-    if (b.defined() && b.scalar_type() != torch::kFloat32 && b.scalar_type() != torch::kBFloat16) return false;
-  } else {
-    return false;
-  }
-  if (b.defined() && !b.is_contiguous()) return false;
+  if (x.scalar_type() != torch::kFloat32 || w.scalar_type() != torch::kFloat32) return false;
+  if (b.defined() && (b.scalar_type() != torch::kFloat32 || !b.is_contiguous())) return false;
   if (!w.is_contiguous() || x.size(1) != w.size(1) || x.numel() == 0) return false;
   if (torch::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() || (b.defined() && b.requires_grad())))
     return false;
+  if (at::autocast::is_cpu_enabled()) return false;  // autocast casts inside libtorch's op
   return true;
 }
 }  // namespace
@@ -207,9 +174,7 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
   }
   ++c.calls;
   bool wino = false;
-  // bf16 (no Winograd kernels in bf16): packed direct on every map, as
-  // libtorch's bf16 conv reorders the weights per call on all of them.
-  if (mode == FastConv::Auto && w.scalar_type() == torch::kFloat32) {
+  if (mode == FastConv::Auto) {
     const int64_t pixels = x.size(0) * x.size(2) * x.size(3);
     const bool wino_shape = w.size(2) == 3 && w.size(3) == 3 && stride[0] == 1 && stride[1] == 1 &&
                             padding == 1 && w.size(0) * w.size(1) <= kWinoMaxInOut && pixels >= kWinoMinPixels &&
@@ -234,7 +199,7 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
   Entry* e = find();
   if (!e) {
     try {
-      c.entries.push_back(build(c, x, w, b, stride, padding, wino));
+      c.entries.push_back(build(c, x, w, b.defined(), stride, padding, wino));
     } catch (const dnnl::error&) {
       if (!wino) {  // a shape oneDNN has no kernel for: libtorch's conv from now on
         c.refused = true;
@@ -258,20 +223,20 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
     e = find();
   }
   RECORD_FUNCTION(e->wino ? "ldm::conv_dnnl_winograd" : "ldm::conv_packed", std::vector<c10::IValue>{x});
-  auto xc = x.to(w.scalar_type()).contiguous();  // autocast's cast of a float32 input
-  auto out = torch::empty(e->user_dst.dims(), xc.options());
+  auto xc = x.contiguous();
+  auto out = torch::empty(e->user_dst.dims(), x.options());
   auto& s = dnnl_stream();
   dnnl::memory usrc(e->user_src, dnnl_engine(), xc.data_ptr());
   dnnl::memory udst(e->user_dst, dnnl_engine(), out.data_ptr());
   dnnl::memory src = usrc, dst = udst;
   torch::Tensor src_buf, dst_buf;  // libtorch's allocator keeps these resident
   if (e->src_reorder) {
-    src_buf = torch::empty({static_cast<int64_t>(e->src.get_size())}, x.options().dtype(torch::kUInt8));
+    src_buf = torch::empty({static_cast<int64_t>(e->src.get_size() / 4)}, x.options());
     src = dnnl::memory(e->src, dnnl_engine(), src_buf.data_ptr());
     e->src_reorder.execute(s, usrc, src);
   }
   if (e->dst_reorder) {
-    dst_buf = torch::empty({static_cast<int64_t>(e->dst.get_size())}, x.options().dtype(torch::kUInt8));
+    dst_buf = torch::empty({static_cast<int64_t>(e->dst.get_size() / 4)}, x.options());
     dst = dnnl::memory(e->dst, dnnl_engine(), dst_buf.data_ptr());
   }
   auto scratch_buf = torch::empty({static_cast<int64_t>(e->scratch.get_size())}, x.options().dtype(torch::kUInt8));

@@ -44,8 +44,7 @@ class FastConvOff {
   FastConvOff& operator=(const FastConvOff&) = delete;
 };
 
-// 2-D convolution (groups 1, dilation 1, contiguous weights; float32, or bf16
-// weights with a bf16 input or one autocast casts to bf16, giving bf16) through
+// 2-D convolution (groups 1, dilation 1, float32, contiguous weights) through
 // the cached primitive, or an undefined tensor where the fast path does not
 // apply (grad needed, autocast, other dtypes, oneDNN refuses the shape): then
 // the caller runs libtorch's conv. `cache` belongs to the calling layer and is
