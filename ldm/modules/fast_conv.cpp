@@ -151,7 +151,7 @@ Entry build(FastConvCache& c, const torch::Tensor& x, const torch::Tensor& w, bo
 // Float32 only. bf16 weights (--precision bf16) stay on libtorch's conv:
 // packed oneDNN bf16 kernels were tried on AVX512-BF16 (Zen 4, 2026-12-01):
 // x0.88 per UNet step at 256², x1.00 at 512², but a packed copy of weights
-// that are not file pages (converted at load) is +0.87 GB and +2.5 s of fresh
+// that are not file pages (converted at load) is +0.85 GiB and +2.5 s of fresh
 // memory for a 5-step txt2img, and bf16 is the memory-saving precision.
 bool applies(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
   if (x.dim() != 4 || w.dim() != 4 || !x.device().is_cpu() || !w.device().is_cpu()) return false;
