@@ -51,8 +51,9 @@ bool attention_fused_supports(const torch::Tensor& q, const torch::Tensor& k, co
 }
 
 namespace {
-// Runs the kernel over tasks of 96 query rows of one head, each thread with
-// its own scratch: rows(b, r0, r1, scratch) for pointers already at head b.
+// Runs a kernel (flash_attention_rows or its bf16 twin) over tasks of 96
+// query rows of one head, each thread with its own scratch; the pointers it
+// gets are already at the task's head.
 template <class T, class Rows>
 void fused_rows(const T* q, const T* kt, const T* v, T* out, int64_t B, int64_t N, int64_t M, int64_t d,
                 int64_t scratch_floats, const Rows& rows_fn) {
