@@ -17,9 +17,11 @@ std::string format_duration(double s) {
   return buf;
 }
 
-Progress::Progress(std::string label, int64_t total, int64_t start)
+Progress::Progress(std::string label, int64_t total, int64_t start, double elapsed)
     : label_(std::move(label)), total_(total), start_(start), done_(start), tty_(isatty(2)) {
-  t0_ = last_print_ = std::chrono::steady_clock::now();
+  last_print_ = std::chrono::steady_clock::now();
+  t0_ = last_print_ - std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                          std::chrono::duration<double>(elapsed > 0 ? elapsed : 0.0));
 }
 
 double Progress::rate() const {

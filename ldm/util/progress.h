@@ -9,7 +9,9 @@ namespace ldm {
 
 class Progress {
  public:
-  Progress(std::string label, int64_t total, int64_t start = 0);
+  // elapsed: seconds the work has already run (a progress made at its first
+  // report, after a step's time), so the first rate is not steps / ~0 s
+  Progress(std::string label, int64_t total, int64_t start = 0, double elapsed = 0.0);
   // Call after step `done` (1-based count of finished steps).
   void update(int64_t done, const std::string& extra = "");
   void finish(const std::string& extra = "");

@@ -223,7 +223,7 @@ void run(const Opts& o) {
   std::optional<Progress> prog;
   pipeline::GenerateCallbacks cb;
   cb.progress = [&](const pipeline::ProgressInfo& i) {
-    if (!prog) prog.emplace("sample " + o.sampler, i.steps);
+    if (!prog) prog.emplace("sample " + o.sampler, i.steps, 0, i.elapsed);  // made after step 1: its time counts
     prog->update(i.step);
     if (o.preview != "none" && (i.step % o.preview_interval == 0 || i.step == i.steps) && i.denoised.defined()) {
       auto img = p->preview(i.denoised, o.preview);
