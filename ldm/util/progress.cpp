@@ -25,13 +25,15 @@ Progress::Progress(std::string label, int64_t total, int64_t start, double elaps
 }
 
 double Progress::rate() const {
-  double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  const auto end = end_ != decltype(end_){} ? end_ : std::chrono::steady_clock::now();
+  double el = std::chrono::duration<double>(end - t0_).count();
   return el > 0 ? (done_ - start_) / el : 0.0;
 }
 
 void Progress::update(int64_t done, const std::string& extra) {
   done_ = done;
   auto now = std::chrono::steady_clock::now();
+  if (done >= total_) end_ = now;
   // at most twice a second on a terminal, every 10 s in a log, always at the end
   double since = std::chrono::duration<double>(now - last_print_).count();
   if (done < total_ && since < (tty_ ? 0.5 : 10.0) && done != start_ + 1) return;
@@ -46,7 +48,8 @@ void Progress::update(int64_t done, const std::string& extra) {
 }
 
 void Progress::finish(const std::string& extra) {
-  double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
+  const auto end = end_ != decltype(end_){} ? end_ : std::chrono::steady_clock::now();
+  double el = std::chrono::duration<double>(end - t0_).count();
   std::fprintf(stderr, "%s%s %lld/%lld done in %s (%.2f it/s)%s%s\n", tty_ ? "\r\033[K" : "", label_.c_str(),
                (long long)done_, (long long)total_, format_duration(el).c_str(), rate(), extra.empty() ? "" : "  ",
                extra.c_str());

@@ -14,6 +14,8 @@ class Progress {
   Progress(std::string label, int64_t total, int64_t start = 0, double elapsed = 0.0);
   // Call after step `done` (1-based count of finished steps).
   void update(int64_t done, const std::string& extra = "");
+  // The time is up to the last step's update where there was one (a caller
+  // may finish after more work: the CLI decodes before it prints this).
   void finish(const std::string& extra = "");
   double rate() const;  // steps per second since the start
 
@@ -21,7 +23,7 @@ class Progress {
   std::string label_;
   int64_t total_, start_, done_ = 0;
   bool tty_;
-  std::chrono::steady_clock::time_point t0_, last_print_;
+  std::chrono::steady_clock::time_point t0_, last_print_, end_{};
 };
 
 std::string format_duration(double seconds);

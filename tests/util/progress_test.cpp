@@ -17,6 +17,15 @@ TEST(Progress, RateCountsTimeAlreadyElapsed) {
   EXPECT_GT(q.rate(), 0.45);
 }
 
+TEST(Progress, TheLastStepEndsTheClock) {
+  Progress p("test", 2, 0, 1.0);
+  p.update(2);  // the last step, ~1 s after the start
+  const double r = p.rate();
+  EXPECT_GT(r, 1.9);
+  for (volatile int i = 0; i < 20000000; ++i) {}  // later work (the CLI's decode) is not sampling time
+  EXPECT_EQ(p.rate(), r);
+}
+
 TEST(Progress, DurationFormat) {
   EXPECT_EQ(format_duration(0.4), "00:00");
   EXPECT_EQ(format_duration(61.0), "01:01");
