@@ -95,4 +95,10 @@ TEST(Attention, FusedBf16EqualsOneShot) {
 #endif
     }
   }
+  // NaN in a query row: that row is NaN, the others are not
+  auto q = b16(torch::randn({1, 20, 8}, g)), k = b16(torch::randn({1, 20, 8}, g)), v = b16(torch::randn({1, 20, 8}, g));
+  q[0][3][2] = std::nan("");
+  auto got = attention_fused(q, k, v, 0.3);
+  EXPECT_TRUE(got[0][3].isnan().all().item<bool>());
+  EXPECT_FALSE(got[0][4].isnan().any().item<bool>());
 }
