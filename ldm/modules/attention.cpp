@@ -87,7 +87,7 @@ torch::Tensor attention_fused_bf16(const torch::Tensor& q, const torch::Tensor& 
 torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
   TORCH_CHECK(attention_fused_supports(q, k, v),
               "attention_fused: needs [B, N, d] with d % 8 == 0, fp32 on an AVX2/FMA CPU or bf16 on an AVX512-BF16 one");
-  RECORD_FUNCTION("ldm::attention_fused", std::vector<c10::IValue>{q});  // bench's profile counts it
+  RECORD_FUNCTION("ldm::attention_fused", std::vector<c10::IValue>{q, k});  // bench's profile: time and FLOPs
   if (q.scalar_type() == torch::kBFloat16) return attention_fused_bf16(q, k, v, scale);
   const int64_t B = q.size(0), N = q.size(1), M = k.size(1), d = q.size(2), Mp = (M + 15) / 16 * 16;
   // base-2 softmax: the scale and log2(e) ride in q; keys and values padded

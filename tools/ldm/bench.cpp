@@ -60,8 +60,9 @@ double median(std::vector<double> v) {
   return v.empty() ? 0 : v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
 }
 
-// conv + matmul GFLOP of fn (convolutions counted by nn::Conv, matmuls by
-// libtorch's profiler; a training step's backward convs are not), and where the
+// conv + matmul + attention GFLOP of fn (convolutions counted by nn::Conv,
+// matmuls by libtorch's profiler, the fused attention from its shapes; a
+// training step's backward convs are not), and where the
 // time goes: outermost aten ops and autograd nodes grouped into conv / matmul /
 // softmax / attention (our fused kernel) / norm / other.
 struct Profile {
@@ -90,7 +91,7 @@ Profile profile(const std::function<void()>& fn) {
     if (kMatmulOps.count(n) || n.find("mmbackward") != std::string::npos || n.find("smallbmm") != std::string::npos)
       return "matmul";
     if (n.find("softmax") != std::string::npos) return "softmax";
-    if (n == "ldm::attention_fused") return "attention";  // the fused kernel (its FLOPs are not counted)
+    if (n == "ldm::attention_fused") return "attention";  // the fused kernel
     if (n.find("norm") != std::string::npos) return "norm";
     return "other";
   };
@@ -101,6 +102,11 @@ Profile profile(const std::function<void()>& fn) {
       if (e.kind() == prof::EventKind::PushRange) {
         if (name == "aten::mm" || name == "aten::addmm" || name == "aten::bmm" || name == "aten::baddbmm")
           p.gflop += const_cast<prof::LegacyEvent&>(e).flops() / 1e9;
+        if (name == "ldm::attention_fused") {
+          const auto sh = e.shapes();  // q [B, N, d], k [B, M, d]: q k^T and p v, 2 FLOPs a product
+          if (sh.size() == 2 && sh[0].size() == 3 && sh[1].size() == 3)
+            p.gflop += 4.0 * sh[0][0] * sh[0][1] * sh[0][2] * sh[1][1] / 1e9;
+        }
         stack.push_back(&e);
       } else if (e.kind() == prof::EventKind::PopRange && !stack.empty()) {
         const auto* start = stack.back();
