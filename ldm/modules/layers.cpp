@@ -67,13 +67,15 @@ std::atomic<std::atomic<double>*> g_conv_flops{nullptr};
 void set_conv_flop_counter(std::atomic<double>* counter) { g_conv_flops = counter; }
 
 torch::Tensor Conv::forward(const torch::Tensor& x) {
-  std::vector<int64_t> pad(dims, padding);
+  // dilation spelled out: libtorch's profiler (ldm bench) warns on every
+  // conv2d whose padding and dilation are not both of size 2
+  std::vector<int64_t> pad(dims, padding), dil(dims, 1);
   torch::Tensor y;
   if (dims == 2) y = fast_conv2d(x, weight, bias, stride, padding, fast);
   if (!y.defined())
-    y = dims == 1 ? torch::conv1d(x, weight, bias, stride, pad)
-                  : dims == 2 ? torch::conv2d(x, weight, bias, stride, pad)
-                              : torch::conv3d(x, weight, bias, stride, pad);
+    y = dims == 1 ? torch::conv1d(x, weight, bias, stride, pad, dil)
+                  : dims == 2 ? torch::conv2d(x, weight, bias, stride, pad, dil)
+                              : torch::conv3d(x, weight, bias, stride, pad, dil);
   if (lora) y = y + lora->forward(x);
   if (auto* c = g_conv_flops.load(std::memory_order_relaxed)) {
     // 2 x output elements x (in channels x kernel volume)
