@@ -51,12 +51,8 @@ LDM_BF16 inline __m256 exp2_ps_bf16(__m256 x) {
 LDM_BF16 void online_softmax_bf16(float* s, int64_t rows, int64_t lds, int64_t kb, int64_t valid, float* m, float* l,
                                   float* o, int64_t d, uint16_t* p) {
   for (int64_t i = 0; i < rows; ++i) {
-    float* row = s + i * lds;
-    for (int64_t j = valid; j < kb; ++j) row[j] = -INFINITY;
-    __m256 mx = _mm256_set1_ps(-INFINITY);
-    for (int64_t j = 0; j < kb; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(row + j));
-    const float block_max = hmax(mx);
-    const float m_new = block_max > m[i] ? block_max : m[i];
+    const float* row = s + i * lds;
+    const float m_new = block_max(s + i * lds, kb, valid, m[i]);
     const float alpha = std::exp2(m[i] - m_new);
     const __m256 mv = _mm256_set1_ps(m_new);
     __m256 sum = _mm256_setzero_ps();
@@ -67,10 +63,7 @@ LDM_BF16 void online_softmax_bf16(float* s, int64_t rows, int64_t lds, int64_t k
     }
     l[i] = l[i] * alpha + hsum(sum);
     m[i] = m_new;
-    if (alpha != 1.0f) {
-      const __m256 av = _mm256_set1_ps(alpha);
-      for (int64_t c = 0; c < d; c += 8) _mm256_storeu_ps(o + i * d + c, _mm256_mul_ps(_mm256_loadu_ps(o + i * d + c), av));
-    }
+    rescale_row(o + i * d, d, alpha);
   }
 }
 

@@ -66,19 +66,30 @@ LDM_AVX2 inline float hsum(__m256 v) {
   return _mm_cvtss_f32(m);
 }
 
-// The online softmax (Milakov & Gimelshein 2018): the block's scores become
-// 2^(s - m_new) in place; the running sum l and the accumulated output o are
-// rescaled by 2^(m_old - m_new). Columns from `valid` on are padding.
+// The online softmax (Milakov & Gimelshein 2018), per query row of a key
+// block: the new running max m_new over the row's valid scores (columns from
+// `valid` on are padding: set to -inf), then alpha = 2^(m_old - m_new) (0 on
+// the first block, m_old = -inf) rescales the running sum and output row.
+LDM_AVX2 inline float block_max(float* row, int64_t kb, int64_t valid, float m_old) {
+  for (int64_t j = valid; j < kb; ++j) row[j] = -INFINITY;
+  __m256 mx = _mm256_set1_ps(-INFINITY);
+  for (int64_t j = 0; j < kb; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(row + j));
+  const float bm = hmax(mx);
+  return bm > m_old ? bm : m_old;
+}
+LDM_AVX2 inline void rescale_row(float* o, int64_t d, float alpha) {
+  if (alpha == 1.0f) return;
+  const __m256 av = _mm256_set1_ps(alpha);
+  for (int64_t c = 0; c < d; c += 8) _mm256_storeu_ps(o + c, _mm256_mul_ps(_mm256_loadu_ps(o + c), av));
+}
+
+// The block's scores become 2^(s - m_new) in place; l and o follow.
 LDM_AVX2 inline void online_softmax(float* s, int64_t rows, int64_t lds, int64_t kb, int64_t valid, float* m, float* l,
-                             float* o, int64_t d) {
+                                    float* o, int64_t d) {
   for (int64_t i = 0; i < rows; ++i) {
     float* row = s + i * lds;
-    for (int64_t j = valid; j < kb; ++j) row[j] = -INFINITY;
-    __m256 mx = _mm256_set1_ps(-INFINITY);
-    for (int64_t j = 0; j < kb; j += 8) mx = _mm256_max_ps(mx, _mm256_loadu_ps(row + j));
-    const float block_max = hmax(mx);
-    const float m_new = block_max > m[i] ? block_max : m[i];
-    const float alpha = std::exp2(m[i] - m_new);  // 0 on the first block (m = -inf)
+    const float m_new = block_max(row, kb, valid, m[i]);
+    const float alpha = std::exp2(m[i] - m_new);
     const __m256 mv = _mm256_set1_ps(m_new);
     __m256 sum = _mm256_setzero_ps();
     for (int64_t j = 0; j < kb; j += 8) {
@@ -88,10 +99,7 @@ LDM_AVX2 inline void online_softmax(float* s, int64_t rows, int64_t lds, int64_t
     }
     l[i] = l[i] * alpha + hsum(sum);
     m[i] = m_new;
-    if (alpha != 1.0f) {
-      const __m256 av = _mm256_set1_ps(alpha);
-      for (int64_t c = 0; c < d; c += 8) _mm256_storeu_ps(o + i * d + c, _mm256_mul_ps(_mm256_loadu_ps(o + i * d + c), av));
-    }
+    rescale_row(o + i * d, d, alpha);
   }
 }
 }  // namespace ldm::flash
