@@ -48,7 +48,6 @@ namespace {
 using dt = dnnl::memory::data_type;
 using tag = dnnl::memory::format_tag;
 
-
 // Winograd only on maps with >= this many pixels (batch included): on smaller
 // ones it gains little (1280 channels at 8x8 x2: 25%; 320 at 32x32 x2: 2.3x).
 const int64_t kWinoMinPixels = std::getenv("LDM_WINO_MIN_PIXELS") ? std::atoll(std::getenv("LDM_WINO_MIN_PIXELS")) : 1024;

@@ -51,8 +51,8 @@ LDM_BF16 inline __m256 exp2_ps_bf16(__m256 x) {
 LDM_BF16 void online_softmax_bf16(float* s, int64_t rows, int64_t lds, int64_t kb, int64_t valid, float* m, float* l,
                                   float* o, int64_t d, uint16_t* p) {
   for (int64_t i = 0; i < rows; ++i) {
-    const float* row = s + i * lds;
-    const float m_new = block_max(s + i * lds, kb, valid, m[i]);
+    float* row = s + i * lds;
+    const float m_new = block_max(row, kb, valid, m[i]);
     const float alpha = std::exp2(m[i] - m_new);
     const __m256 mv = _mm256_set1_ps(m_new);
     __m256 sum = _mm256_setzero_ps();

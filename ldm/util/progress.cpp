@@ -24,9 +24,13 @@ Progress::Progress(std::string label, int64_t total, int64_t start, double elaps
                           std::chrono::duration<double>(elapsed > 0 ? elapsed : 0.0));
 }
 
-double Progress::rate() const {
+double Progress::elapsed() const {
   const auto end = end_ != decltype(end_){} ? end_ : std::chrono::steady_clock::now();
-  double el = std::chrono::duration<double>(end - t0_).count();
+  return std::chrono::duration<double>(end - t0_).count();
+}
+
+double Progress::rate() const {
+  const double el = elapsed();
   return el > 0 ? (done_ - start_) / el : 0.0;
 }
 
@@ -48,8 +52,7 @@ void Progress::update(int64_t done, const std::string& extra) {
 }
 
 void Progress::finish(const std::string& extra) {
-  const auto end = end_ != decltype(end_){} ? end_ : std::chrono::steady_clock::now();
-  double el = std::chrono::duration<double>(end - t0_).count();
+  const double el = elapsed();
   std::fprintf(stderr, "%s%s %lld/%lld done in %s (%.2f it/s)%s%s\n", tty_ ? "\r\033[K" : "", label_.c_str(),
                (long long)done_, (long long)total_, format_duration(el).c_str(), rate(), extra.empty() ? "" : "  ",
                extra.c_str());

@@ -20,6 +20,7 @@ class Progress {
   double rate() const;  // steps per second since the start
 
  private:
+  double elapsed() const;  // seconds from the start to the last step (or to now before it)
   std::string label_;
   int64_t total_, start_, done_ = 0;
   bool tty_;
