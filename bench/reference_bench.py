@@ -98,7 +98,7 @@ def install_stand_ins():
         try:
             __import__(name)
             return
-        except ImportError:
+        except Exception:  # not installed, or broken by an earlier stand-in (transformers checks torchvision's spec)
             pass
         parts = name.split(".")
         for i in range(1, len(parts) + 1):
@@ -135,7 +135,15 @@ def install_stand_ins():
     sys.modules["taming.modules.losses.lpips"] = lpips
 
 
-def fashion_ae_step(config, runs):
+def forward_autocast(bf16):
+    """Lightning's precision="bf16" on the CPU: the forward under torch.autocast, backward outside."""
+    import contextlib
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
+
+def fashion_ae_step(config, runs, bf16=False):
     """The reference's AutoencoderKL and LPIPSWithDiscriminator built from our YAML, one training step as
     Lightning runs it with two optimizers: training_step for the autoencoder's Adam, then for the
     discriminator's (its loss is 0 times the hinge before disc_start, as the reference computes it)."""
@@ -156,7 +164,9 @@ def fashion_ae_step(config, runs):
     def step():
         for i, opt in enumerate(opts):
             opt.zero_grad(set_to_none=True)
-            m.training_step(batch, 0, i).backward()
+            with forward_autocast(bf16):
+                loss = m.training_step(batch, 0, i)
+            loss.backward()
             opt.step()
 
     r = median_time(step, max(5, runs * 3))
@@ -164,7 +174,7 @@ def fashion_ae_step(config, runs):
     return r
 
 
-def fashion_ldm_step(config, runs):
+def fashion_ldm_step(config, runs, bf16=False):
     """The reference's LatentDiffusion built from our YAML (first stage random), one training step:
     conditioning, p_losses (with its VLB term), backward, AdamW over the UNet, on one latent batch."""
     import torch
@@ -186,9 +196,10 @@ def fashion_ldm_step(config, runs):
 
     def step():
         opt.zero_grad(set_to_none=True)
-        c = m.get_learned_conditioning(batch)
-        t = torch.randint(0, m.num_timesteps, (bs,))
-        loss, _ = m.p_losses(z, c, t)
+        with forward_autocast(bf16):
+            c = m.get_learned_conditioning(batch)
+            t = torch.randint(0, m.num_timesteps, (bs,))
+            loss, _ = m.p_losses(z, c, t)
         loss.backward()
         opt.step()
 
@@ -232,10 +243,10 @@ def main():
     torch.manual_seed(0)
     params = yaml.safe_load(open(a.config))["model"]["params"]
     install_stand_ins()
-    if a.work == "train_fashion":
-        r = fashion_ldm_step(a.fashion_config, a.runs)
-    elif a.work == "train_fashion_ae":
-        r = fashion_ae_step(a.fashion_ae_config, a.runs)
+    if a.work in ("train_fashion", "train_fashion_bf16"):
+        r = fashion_ldm_step(a.fashion_config, a.runs, a.work.endswith("_bf16"))
+    elif a.work in ("train_fashion_ae", "train_fashion_ae_bf16"):
+        r = fashion_ae_step(a.fashion_ae_config, a.runs, a.work.endswith("_bf16"))
     elif a.work.startswith("unet") or a.work.startswith("train"):
         from ldm.modules.diffusionmodules.openaimodel import UNetModel
 

@@ -196,7 +196,8 @@ json run_child_work(const Opts& o) {
     return r;
   }
   const bool bf16 = w.size() > 5 && w.substr(w.size() - 5) == "_bf16";
-  Autocast ac(bf16 ? "bf16" : "32", torch::kCPU);
+  // the training works autocast their forward only, as the trainer does
+  Autocast ac(bf16 && w.rfind("train_fashion", 0) != 0 ? "bf16" : "32", torch::kCPU);
   if (w == "attn4096" || w == "attn4096_bf16") {  // the UNet's largest self-attention at 512x512: 16 heads x 4096 tokens
     auto dt = bf16 ? torch::kBFloat16 : torch::kFloat32;
     auto q = torch::randn({16, 4096, 40}).to(dt), k = torch::randn({16, 4096, 40}).to(dt), v = torch::randn({16, 4096, 40}).to(dt);
@@ -245,7 +246,7 @@ json run_child_work(const Opts& o) {
     };
     return time_work(step, std::max(2, o.runs - 1));
   }
-  if (w == "train_fashion") {
+  if (w == "train_fashion" || w == "train_fashion_bf16") {
     auto cfg = load_yaml(o.fashion_config);
     auto model = YAML::Clone(cfg["model"]);
     model["params"]["first_stage_config"]["params"].remove("ckpt_path");  // random first stage: only the UNet step counts
@@ -259,14 +260,19 @@ json run_child_work(const Opts& o) {
     auto gen = torch::make_generator<at::CPUGeneratorImpl>(0);
     auto step = [&] {
       m->zero_grad(/*set_to_none=*/true);
-      m->training_loss(z, m->make_cond(m->get_learned_conditioning(labels)), gen).backward();
+      torch::Tensor loss;
+      {  // as the trainer: autocast over the forward only
+        Autocast fwd(bf16 ? "bf16" : "32", torch::kCPU);
+        loss = m->training_loss(z, m->make_cond(m->get_learned_conditioning(labels)), gen);
+      }
+      loss.backward();
       opt.step();
     };
     auto r = time_work(step, std::max(5, o.runs * 3));
     r["samples_per_s"] = bs / r["median_s"].get<double>();
     return r;
   }
-  if (w == "train_fashion_ae") {  // the trainer's autoencoder task: both optimizers' steps as the trainer runs them
+  if (w == "train_fashion_ae" || w == "train_fashion_ae_bf16") {  // the trainer's autoencoder task: both optimizers' steps as the trainer runs them
     auto cfg = load_yaml(o.fashion_ae_config);
     const int64_t bs = cfg["data"]["params"]["batch_size"].as<int64_t>();
     auto task = make_autoencoder_task(cfg["model"], cfg["model"]["base_learning_rate"].as<double>() * bs);
@@ -281,7 +287,12 @@ json run_child_work(const Opts& o) {
       for (size_t i = 0; i < opts.size(); ++i) {
         if (!task->active(static_cast<int>(i), 1)) continue;
         task->module().zero_grad(/*set_to_none=*/true);
-        task->loss(b, static_cast<int>(i), 1, gen).loss.backward();
+        torch::Tensor loss;
+        {
+          Autocast fwd(bf16 ? "bf16" : "32", torch::kCPU);
+          loss = task->loss(b, static_cast<int>(i), 1, gen).loss;
+        }
+        loss.backward();
         opts[i].opt->step();
       }
     };
@@ -348,10 +359,13 @@ const std::vector<std::pair<std::string, std::string>> kWork = {
     {"train256_ckpt", "the same with gradient checkpointing"},
     {"train_fashion", "training step, configs/fashion/ldm.yaml (UNet + class cond)"},
     {"train_fashion_ae", "training step, configs/fashion/autoencoder.yaml (both optimizers)"},
+    {"train_fashion_bf16", "the same LDM step, bf16 autocast (as make run trains it)"},
+    {"train_fashion_ae_bf16", "the same autoencoder step, bf16 autocast"},
 };
 // the works the reference script runs (bench/reference_bench.py)
 const std::vector<std::string> kRefWork = {"unet256",  "unet512",       "vae256",          "vae512",
-                                           "train256", "train_fashion", "train_fashion_ae"};
+                                           "train256", "train_fashion", "train_fashion_ae",
+                                           "train_fashion_bf16", "train_fashion_ae_bf16"};
 // the works bench/peers_bench.py runs in diffusers on PyTorch 2.x
 const std::vector<std::string> kPeerWork = {"attn4096",     "unet256",       "unet512",      "vae256",
                                             "vae512",       "attn4096_bf16", "unet256_bf16", "unet512_bf16",

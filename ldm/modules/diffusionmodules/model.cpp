@@ -70,9 +70,9 @@ ResnetBlock::ResnetBlock(int64_t in, int64_t out, bool conv_shortcut, double dro
 }
 
 torch::Tensor ResnetBlock::forward(const torch::Tensor& x, const torch::Tensor& temb) {
-  auto h = conv1->forward(torch::silu(norm1->forward(x)));
+  auto h = conv1->forward(norm1->forward_silu(x));
   if (temb_proj && temb.defined()) h = h + temb_proj->forward(torch::silu(temb)).unsqueeze(-1).unsqueeze(-1);
-  h = torch::silu(norm2->forward(h));
+  h = norm2->forward_silu(h);
   h = conv2->forward(torch::dropout(h, dropout, is_training()));
   return (shortcut ? shortcut->forward(x) : x) + h;
 }
@@ -134,7 +134,7 @@ torch::Tensor Encoder::forward(const torch::Tensor& x) {
     }
   }
   h = mid2->forward(mid_attn.fn(mid1->forward(h)));
-  return conv_out->forward(torch::silu(norm_out->forward(h)));
+  return conv_out->forward(norm_out->forward_silu(h));
 }
 
 Decoder::Decoder(const DDConfig& c) : c_(c) {
@@ -192,7 +192,7 @@ torch::Tensor Decoder::forward(const torch::Tensor& z) {
     }
   }
   if (c_.give_pre_end) return h;
-  h = conv_out->forward(torch::silu(norm_out->forward(h)));
+  h = conv_out->forward(norm_out->forward_silu(h));
   return c_.tanh_out ? torch::tanh(h) : h;
 }
 

@@ -139,12 +139,12 @@ torch::Tensor ResBlock::body(const torch::Tensor& x_in, const torch::Tensor& emb
   torch::Tensor x = x_in, h;
   if (h_up || h_down) {
     // resblock_updown: resample after GN+SiLU, before the first conv
-    h = torch::silu(in_norm->forward(x));
+    h = in_norm->forward_silu(x);
     h = h_up ? h_up->forward(h) : h_down->forward(h);
     x = x_up ? x_up->forward(x) : x_down->forward(x);
     h = in_conv->forward(h);
   } else {
-    h = in_conv->forward(torch::silu(in_norm->forward(x)));
+    h = in_conv->forward(in_norm->forward_silu(x));
   }
   auto e = emb_linear->forward(torch::silu(emb)).to(h.scalar_type());
   while (e.dim() < h.dim()) e = e.unsqueeze(-1);
@@ -153,7 +153,7 @@ torch::Tensor ResBlock::body(const torch::Tensor& x_in, const torch::Tensor& emb
     h = out_norm->forward(h) * (1 + ss[0]) + ss[1];
     h = torch::silu(h);
   } else {
-    h = torch::silu(out_norm->forward(h + e));
+    h = out_norm->forward_silu(h + e);
   }
   h = torch::dropout(h, dropout, is_training());
   h = out_conv->forward(h);
@@ -379,7 +379,7 @@ torch::Tensor UNetModel::forward(const torch::Tensor& x, const torch::Tensor& ti
     h = b->forward(h, emb, context);
   }
   if (id_conv) return id_conv->forward(id_norm->forward(h));
-  return out_conv->forward(torch::silu(out_norm->forward(h)));
+  return out_conv->forward(out_norm->forward_silu(h));
 }
 
 }  // namespace ldm
