@@ -150,24 +150,19 @@ GroupNorm::GroupNorm(int64_t g, int64_t c, double e) : groups(g), eps(e) {
   bias = register_parameter("bias", make_const({c}, 0.0));
 }
 
-namespace {
-bool full_precision(const torch::Tensor& x, const torch::Tensor& w) {
-  return x.scalar_type() == w.scalar_type() && x.scalar_type() != torch::kBFloat16 && x.scalar_type() != torch::kHalf;
-}
-}  // namespace
+torch::Tensor GroupNorm::forward(const torch::Tensor& x) { return norm(x, false); }
 
-torch::Tensor GroupNorm::forward(const torch::Tensor& x) {
-  if (full_precision(x, weight)) return torch::group_norm(x, groups, weight, bias, eps);
-  // reduced precision (autocast, bf16 inference): statistics in float32
-  return torch::group_norm(x.to(torch::kFloat32), groups, weight.to(torch::kFloat32), bias.to(torch::kFloat32), eps)
-      .to(x.scalar_type());
-}
+torch::Tensor GroupNorm::forward_silu(const torch::Tensor& x) { return norm(x, true); }
 
-torch::Tensor GroupNorm::forward_silu(const torch::Tensor& x) {
-  if (full_precision(x, weight)) return torch::silu(torch::group_norm(x, groups, weight, bias, eps));
-  return torch::silu(torch::group_norm(x.to(torch::kFloat32), groups, weight.to(torch::kFloat32),
-                                       bias.to(torch::kFloat32), eps))
-      .to(x.scalar_type());
+torch::Tensor GroupNorm::norm(const torch::Tensor& x, bool silu) {
+  const auto dt = x.scalar_type();
+  if (dt == weight.scalar_type() && dt != torch::kBFloat16 && dt != torch::kHalf) {
+    auto y = torch::group_norm(x, groups, weight, bias, eps);
+    return silu ? torch::silu(y) : y;
+  }
+  // reduced precision (autocast, bf16 inference): statistics, and the SiLU, in float32
+  auto y = torch::group_norm(x.to(torch::kFloat32), groups, weight.to(torch::kFloat32), bias.to(torch::kFloat32), eps);
+  return (silu ? torch::silu(y) : y).to(dt);
 }
 
 LayerNorm::LayerNorm(int64_t d, double e) : dim(d), eps(e) {

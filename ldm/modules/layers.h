@@ -112,6 +112,9 @@ class GroupNorm : public torch::nn::Module {
   torch::Tensor weight, bias;
   int64_t groups;
   double eps;
+
+ private:
+  torch::Tensor norm(const torch::Tensor& x, bool silu);
 };
 
 class LayerNorm : public torch::nn::Module {
