@@ -1,7 +1,8 @@
 // What the float32 and bf16 fused attention kernels share: the tiling
 // constants, AVX2 exp2/max/sum and the online softmax over float32 scores.
 // Internal to flash_attention_kernel.cpp and flash_attention_bf16.cpp, whose
-// callers have checked the CPU (inline functions carry their own targets).
+// callers have checked the CPU (inline functions carry their own targets), and
+// to group_norm_kernel.cpp (exp2, hsum).
 #pragma once
 #include <immintrin.h>
 

@@ -1,6 +1,7 @@
 #include "ldm/modules/layers.h"
 
 #include "ldm/modules/fast_conv.h"
+#include "ldm/modules/group_norm_bf16.h"
 
 #include <torch/torch.h>
 
@@ -161,6 +162,7 @@ torch::Tensor GroupNorm::norm(const torch::Tensor& x, bool silu) {
     return silu ? torch::silu(y) : y;
   }
   // reduced precision (autocast, bf16 inference): statistics, and the SiLU, in float32
+  if (group_norm_bf16_applies(x)) return group_norm_bf16(x, groups, weight, bias, eps, silu);  // fused, no float32 copies
   auto y = torch::group_norm(x.to(torch::kFloat32), groups, weight.to(torch::kFloat32), bias.to(torch::kFloat32), eps);
   return (silu ? torch::silu(y) : y).to(dt);
 }

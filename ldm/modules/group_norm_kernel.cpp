@@ -1,0 +1,194 @@
+// GroupNorm (+ SiLU) on bf16 with float32 arithmetic: AVX2 loops over one
+// (sample, group). Sums run in float over blocks of kBlock values and in
+// double across blocks, so large groups (a VAE's 512x512 level) keep float32
+// precision. bf16 is rounded to nearest even, as c10::BFloat16.
+#include "ldm/modules/group_norm_kernel.h"
+
+#include <cmath>
+#include <cstring>
+
+#include "ldm/modules/flash_attention_simd.h"  // LDM_AVX2, exp2_ps, hsum
+
+namespace ldm {
+namespace {
+
+using flash::exp2_ps;
+using flash::hsum;
+
+constexpr int64_t kBlock = 2048;
+constexpr float kLog2e = 1.4426950408889634f;
+
+float to_f(uint16_t v) {
+  const uint32_t u = uint32_t(v) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+uint16_t to_bf16(float f) {
+  if (std::isnan(f)) return 0x7fc0;
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+float sigmoid(float y) { return 1.0f / (1.0f + std::exp(-y)); }
+
+LDM_AVX2 inline __m256 load8(const uint16_t* p) {
+  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+}
+LDM_AVX2 inline void store8(uint16_t* p, __m256 f) {
+  __m256i u = _mm256_castps_si256(f);
+  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+  u = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+  const __m256 nan = _mm256_cmp_ps(f, f, _CMP_UNORD_Q);
+  u = _mm256_blendv_epi8(u, _mm256_set1_epi32(0x7fc0), _mm256_castps_si256(nan));
+  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+}
+LDM_AVX2 inline __m256 sigmoid8(__m256 y) {
+  const __m256 e = exp2_ps(_mm256_mul_ps(y, _mm256_set1_ps(-kLog2e)));
+  return _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+
+// sum of (x - c)^p over n values, p = 1 or 2
+LDM_AVX2 double centered_sum(const uint16_t* x, int64_t n, float c, int p) {
+  double total = 0;
+  const __m256 cv = _mm256_set1_ps(c);
+  for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
+    const int64_t b1 = b0 + kBlock < n ? b0 + kBlock : n;
+    __m256 acc = _mm256_setzero_ps();
+    float tail = 0;
+    int64_t i = b0;
+    for (; i + 8 <= b1; i += 8) {
+      const __m256 d = _mm256_sub_ps(load8(x + i), cv);
+      acc = p == 1 ? _mm256_add_ps(acc, d) : _mm256_fmadd_ps(d, d, acc);
+    }
+    for (; i < b1; ++i) {
+      const float d = to_f(x[i]) - c;
+      tail += p == 1 ? d : d * d;
+    }
+    total += double(hsum(acc)) + tail;
+  }
+  return total;
+}
+
+LDM_AVX2 void forward_avx2(const uint16_t* x, const float* w, const float* b, uint16_t* y, int64_t channels,
+                           int64_t hw, float eps, bool silu, float* mean, float* rstd) {
+  const int64_t m = channels * hw;
+  const float mu = float(centered_sum(x, m, 0.0f, 1) / double(m));
+  const float r = float(1.0 / std::sqrt(centered_sum(x, m, mu, 2) / double(m) + double(eps)));
+  *mean = mu;
+  *rstd = r;
+  for (int64_t c = 0; c < channels; ++c) {
+    const float scale = r * w[c], shift = b[c] - mu * scale;
+    const __m256 sv = _mm256_set1_ps(scale), hv = _mm256_set1_ps(shift);
+    const uint16_t* xr = x + c * hw;
+    uint16_t* yr = y + c * hw;
+    int64_t i = 0;
+    for (; i + 8 <= hw; i += 8) {
+      __m256 v = _mm256_fmadd_ps(load8(xr + i), sv, hv);
+      if (silu) v = _mm256_mul_ps(v, sigmoid8(v));
+      store8(yr + i, v);
+    }
+    for (; i < hw; ++i) {
+      float v = to_f(xr[i]) * scale + shift;
+      yr[i] = to_bf16(silu ? v * sigmoid(v) : v);
+    }
+  }
+}
+
+// g = dy * silu'(y) with silu'(y) = s (1 + y (1 - s)), s = sigmoid(y)
+LDM_AVX2 inline __m256 silu_grad8(__m256 dy, __m256 y) {
+  const __m256 s = sigmoid8(y), one = _mm256_set1_ps(1.0f);
+  return _mm256_mul_ps(dy, _mm256_mul_ps(s, _mm256_fmadd_ps(y, _mm256_sub_ps(one, s), one)));
+}
+
+// One channel: g into gr, and returns sum(g), sum(g * xhat) through sg, sgx.
+LDM_AVX2 void channel_grad(const uint16_t* xr, const uint16_t* dyr, int64_t hw, float scale, float shift, float mean,
+                           float rstd, bool silu, float* gr, double* sg, double* sgx) {
+  const __m256 sv = _mm256_set1_ps(scale), hv = _mm256_set1_ps(shift), mv = _mm256_set1_ps(mean),
+               rv = _mm256_set1_ps(rstd);
+  for (int64_t b0 = 0; b0 < hw; b0 += kBlock) {
+    const int64_t b1 = b0 + kBlock < hw ? b0 + kBlock : hw;
+    __m256 a1 = _mm256_setzero_ps(), a2 = _mm256_setzero_ps();
+    float t1 = 0, t2 = 0;
+    int64_t i = b0;
+    for (; i + 8 <= b1; i += 8) {
+      const __m256 xv = load8(xr + i);
+      __m256 g = load8(dyr + i);
+      if (silu) g = silu_grad8(g, _mm256_fmadd_ps(xv, sv, hv));
+      _mm256_storeu_ps(gr + i, g);
+      a1 = _mm256_add_ps(a1, g);
+      a2 = _mm256_fmadd_ps(g, _mm256_mul_ps(_mm256_sub_ps(xv, mv), rv), a2);
+    }
+    for (; i < b1; ++i) {
+      const float xv = to_f(xr[i]), y = xv * scale + shift;
+      float g = to_f(dyr[i]);
+      if (silu) {
+        const float s = sigmoid(y);
+        g *= s * (1.0f + y * (1.0f - s));
+      }
+      gr[i] = g;
+      t1 += g;
+      t2 += g * (xv - mean) * rstd;
+    }
+    *sg += double(hsum(a1)) + t1;
+    *sgx += double(hsum(a2)) + t2;
+  }
+}
+
+LDM_AVX2 void backward_avx2(const uint16_t* x, const uint16_t* dy, const float* w, const float* b, int64_t channels,
+                            int64_t hw, float mean, float rstd, bool silu, uint16_t* dx, float* dw, float* db,
+                            float* scratch) {
+  double a = 0, bsum = 0;  // sum over the group of w * g and of w * g * xhat
+  for (int64_t c = 0; c < channels; ++c) {
+    const float scale = rstd * w[c], shift = b[c] - mean * scale;
+    double sg = 0, sgx = 0;
+    channel_grad(x + c * hw, dy + c * hw, hw, scale, shift, mean, rstd, silu, scratch + c * hw, &sg, &sgx);
+    db[c] = float(sg);
+    dw[c] = float(sgx);
+    a += w[c] * sg;
+    bsum += w[c] * sgx;
+  }
+  // dx = rstd (w g - (A + xhat B) / m): the norm's gradient (Wu & He 2018, as LayerNorm's)
+  const int64_t m = channels * hw;
+  const float am = float(a / double(m)), bm = float(bsum / double(m));
+  const __m256 mv = _mm256_set1_ps(mean), rv = _mm256_set1_ps(rstd), av = _mm256_set1_ps(am),
+               bv = _mm256_set1_ps(bm);
+  for (int64_t c = 0; c < channels; ++c) {
+    const __m256 wv = _mm256_set1_ps(w[c]);
+    const uint16_t* xr = x + c * hw;
+    const float* gr = scratch + c * hw;
+    uint16_t* dr = dx + c * hw;
+    int64_t i = 0;
+    for (; i + 8 <= hw; i += 8) {
+      const __m256 xhat = _mm256_mul_ps(_mm256_sub_ps(load8(xr + i), mv), rv);
+      const __m256 inner = _mm256_sub_ps(_mm256_mul_ps(wv, _mm256_loadu_ps(gr + i)), _mm256_fmadd_ps(xhat, bv, av));
+      store8(dr + i, _mm256_mul_ps(rv, inner));
+    }
+    for (; i < hw; ++i) {
+      const float xhat = (to_f(xr[i]) - mean) * rstd;
+      dr[i] = to_bf16(rstd * (w[c] * gr[i] - (am + xhat * bm)));
+    }
+  }
+}
+
+}  // namespace
+
+bool group_norm_bf16_available() {
+  static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  return ok;
+}
+
+void group_norm_bf16_forward(const uint16_t* x, const float* w, const float* b, uint16_t* y, int64_t channels,
+                             int64_t hw, float eps, bool silu, float* mean, float* rstd) {
+  forward_avx2(x, w, b, y, channels, hw, eps, silu, mean, rstd);
+}
+
+void group_norm_bf16_backward(const uint16_t* x, const uint16_t* dy, const float* w, const float* b, int64_t channels,
+                              int64_t hw, float mean, float rstd, bool silu, uint16_t* dx, float* dw, float* db,
+                              float* scratch) {
+  backward_avx2(x, dy, w, b, channels, hw, mean, rstd, silu, dx, dw, db, scratch);
+}
+
+}  // namespace ldm
