@@ -40,14 +40,14 @@ echo "== 2/4 latent diffusion ($LDM_CFG, $NPROC ranks, precision $LDM_PRECISION)
 "$LDM" train "$LDM_CFG" -o "$OUT/ldm" --nproc "$NPROC" "data.params.batch_size=$((LDM_BATCH / NPROC))" \
   "lightning.trainer.precision=$LDM_PRECISION" \
   "model.params.first_stage_config.params.ckpt_path=$OUT/autoencoder"
-echo "== 3/4 sampling 100 images per class (DPM++ 2M Karras, 25 steps, guidance 5.5 where 0.5 < sigma <= 3)"
+echo "== 3/4 sampling 100 images per class (DPM++ 2M Karras, 25 steps, guidance 5 where 0.5 < sigma <= 3)"
 # Guidance only at mid-to-low noise (0.5 < sigma <= 3 of 0.04..84): the class details get
 # sharpened while the high-noise steps keep the data's variety and the last ones the
 # data's texture (README: LDM experiments)
 sample_lane() {  # classes lane, lane + NPROC, ...
   for ((c = $1; c < 10; c += NPROC)); do
     OMP_NUM_THREADS=$THREADS "$LDM" sample --config "$OUT/ldm/config.yaml" --ckpt "$OUT/ldm" --class "$c" -b 100 \
-      --sampler dpm++2m --schedule karras --steps 25 --cfg-scale 5.5 --cfg-interval 0.5,3 --seed "$c" --no-grid -o "$OUT/samples/$c" 2>&1 | tail -n 1
+      --sampler dpm++2m --schedule karras --steps 25 --cfg-scale 5 --cfg-interval 0.5,3 --seed "$c" --no-grid -o "$OUT/samples/$c" 2>&1 | tail -n 1
   done
 }
 pids=()
