@@ -29,7 +29,8 @@ class GenerateParams(C.Structure):
                 ("steps", C.c_int), ("cfg_scale", C.c_float), ("seed", C.c_int64), ("sampler", C.c_char_p),
                 ("schedule", C.c_char_p), ("batch_count", C.c_int), ("strength", C.c_float),
                 ("init_image", C.POINTER(Image)), ("mask", C.POINTER(Image)), ("progress", PROGRESS),
-                ("user", C.c_void_p), ("cfg_sigma_lo", C.c_float), ("cfg_sigma_hi", C.c_float)]
+                ("user", C.c_void_p), ("cfg_sigma_lo", C.c_float), ("cfg_sigma_hi", C.c_float),
+                ("cfg_rescale", C.c_float)]
 
 
 def load_library(path):

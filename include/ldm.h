@@ -72,6 +72,7 @@ typedef struct ldm_generate_params {
   /* guide only where cfg_sigma_lo < sigma <= cfg_sigma_hi (noise levels; the
    * conditional model alone elsewhere); default 0 and INFINITY: every step */
   float cfg_sigma_lo, cfg_sigma_hi;
+  float cfg_rescale; /* guidance rescale 0-1 (diffusers' guidance_rescale), default 0: off */
 } ldm_generate_params;
 
 LDM_API void ldm_load_params_init(ldm_load_params* p);

@@ -71,6 +71,7 @@ std::string parameters_text(const GenerateRequest& r, const std::string& prompt_
     << ", Model: " << std::filesystem::path(o.model).stem().string();
   if (r.cfg_sigma_lo > 0 || std::isfinite(r.cfg_sigma_hi))
     p << ", CFG interval: " << r.cfg_sigma_lo << "-" << r.cfg_sigma_hi;
+  if (r.cfg_rescale > 0) p << ", CFG rescale: " << r.cfg_rescale;
   if (r.init_image.defined() && !r.mask.defined()) p << ", Denoising strength: " << r.strength;
   if (r.mask.defined()) p << ", Inpainting: masked";
   if (r.sampler == "ddim") p << ", Eta: " << r.eta;
@@ -283,6 +284,7 @@ GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& 
 
   GuidedDenoiser d(*m_, c.cond, c.uncond, r.cfg_scale);
   d.set_interval(r.cfg_sigma_lo, r.cfg_sigma_hi);
+  d.set_rescale(r.cfg_rescale);
   SampleOptions so;
   so.sampler = r.sampler;
   so.steps = r.steps;

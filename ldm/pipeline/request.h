@@ -35,6 +35,8 @@ struct GenerateRequest {
   // guide only at noise levels cfg_sigma_lo < sigma <= cfg_sigma_hi (the
   // conditional model alone elsewhere); the default guides every step
   double cfg_sigma_lo = 0.0, cfg_sigma_hi = std::numeric_limits<double>::infinity();
+  // guidance rescale in [0, 1] (diffusers' guidance_rescale; 0: off)
+  double cfg_rescale = 0.0;
   // img2img: [C, H, W] float in [0, 1] (resized to the output size); strength 1 ignores it
   torch::Tensor init_image;
   double strength = 0.75;

@@ -114,6 +114,8 @@ void validate(const GenerateRequest& r, const ModelFacts& m) {
   if (!(r.cfg_sigma_lo >= 0 && std::isfinite(r.cfg_sigma_lo) && r.cfg_sigma_hi > r.cfg_sigma_lo))
     throw Error("cfg interval: expected 0 <= low < high (sigmas; high may be inf), got " + format_number(r.cfg_sigma_lo) + ", " +
                 format_number(r.cfg_sigma_hi));
+  if (!(r.cfg_rescale >= 0 && r.cfg_rescale <= 1))
+    throw Error("cfg rescale: expected 0 <= phi <= 1, got " + format_number(r.cfg_rescale));
   finite(r.strength, "strength");
   if (r.batch < 1) throw Error("batch: expected at least 1 image, got " + std::to_string(r.batch));
   if (r.eta < 0) throw Error("eta: expected >= 0, got " + format_number(r.eta));

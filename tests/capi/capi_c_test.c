@@ -57,6 +57,11 @@ int main(int argc, char** argv) {
     return fail("a reversed guidance interval must be refused");
   gp.cfg_sigma_lo = 0.0f;
   gp.cfg_sigma_hi = INFINITY;
+  if (gp.cfg_rescale != 0.0f) return fail("guidance rescale is off by default");
+  gp.cfg_rescale = 1.5f;
+  if (ldm_generate(p, &gp, &images, &count) != 1 || strstr(ldm_last_error(), "cfg rescale") == NULL)
+    return fail("a guidance rescale above 1 must be refused");
+  gp.cfg_rescale = 0.0f;
   gp.width = -64;
   if (ldm_generate(p, &gp, &images, &count) != 1 || strstr(ldm_last_error(), "width") == NULL)
     return fail("width -64 must be refused");

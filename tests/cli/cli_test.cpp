@@ -288,6 +288,7 @@ TEST(CliSample, BadRequestValuesAreTheLibrarysErrors) {
       {" --cfg-interval 3", "--cfg-interval: expected LO,HI in sigmas"},
       {" --cfg-interval 1,x", "--cfg-interval: expected LO,HI in sigmas"},
       {" --cfg-interval 4,2", "cfg interval: expected 0 <= low < high (sigmas; high may be inf), got 4, 2"},
+      {" --cfg-rescale -0.5", "cfg rescale: expected 0 <= phi <= 1, got -0.5"},
       {" -W -64", "width: expected a positive number of pixels, got -64"},
       {" -W 100 -H 80", "width: must be a multiple of 16 (the first stage's 4 x the UNet's 4), got 100"},
       {" -b 0", "batch: expected at least 1 image, got 0"},

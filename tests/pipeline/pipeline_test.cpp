@@ -123,6 +123,7 @@ TEST(Pipeline, BadRequestsAreOneLineErrorsBeforeAnyWork) {
   expect([](auto& r) { r.cfg_scale = INFINITY; }, "cfg scale: expected a finite number");
   expect([](auto& r) { r.cfg_sigma_lo = 5; r.cfg_sigma_hi = 1; }, "cfg interval: expected 0 <= low < high");
   expect([](auto& r) { r.cfg_sigma_lo = -1; }, "cfg interval: expected 0 <= low < high");
+  expect([](auto& r) { r.cfg_rescale = 1.5; }, "cfg rescale: expected 0 <= phi <= 1, got 1.5");
   expect([](auto& r) { r.width = -64; }, "width: expected a positive number of pixels, got -64");
   expect([](auto& r) { r.width = 100; }, "width: must be a multiple of 16 (the first stage's 4 x the UNet's 4), got 100");
   expect([](auto& r) { r.height = 65536; }, "height: at most 8192 pixels, got 65536");

@@ -55,6 +55,7 @@ struct Opts {
   int64_t steps = 50, batch = 1, width = 0, height = 0, seed = 42;
   double eta = 0.0, cfg_scale = 1.0;
   std::string cfg_interval;  // "LO,HI" in sigmas
+  double cfg_rescale = 0.0;
   bool no_ema = false, no_grid = false, vae_tiling = false;
   std::string prediction, precision = "fp32";
   int64_t vae_tile = 32, vae_overlap = 8;  // latent units (256 px tiles, 64 px overlap for SD)
@@ -152,6 +153,7 @@ pipeline::GenerateRequest request(const Opts& o, pipeline::Pipeline& p) {
   r.eta = o.eta;
   r.cfg_scale = o.cfg_scale;
   if (!o.cfg_interval.empty()) std::tie(r.cfg_sigma_lo, r.cfg_sigma_hi) = parse_interval(o.cfg_interval);
+  r.cfg_rescale = o.cfg_rescale;
   r.strength = o.strength;
   if (!o.init_noise.empty()) r.init_noise = load_tensor_arg(o.init_noise, "--init-noise");
   if (!o.cond.empty()) r.cond = load_tensor_arg(o.cond, "--cond");
@@ -281,6 +283,10 @@ void add_generate(CLI::App& app, const std::string& mode) {
   sub->add_option("--cfg-scale", o->cfg_scale, "classifier-free guidance scale (1 = off)")->capture_default_str();
   sub->add_option("--cfg-interval", o->cfg_interval,
                   "guide only at noise levels LO < sigma <= HI, as LO,HI (HI may be inf); the conditional model elsewhere");
+  sub->add_option("--cfg-rescale,--guidance-rescale", o->cfg_rescale,
+                  "rescale the guided prediction toward the conditional one's standard deviation, 0-1 (diffusers' "
+                  "guidance_rescale; 0.7 suggested for v-models at high guidance)")
+      ->capture_default_str();
   sub->add_option("--seed,-s", o->seed, "seed (noise equals torch.manual_seed(seed); torch.randn on CPU)")->capture_default_str();
   sub->add_option("-b,--batch", o->batch, "images")->capture_default_str();
   sub->add_option("--class", o->labels, "class label, or one per image separated by commas");

@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <string>
+#include <vector>
 
 #include "ldm/error.h"
 #include "ldm/util/number.h"
@@ -35,6 +36,11 @@ void GuidedDenoiser::set_interval(double lo, double hi) {
   sigma_hi_ = hi;
 }
 
+void GuidedDenoiser::set_rescale(double phi) {
+  if (!(phi >= 0 && phi <= 1)) throw Error("guidance rescale: expected 0 <= phi <= 1, got " + format_number(phi));
+  rescale_ = phi;
+}
+
 torch::Tensor GuidedDenoiser::eps(const torch::Tensor& x, double t, double alpha) {
   ++calls;
   // Integer timesteps go in as int64 like the reference samplers; sigma-space
@@ -48,6 +54,13 @@ torch::Tensor GuidedDenoiser::eps(const torch::Tensor& x, double t, double alpha
     auto x_in = torch::cat({x, x}, 0);
     auto both = m_.apply_model(x_in, torch::full({2 * n}, t, topt), both_).chunk(2, 0);
     out = both[0] + scale_ * (both[1] - both[0]);
+    if (rescale_ > 0) {  // on the model's own output (v or eps), as diffusers applies it
+      std::vector<int64_t> dims;
+      for (int64_t i = 1; i < out.dim(); ++i) dims.push_back(i);
+      auto ratio = both[1].std(dims, /*unbiased=*/true, /*keepdim=*/true) /
+                   out.std(dims, /*unbiased=*/true, /*keepdim=*/true).clamp_min(1e-12);
+      out = rescale_ * (out * ratio) + (1 - rescale_) * out;
+    }
   } else {
     out = m_.apply_model(x, torch::full({n}, t, topt), cond_);
   }

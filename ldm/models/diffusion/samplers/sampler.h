@@ -39,6 +39,12 @@ class GuidedDenoiser : public Denoiser {
   GuidedDenoiser(LatentDiffusion& model, Cond cond, Cond uncond = {}, double scale = 1.0);
   // guide only where sigma_lo < sigma <= sigma_hi (default: everywhere)
   void set_interval(double sigma_lo, double sigma_hi);
+  // Guidance rescale phi in [0, 1] (Lin et al. 2024, "Common Diffusion Noise
+  // Schedules and Sample Steps are Flawed", sec. 3.4; diffusers'
+  // guidance_rescale): each guided prediction is scaled to the conditional
+  // one's standard deviation, blended with the plain guided one by phi.
+  // Counters the over-exposure of high guidance scales; 0 (default) is off.
+  void set_rescale(double phi);
   using Denoiser::eps;
   torch::Tensor eps(const torch::Tensor& x, double t, double alpha) override;
   torch::Tensor alphas_cumprod() const override { return m_.schedule().alphas_cumprod; }
@@ -50,6 +56,7 @@ class GuidedDenoiser : public Denoiser {
   double scale_;
   bool guided_;
   double sigma_lo_ = 0.0, sigma_hi_ = std::numeric_limits<double>::infinity();
+  double rescale_ = 0.0;
 };
 
 struct SampleOptions {

@@ -1,6 +1,6 @@
-// Classifier-free guidance restricted to a sigma interval: inside it the
+// Classifier-free guidance restricted to a sigma interval (inside it the
 // denoiser equals out_u + s (out_c - out_u), outside it the conditional model
-// alone; both computed here from separate UNet calls.
+// alone) and with guidance rescale; both computed here from separate UNet calls.
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -86,4 +86,49 @@ TEST(GuidanceInterval, RefusesAnEmptyOrNegativeInterval) {
   EXPECT_THROW(d.set_interval(-1.0, 1.0), Error);
   EXPECT_THROW(d.set_interval(2.0, 2.0), Error);
   EXPECT_THROW(d.set_interval(std::nan(""), 2.0), Error);
+}
+
+// Lin et al. 2024, eq. 15-16, per sample: g = u + s (c - u); r = g std(c) / std(g); out = phi r + (1 - phi) g.
+TEST(GuidanceRescale, EqualsTheFormulaPerSample) {
+  torch::manual_seed(5);
+  auto m = tiny_model();
+  torch::NoGradGuard ng;
+  auto c = torch::randn({2, 3, 16}), u = torch::zeros({2, 3, 16});
+  auto x = torch::randn({2, 4, 8, 8});
+  const int64_t t = 500;
+  const double scale = 12.0;
+  auto ts = torch::full({2}, t, torch::kInt64);
+  auto ec = m->apply_model(x, ts, Cond{c}).to(torch::kFloat64), eu = m->apply_model(x, ts, Cond{u}).to(torch::kFloat64);
+  auto g = eu + scale * (ec - eu);
+  auto plain = GuidedDenoiser(*m, Cond{c}, Cond{u}, scale).eps(x, t);
+  for (double phi : {0.0, 0.7, 1.0}) {
+    GuidedDenoiser d(*m, Cond{c}, Cond{u}, scale);
+    d.set_rescale(phi);
+    auto got = d.eps(x, t);
+    if (phi == 0) {
+      EXPECT_TRUE(torch::equal(got, plain));
+      continue;
+    }
+    for (int64_t i = 0; i < 2; ++i) {  // std written out: sqrt(sum (v - mean)^2 / (n - 1))
+      auto sd = [](const torch::Tensor& v) {
+        auto f = v.flatten();
+        return std::sqrt(((f - f.mean()).pow(2).sum() / (f.numel() - 1)).item<double>());
+      };
+      const double ratio = sd(ec[i]) / sd(g[i]);
+      // the rescale must move the output by far more than the tolerance for the test to mean anything
+      EXPECT_GT(std::abs(ratio - 1), 0.01);
+      auto want = phi * g[i] * ratio + (1 - phi) * g[i];
+      test::expect_close(got[i].to(torch::kFloat64), want, 1e-4, 1e-5, "phi " + std::to_string(phi));
+      if (phi == 1) EXPECT_NEAR(sd(got[i].to(torch::kFloat64)), sd(ec[i]), 1e-4 * sd(ec[i]));
+    }
+  }
+}
+
+TEST(GuidanceRescale, RefusesPhiOutsideZeroToOne) {
+  auto m = tiny_model();
+  GuidedDenoiser d(*m, Cond{torch::zeros({1, 3, 16})}, Cond{torch::zeros({1, 3, 16})}, 2.0);
+  EXPECT_THROW(d.set_rescale(-0.1), Error);
+  EXPECT_THROW(d.set_rescale(1.5), Error);
+  EXPECT_THROW(d.set_rescale(std::nan("")), Error);
+  EXPECT_NO_THROW(d.set_rescale(1.0));
 }
