@@ -24,10 +24,9 @@ torch::Tensor extract(const torch::Tensor& a, const torch::Tensor& t, const torc
 LatentDiffusion::LatentDiffusion(LatentDiffusionOptions o, std::shared_ptr<UNetModel> unet,
                                  std::shared_ptr<FirstStage> fs, std::shared_ptr<torch::nn::Module> cs)
     : o_(std::move(o)), unet_(std::move(unet)), first_stage_(std::move(fs)), cond_stage_(std::move(cs)) {
-  static const char* keys[] = {"", "concat", "crossattn", "hybrid", "adm", "crossattn-adm"};
+  static const char* keys[] = {"", "concat", "crossattn", "hybrid", "adm"};
   if (std::find(std::begin(keys), std::end(keys), o_.conditioning_key) == std::end(keys))
-    throw Error("conditioning_key: expected concat, crossattn, hybrid, adm or crossattn-adm, got \"" +
-                o_.conditioning_key + "\"");
+    throw Error("conditioning_key: expected concat, crossattn, hybrid or adm, got \"" + o_.conditioning_key + "\"");
   sched_ = DiffusionSchedule::make(o_.schedule);
   for (auto& [name, t] : sched_.buffers()) *t = register_buffer(name, *t);
   model_ = register_module("model", std::make_shared<nn::Holder>());
@@ -124,7 +123,6 @@ torch::Tensor LatentDiffusion::apply_model(const torch::Tensor& x, const torch::
   if (k == "concat") return unet_->forward(torch::cat({x, c.concat}, 1), t);
   if (k == "crossattn") return unet_->forward(x, t, c.crossattn);
   if (k == "hybrid") return unet_->forward(torch::cat({x, c.concat}, 1), t, c.crossattn);
-  if (k == "crossattn-adm") return unet_->forward(x, t, c.crossattn, c.y);
   return unet_->forward(x, t, {}, c.y);  // adm
 }
 
@@ -210,10 +208,6 @@ Cond LatentDiffusion::make_cond(const torch::Tensor& c) const {
   if (k == "crossattn") out.crossattn = c;
   else if (k == "concat") out.concat = c;
   else if (k == "adm") out.y = c;
-  else if (k == "crossattn-adm") {  // ours: one embedding as context and, flattened, as y (a `sequential` label_emb)
-    out.crossattn = c;
-    out.y = c.flatten(1);
-  }
   else if (k == "hybrid") out.crossattn = c;  // the reference's c_crossattn; c_concat (mask, masked image) comes from the image
   return out;
 }

@@ -27,7 +27,7 @@ struct LatentDiffusionOptions {
   // ours (0 = off, the reference): Min-SNR-gamma loss weighting (Hang et al. 2023,
   // arXiv:2303.09556), as diffusers' training scripts' --snr_gamma.
   double snr_gamma = 0.0;
-  std::string conditioning_key;  // "", concat, crossattn, hybrid, adm, crossattn-adm (ours: c as context and as y)
+  std::string conditioning_key;  // "", concat, crossattn, hybrid, adm
   double scale_factor = 1.0;
   bool scale_by_std = false, cond_stage_trainable = false, use_ema = false;
   bool cond_is_first_stage = false;  // cond_stage_config: __is_first_stage__
