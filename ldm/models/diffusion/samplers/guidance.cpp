@@ -59,7 +59,7 @@ torch::Tensor GuidedDenoiser::eps(const torch::Tensor& x, double t, double alpha
       for (int64_t i = 1; i < out.dim(); ++i) dims.push_back(i);
       auto ratio = both[1].std(dims, /*unbiased=*/true, /*keepdim=*/true) /
                    out.std(dims, /*unbiased=*/true, /*keepdim=*/true).clamp_min(1e-12);
-      out = rescale_ * (out * ratio) + (1 - rescale_) * out;
+      out = out * (rescale_ * ratio + (1 - rescale_));  // phi (out ratio) + (1 - phi) out, blended on the [N, 1, ...] factor
     }
   } else {
     out = m_.apply_model(x, torch::full({n}, t, topt), cond_);
