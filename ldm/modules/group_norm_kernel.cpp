@@ -1,7 +1,8 @@
-// GroupNorm (+ SiLU) on bf16 with float32 arithmetic: AVX2 loops over one
-// (sample, group). Sums run in float over blocks of kBlock values and in
-// double across blocks, so large groups (a VAE's 512x512 level) keep float32
-// precision. bf16 is rounded to nearest even, as c10::BFloat16.
+// GroupNorm (+ SiLU) on float32 or bf16 with float32 arithmetic: AVX2 loops
+// over one (sample, group), templated on the stored type. Sums run in float
+// over blocks of kBlock values and in double across blocks, so large groups (a
+// VAE's 512x512 level) keep float32 precision. bf16 is rounded to nearest
+// even, as c10::BFloat16.
 #include "ldm/modules/group_norm_kernel.h"
 
 #include <cmath>
@@ -18,13 +19,19 @@ using flash::hsum;
 constexpr int64_t kBlock = 2048;
 constexpr float kLog2e = 1.4426950408889634f;
 
+float to_f(float v) { return v; }
 float to_f(uint16_t v) {
   const uint32_t u = uint32_t(v) << 16;
   float f;
   std::memcpy(&f, &u, 4);
   return f;
 }
-uint16_t to_bf16(float f) {
+template <typename T>
+T from_f(float f);
+template <>
+float from_f<float>(float f) { return f; }
+template <>
+uint16_t from_f<uint16_t>(float f) {
   if (std::isnan(f)) return 0x7fc0;
   uint32_t u;
   std::memcpy(&u, &f, 4);
@@ -32,6 +39,8 @@ uint16_t to_bf16(float f) {
 }
 float sigmoid(float y) { return 1.0f / (1.0f + std::exp(-y)); }
 
+LDM_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+LDM_AVX2 inline void store8(float* p, __m256 f) { _mm256_storeu_ps(p, f); }
 LDM_AVX2 inline __m256 load8(const uint16_t* p) {
   const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
@@ -51,7 +60,8 @@ LDM_AVX2 inline __m256 sigmoid8(__m256 y) {
 }
 
 // sum of (x - c)^p over n values, p = 1 or 2
-LDM_AVX2 double centered_sum(const uint16_t* x, int64_t n, float c, int p) {
+template <typename T>
+LDM_AVX2 double centered_sum(const T* x, int64_t n, float c, int p) {
   double total = 0;
   const __m256 cv = _mm256_set1_ps(c);
   for (int64_t b0 = 0; b0 < n; b0 += kBlock) {
@@ -72,7 +82,8 @@ LDM_AVX2 double centered_sum(const uint16_t* x, int64_t n, float c, int p) {
   return total;
 }
 
-LDM_AVX2 void forward_avx2(const uint16_t* x, const float* w, const float* b, uint16_t* y, int64_t channels,
+template <typename T>
+LDM_AVX2 void forward_avx2(const T* x, const float* w, const float* b, T* y, int64_t channels,
                            int64_t hw, float eps, bool silu, float* mean, float* rstd) {
   const int64_t m = channels * hw;
   const float mu = float(centered_sum(x, m, 0.0f, 1) / double(m));
@@ -82,8 +93,8 @@ LDM_AVX2 void forward_avx2(const uint16_t* x, const float* w, const float* b, ui
   for (int64_t c = 0; c < channels; ++c) {
     const float scale = r * w[c], shift = b[c] - mu * scale;
     const __m256 sv = _mm256_set1_ps(scale), hv = _mm256_set1_ps(shift);
-    const uint16_t* xr = x + c * hw;
-    uint16_t* yr = y + c * hw;
+    const T* xr = x + c * hw;
+    T* yr = y + c * hw;
     int64_t i = 0;
     for (; i + 8 <= hw; i += 8) {
       __m256 v = _mm256_fmadd_ps(load8(xr + i), sv, hv);
@@ -92,7 +103,7 @@ LDM_AVX2 void forward_avx2(const uint16_t* x, const float* w, const float* b, ui
     }
     for (; i < hw; ++i) {
       float v = to_f(xr[i]) * scale + shift;
-      yr[i] = to_bf16(silu ? v * sigmoid(v) : v);
+      yr[i] = from_f<T>(silu ? v * sigmoid(v) : v);
     }
   }
 }
@@ -104,7 +115,8 @@ LDM_AVX2 inline __m256 silu_grad8(__m256 dy, __m256 y) {
 }
 
 // One channel: g into gr, and returns sum(g), sum(g * xhat) through sg, sgx.
-LDM_AVX2 void channel_grad(const uint16_t* xr, const uint16_t* dyr, int64_t hw, float scale, float shift, float mean,
+template <typename T>
+LDM_AVX2 void channel_grad(const T* xr, const T* dyr, int64_t hw, float scale, float shift, float mean,
                            float rstd, bool silu, float* gr, double* sg, double* sgx) {
   const __m256 sv = _mm256_set1_ps(scale), hv = _mm256_set1_ps(shift), mv = _mm256_set1_ps(mean),
                rv = _mm256_set1_ps(rstd);
@@ -137,8 +149,9 @@ LDM_AVX2 void channel_grad(const uint16_t* xr, const uint16_t* dyr, int64_t hw, 
   }
 }
 
-LDM_AVX2 void backward_avx2(const uint16_t* x, const uint16_t* dy, const float* w, const float* b, int64_t channels,
-                            int64_t hw, float mean, float rstd, bool silu, uint16_t* dx, float* dw, float* db,
+template <typename T>
+LDM_AVX2 void backward_avx2(const T* x, const T* dy, const float* w, const float* b, int64_t channels, int64_t hw,
+                            float mean, float rstd, bool silu, T* dx, float* dw, float* db,
                             float* scratch) {
   double a = 0, bsum = 0;  // sum over the group of w * g and of w * g * xhat
   for (int64_t c = 0; c < channels; ++c) {
@@ -157,9 +170,9 @@ LDM_AVX2 void backward_avx2(const uint16_t* x, const uint16_t* dy, const float* 
                bv = _mm256_set1_ps(bm);
   for (int64_t c = 0; c < channels; ++c) {
     const __m256 wv = _mm256_set1_ps(w[c]);
-    const uint16_t* xr = x + c * hw;
+    const T* xr = x + c * hw;
     const float* gr = scratch + c * hw;
-    uint16_t* dr = dx + c * hw;
+    T* dr = dx + c * hw;
     int64_t i = 0;
     for (; i + 8 <= hw; i += 8) {
       const __m256 xhat = _mm256_mul_ps(_mm256_sub_ps(load8(xr + i), mv), rv);
@@ -168,26 +181,35 @@ LDM_AVX2 void backward_avx2(const uint16_t* x, const uint16_t* dy, const float* 
     }
     for (; i < hw; ++i) {
       const float xhat = (to_f(xr[i]) - mean) * rstd;
-      dr[i] = to_bf16(rstd * (w[c] * gr[i] - (am + xhat * bm)));
+      dr[i] = from_f<T>(rstd * (w[c] * gr[i] - (am + xhat * bm)));
     }
   }
 }
 
 }  // namespace
 
-bool group_norm_bf16_available() {
+bool group_norm_kernel_available() {
   static const bool ok = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   return ok;
 }
 
-void group_norm_bf16_forward(const uint16_t* x, const float* w, const float* b, uint16_t* y, int64_t channels,
-                             int64_t hw, float eps, bool silu, float* mean, float* rstd) {
+void group_norm_kernel_forward(const uint16_t* x, const float* w, const float* b, uint16_t* y, int64_t channels,
+                               int64_t hw, float eps, bool silu, float* mean, float* rstd) {
+  forward_avx2(x, w, b, y, channels, hw, eps, silu, mean, rstd);
+}
+void group_norm_kernel_forward(const float* x, const float* w, const float* b, float* y, int64_t channels,
+                               int64_t hw, float eps, bool silu, float* mean, float* rstd) {
   forward_avx2(x, w, b, y, channels, hw, eps, silu, mean, rstd);
 }
 
-void group_norm_bf16_backward(const uint16_t* x, const uint16_t* dy, const float* w, const float* b, int64_t channels,
-                              int64_t hw, float mean, float rstd, bool silu, uint16_t* dx, float* dw, float* db,
-                              float* scratch) {
+void group_norm_kernel_backward(const uint16_t* x, const uint16_t* dy, const float* w, const float* b,
+                                int64_t channels, int64_t hw, float mean, float rstd, bool silu, uint16_t* dx,
+                                float* dw, float* db, float* scratch) {
+  backward_avx2(x, dy, w, b, channels, hw, mean, rstd, silu, dx, dw, db, scratch);
+}
+void group_norm_kernel_backward(const float* x, const float* dy, const float* w, const float* b, int64_t channels,
+                                int64_t hw, float mean, float rstd, bool silu, float* dx, float* dw, float* db,
+                                float* scratch) {
   backward_avx2(x, dy, w, b, channels, hw, mean, rstd, silu, dx, dw, db, scratch);
 }
 

@@ -1,7 +1,7 @@
 #include "ldm/modules/layers.h"
 
 #include "ldm/modules/fast_conv.h"
-#include "ldm/modules/group_norm_bf16.h"
+#include "ldm/modules/group_norm_fused.h"
 
 #include <torch/torch.h>
 
@@ -155,14 +155,21 @@ torch::Tensor GroupNorm::forward(const torch::Tensor& x) { return norm(x, false)
 
 torch::Tensor GroupNorm::forward_silu(const torch::Tensor& x) { return norm(x, true); }
 
+torch::Tensor GroupNorm::forward_scale_shift_silu(const torch::Tensor& x, const torch::Tensor& scale,
+                                                  const torch::Tensor& shift) {
+  if (group_norm_fused_applies(x)) return group_norm_fused(x, groups, weight, bias, eps, true, scale, shift);
+  return torch::silu(norm(x, false) * (1 + scale) + shift);
+}
+
 torch::Tensor GroupNorm::norm(const torch::Tensor& x, bool silu) {
+  // float32 and bf16 on an AVX2 CPU: norm and SiLU in one pass (bf16: float32 statistics, no float32 copies)
+  if (group_norm_fused_applies(x)) return group_norm_fused(x, groups, weight, bias, eps, silu);
   const auto dt = x.scalar_type();
   if (dt == weight.scalar_type() && dt != torch::kBFloat16 && dt != torch::kHalf) {
     auto y = torch::group_norm(x, groups, weight, bias, eps);
     return silu ? torch::silu(y) : y;
   }
-  // reduced precision (autocast, bf16 inference): statistics, and the SiLU, in float32
-  if (group_norm_bf16_applies(x)) return group_norm_bf16(x, groups, weight, bias, eps, silu);  // fused, no float32 copies
+  // reduced precision elsewhere: statistics, and the SiLU, in float32
   auto y = torch::group_norm(x.to(torch::kFloat32), groups, weight.to(torch::kFloat32), bias.to(torch::kFloat32), eps);
   return (silu ? torch::silu(y) : y).to(dt);
 }

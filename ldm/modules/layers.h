@@ -109,6 +109,10 @@ class GroupNorm : public torch::nn::Module {
   // silu(forward(x)), the SiLU applied before a reduced-precision input is
   // cast back (torch 1.13's bf16 SiLU runs at a third of its float32 speed)
   torch::Tensor forward_silu(const torch::Tensor& x);
+  // silu(forward(x) * (1 + scale) + shift): the reference ResBlock's
+  // use_scale_shift_norm, in one pass where the fused kernel applies
+  torch::Tensor forward_scale_shift_silu(const torch::Tensor& x, const torch::Tensor& scale,
+                                         const torch::Tensor& shift);
   torch::Tensor weight, bias;
   int64_t groups;
   double eps;

@@ -150,8 +150,7 @@ torch::Tensor ResBlock::body(const torch::Tensor& x_in, const torch::Tensor& emb
   while (e.dim() < h.dim()) e = e.unsqueeze(-1);
   if (scale_shift) {
     auto ss = e.chunk(2, 1);  // (scale, shift)
-    h = out_norm->forward(h) * (1 + ss[0]) + ss[1];
-    h = torch::silu(h);
+    h = out_norm->forward_scale_shift_silu(h, ss[0], ss[1]);
   } else {
     h = out_norm->forward_silu(h + e);
   }
