@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -289,19 +290,29 @@ TEST(Serve, ConcurrentClientsGet200Or429) {
   ASSERT_EQ(c.Post("/sdapi/v1/txt2img", kCat, "application/json")->status, 200);  // warm
   const double rss0 = s.rss_mb();
   std::atomic<int> ok{0}, busy{0}, other{0};
+  std::mutex m;
+  std::string first_other;  // what the first unexpected answer was
   std::vector<std::thread> ts;
   for (int t = 0; t < 16; ++t)
     ts.emplace_back([&] {
       auto cl = s.client();
       for (int i = 0; i < 4; ++i) {
         auto r = cl.Post("/sdapi/v1/txt2img", R"({"prompt": "x", "steps": 2, "width": 64, "height": 64})", "application/json");
-        if (r && r->status == 200) ++ok;
-        else if (r && r->status == 429 && r->has_header("Retry-After")) ++busy;
-        else ++other;
+        if (r && r->status == 200) {
+          ++ok;
+        } else if (r && r->status == 429 && r->has_header("Retry-After")) {
+          ++busy;
+        } else {
+          ++other;
+          std::lock_guard<std::mutex> lock(m);
+          if (first_other.empty())
+            first_other = r ? c10::str("status ", r->status, ": ", r->body.substr(0, 200))
+                            : "no response: " + httplib::to_string(r.error());
+        }
       }
     });
   for (auto& t : ts) t.join();
-  EXPECT_EQ(other.load(), 0);
+  EXPECT_EQ(other.load(), 0) << first_other;
   EXPECT_GT(ok.load(), 0);
   EXPECT_GT(busy.load(), 0);
   EXPECT_EQ(c.Post("/sdapi/v1/txt2img", kCat, "application/json")->status, 200);
