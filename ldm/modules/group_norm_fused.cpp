@@ -76,25 +76,36 @@ tensor_list backward_typed(const Tensor& x, const Tensor& dy, const Tensor& w, c
   return {dx, dw, db};
 }
 
-Tensor as_float(const Tensor& t, int64_t rows, int64_t c) { return t.reshape({rows, c}).to(torch::kFloat32).contiguous(); }
+Tensor as_float(const Tensor& t, int64_t rows, int64_t c) {
+  return t.reshape({rows, c}).to(torch::kFloat32).contiguous();
+}
 
-// The kernel's weights: w (1 + scale) and b (1 + scale) + shift per sample, or w and b
-std::pair<Tensor, Tensor> effective(const Tensor& w, const Tensor& b, const Tensor& scale, const Tensor& shift) {
-  if (!scale.defined()) return {w, b};
-  auto s1 = scale + 1;
-  return {(w * s1).contiguous(), (b * s1 + shift).contiguous()};
+// The float32 weights (1, C), the scale (N, C) or undefined, and the kernel's
+// weights: w (1 + scale) and b (1 + scale) + shift per sample, or w and b.
+// An undefined or empty scale means none.
+struct Weights {
+  Tensor w, b, s, we, be;
+};
+Weights prepare(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& scale, const Tensor& shift) {
+  const int64_t n = x.size(0), c = x.size(1);
+  Weights r{as_float(w, 1, c), as_float(b, 1, c), Tensor(), Tensor(), Tensor()};
+  if (!scale.defined() || scale.numel() == 0) {
+    r.we = r.w, r.be = r.b;
+    return r;
+  }
+  r.s = as_float(scale, n, c);
+  auto s1 = r.s + 1;
+  r.we = (r.w * s1).contiguous(), r.be = (r.b * s1 + as_float(shift, n, c)).contiguous();
+  return r;
 }
 
 struct GroupNormFused : torch::autograd::Function<GroupNormFused> {
   static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& scale,
                         const Tensor& shift, int64_t groups, double eps, bool silu) {
-    const int64_t n = x.size(0), c = x.size(1);
-    auto wf = as_float(w, 1, c), bf = as_float(b, 1, c);
-    const bool ss = scale.numel() > 0;  // empty: none (autograd::Function takes no undefined inputs)
-    auto sf = ss ? as_float(scale, n, c) : Tensor(), tf = ss ? as_float(shift, n, c) : Tensor();
-    auto [we, be] = effective(wf, bf, sf, tf);
-    auto out = forward_impl(x, we, be, groups, eps, silu);
-    ctx->save_for_backward({x, we, be, out[1], out[2], wf, bf, sf});
+    // an empty scale means none: autograd::Function takes no undefined inputs
+    const Weights p = prepare(x, w, b, scale, shift);
+    auto out = forward_impl(x, p.we, p.be, groups, eps, silu);
+    ctx->save_for_backward({x, p.we, p.be, out[1], out[2], p.w, p.b, p.s});
     ctx->saved_data["groups"] = groups;
     ctx->saved_data["silu"] = silu;
     ctx->saved_data["types"] = std::vector<int64_t>{int64_t(w.scalar_type()), int64_t(b.scalar_type()),
@@ -158,11 +169,8 @@ Tensor group_norm_fused(const Tensor& x, int64_t groups, const Tensor& weight, c
     return GroupNormFused::apply(xc, weight, bias, scale.defined() ? scale : none, shift.defined() ? shift : none,
                                  groups, eps, silu);
   }
-  const int64_t n = x.size(0), c = x.size(1);
-  auto [we, be] = effective(as_float(weight, 1, c), as_float(bias, 1, c),
-                            scale.defined() ? as_float(scale, n, c) : Tensor(),
-                            shift.defined() ? as_float(shift, n, c) : Tensor());
-  return forward_impl(xc, we, be, groups, eps, silu)[0];
+  const Weights p = prepare(x, weight, bias, scale, shift);
+  return forward_impl(xc, p.we, p.be, groups, eps, silu)[0];
 }
 
 }  // namespace ldm
