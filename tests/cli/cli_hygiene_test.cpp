@@ -159,6 +159,13 @@ TEST(CliHygiene, FashionEvalFloorIsFixed) {
     for (int i = 0; i < 3; ++i)
       io::save_png(dir + "/s/" + std::to_string(c) + "/" + std::to_string(i) + ".png", torch::rand({1, 28, 28}));
   }
+  // bad paths are refused before the classifier trains (no classifier file written)
+  auto bad = ldm_run("fashion-eval --samples " + dir + "/none --classifier " + dir + "/cls.safetensors");
+  EXPECT_NE(bad.rc, 0);
+  EXPECT_NE(bad.out.find(dir + "/none/0: missing"), std::string::npos) << bad.out;
+  bad = ldm_run("fashion-eval --autoencoder " + dir + "/no_ae --classifier " + dir + "/cls.safetensors");
+  EXPECT_NE(bad.out.find("--autoencoder " + dir + "/no_ae: not found"), std::string::npos) << bad.out;
+  EXPECT_FALSE(fs::exists(dir + "/cls.safetensors"));
   auto floor_of = [&](const std::string& json) {
     auto r = ldm_run("fashion-eval --samples " + dir + "/s --epochs 1 --classifier " + dir + "/cls.safetensors --json " +
                      dir + "/" + json);

@@ -268,6 +268,11 @@ void print_per_class(Classifier& net, const torch::Tensor& x, const torch::Tenso
 void run(const Opts& o) {
   if (o.samples.empty() && o.autoencoder.empty())
     throw Error("fashion-eval: give --samples DIR, --autoencoder RUN_DIR, or both");
+  // bad paths fail here, before minutes of classifier training
+  if (!o.autoencoder.empty() && !fs::exists(o.autoencoder))
+    throw Error("--autoencoder " + o.autoencoder + ": not found (expected an autoencoder's run directory)");
+  Samples smp;
+  if (!o.samples.empty()) smp = load_samples(o.samples);
   FashionMNIST train("train", o.root), test("test", o.root);
   auto net = get_classifier(o.classifier, train, o.epochs);
   auto xt = to_input(test.images());
@@ -275,9 +280,7 @@ void run(const Opts& o) {
   std::printf("classifier accuracy on the real test split: %.2f%%\n", 100 * test_acc);
   auto ft = features(net, xt);
   nlohmann::json j = {{"classifier_test_accuracy", test_acc}};
-  Samples smp;
   if (!o.samples.empty()) {
-    smp = load_samples(o.samples);
     print_per_class(net, smp.x, smp.y, "samples");
     const double acc = accuracy(net, smp.x, smp.y), fd = frechet(features(net, smp.x), ft);
     const double fd_real = real_floor(net, train, smp.x.size(0), ft);
