@@ -2,6 +2,7 @@
 // and a web page. Binds 127.0.0.1 unless told otherwise (and then only with
 // an API key); SIGINT/SIGTERM stop it cleanly.
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -72,12 +73,21 @@ void serve_until_signal(serve::ServeOptions& o) {
   httplib::Server server;
   server.new_task_queue = [] { return new httplib::ThreadPool(32); };
   auto routes = serve::add_routes(server, worker, o);
+  // httplib 0.11 listens with a backlog of 5: a burst of clients overflowed it
+  // (the kernel's ListenOverflows) and some connections were reset unanswered.
+  // The bound socket is listened on again with the system's maximum.
+  socket_t listening = INVALID_SOCKET;
+  server.set_socket_options([&listening](socket_t sock) {
+    httplib::default_socket_options(sock);
+    listening = sock;
+  });
   if (o.port == 0) {
     o.port = server.bind_to_any_port(o.host);
     if (o.port <= 0) throw Error("--host " + o.host + ": cannot listen there");
   } else if (!server.bind_to_port(o.host.c_str(), o.port)) {
     throw Error("--port " + std::to_string(o.port) + ": cannot listen on " + o.host + " (in use?)");
   }
+  if (::listen(listening, SOMAXCONN) != 0) throw Error("--port " + std::to_string(o.port) + ": cannot listen");
   std::cout << "ldm serve: " << startup << " on http://" << o.host << ":" << o.port << "/" << std::endl;
   std::thread stopper([&] {
     unsigned char sig = 0;
