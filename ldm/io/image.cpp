@@ -138,25 +138,62 @@ void save_image(const std::string& path, const torch::Tensor& image, const std::
   write_file_atomic(path, jpg.data(), jpg.size());
 }
 
-std::map<std::string, std::string> read_png_text(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  if (!f) throw Error(path + ": cannot open");
-  std::string s((std::istreambuf_iterator<char>(f)), {});
-  if (s.size() < 8 || s.compare(0, 8, "\x89PNG\r\n\x1a\n") != 0) throw Error(path + ": not a PNG file");
+namespace {
+// iTXt: keyword \0, compression flag, method, language \0, translated keyword \0, text
+bool itxt_entry(const std::string& body, std::map<std::string, std::string>& out) {
+  const auto k = body.find('\0');
+  if (k == std::string::npos || k + 3 > body.size() || body[k + 1] != 0) return false;  // compressed: skipped
+  const auto lang = body.find('\0', k + 3);
+  const auto tr = lang == std::string::npos ? lang : body.find('\0', lang + 1);
+  if (tr == std::string::npos) return false;
+  out[body.substr(0, k)] = body.substr(tr + 1);
+  return true;
+}
+
+std::map<std::string, std::string> png_text(const std::string& s, const std::string& what) {
   std::map<std::string, std::string> out;
   for (size_t at = 8; at + 12 <= s.size();) {
     uint32_t len = get_be32(s, at);
-    if (len > s.size() - at - 12) throw Error(path + ": truncated PNG chunk");
+    if (len > s.size() - at - 12) throw Error(what + ": truncated PNG chunk");
     std::string type = s.substr(at + 4, 4);
     if (type == "tEXt") {
       std::string body = s.substr(at + 8, len);
       auto nul = body.find('\0');
       if (nul != std::string::npos) out[body.substr(0, nul)] = body.substr(nul + 1);
+    } else if (type == "iTXt") {
+      itxt_entry(s.substr(at + 8, len), out);
     }
     if (type == "IEND") break;
     at += 12 + len;
   }
   return out;
+}
+
+// The first COM segment before the image data (encode_jpeg puts it after SOI).
+std::map<std::string, std::string> jpeg_comment(const std::string& s) {
+  for (size_t at = 2; at + 4 <= s.size() && static_cast<unsigned char>(s[at]) == 0xFF;) {
+    const unsigned marker = static_cast<unsigned char>(s[at + 1]);
+    const size_t len = (static_cast<unsigned char>(s[at + 2]) << 8) | static_cast<unsigned char>(s[at + 3]);
+    if (len < 2 || at + 2 + len > s.size() || marker == 0xDA) break;  // bad length, or start of scan
+    if (marker == 0xFE) return {{"parameters", s.substr(at + 4, len - 2)}};
+    at += 2 + len;
+  }
+  return {};
+}
+}  // namespace
+
+std::map<std::string, std::string> image_text(const std::string& bytes, const std::string& what) {
+  if (bytes.size() >= 8 && bytes.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0) return png_text(bytes, what);
+  if (bytes.size() >= 4 && bytes.compare(0, 2, "\xFF\xD8") == 0) return jpeg_comment(bytes);
+  return {};
+}
+
+std::map<std::string, std::string> read_png_text(const std::string& path) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) throw Error(path + ": cannot open");
+  std::string s((std::istreambuf_iterator<char>(f)), {});
+  if (s.size() < 8 || s.compare(0, 8, "\x89PNG\r\n\x1a\n") != 0) throw Error(path + ": not a PNG file");
+  return png_text(s, path);
 }
 
 torch::Tensor make_grid(const torch::Tensor& b, int64_t nrow, int64_t pad, double pad_value) {

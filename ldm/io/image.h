@@ -25,6 +25,10 @@ std::string encode_png(const torch::Tensor& image, const std::map<std::string, s
 void save_png(const std::string& path, const torch::Tensor& image, const std::map<std::string, std::string>& text = {});
 // The tEXt chunks of a PNG file.
 std::map<std::string, std::string> read_png_text(const std::string& path);
+// The text an image carries: a PNG's tEXt and uncompressed iTXt chunks, or a
+// JPEG's first comment as "parameters" (what save_image writes); empty for
+// other bytes and images without text. Throws for a truncated PNG.
+std::map<std::string, std::string> image_text(const std::string& bytes, const std::string& what);
 
 // [N, C, H, W] -> [C, H', W'] with `nrow` images per row and `pad` pixels of
 // `pad_value` between them (torchvision.utils.make_grid).

@@ -8,6 +8,7 @@
 
 #include "ldm/io/base64.h"
 #include "ldm/io/image.h"
+#include "ldm/io/image_file.h"
 #include "tools/ldm/serve/api.h"
 #include "tests/fuzz/fuzz_serve.cpp"  // LLVMFuzzerTestOneInput, replayed below
 
@@ -63,7 +64,16 @@ TEST(ServeApi, BadFieldsAre4xxNamingThem) {
       {R"({"seed": -7})", "seed: expected -1 (random) or >= 0"},
       {R"({"cfg_scale": "high"})", "cfg_scale: expected a number, got string"},
       {R"({"override_settings": 3})", "override_settings: expected an object"},
+      {R"({"enable_hr": true, "hr_scale": 2})", "enable_hr: the hires fix is not implemented here"},
+      {R"({"restore_faces": true})", "restore_faces: no face restorer"},
+      {R"({"subseed_strength": 0.3})", "subseed_strength: variation seeds"},
+      {R"({"alwayson_scripts": {"controlnet": {"args": []}}})", "alwayson_scripts: extensions"},
+      {R"({"script_name": "x/y/z plot"})", "script_name: scripts are not available"},
   };
+  // the same fields at their defaults, as clients send them, are fine
+  EXPECT_NO_THROW(parse_a1111(R"({"enable_hr": false, "hr_scale": 2, "restore_faces": false, "tiling": false,
+      "subseed_strength": 0, "alwayson_scripts": {}, "script_name": null, "refiner_checkpoint": "",
+      "styles": ["x"]})", false, lim));
   for (const auto& [body, want] : cases) {
     std::string detail;
     EXPECT_EQ(status_of([&] { parse_a1111(body, false, lim); }, &detail), 400) << body;
@@ -122,4 +132,43 @@ TEST(ServeApi, FuzzCorporaReplay) {
     }
   }
   EXPECT_GT(n, 0) << "no corpus files found";
+}
+
+// png-info reads back what our writers put in images (PNG tEXt, JPEG comment)
+// and splits the infotext as A1111's parse_generation_parameters does.
+TEST(ServeApi, PngInfoReadsOurImagesText) {
+  const std::string infotext =
+      "a cat, \"quoted\"\nsecond line\nNegative prompt: blurry\nSteps: 4, Sampler: Euler a, CFG scale: 7, Seed: 42, "
+      "Size: 64x48, Lora hashes: \"a: 1, b: 2\", Model: tiny";
+  auto img = torch::rand({3, 8, 8});
+  const std::vector<std::string> files = {io::encode_png(img, {{"parameters", infotext}, {"Software", "ldm"}}),
+                                          io::encode_jpeg(img, infotext)};
+  for (const auto& bytes : files) {
+    auto j = png_info(json{{"image", io::base64_encode(bytes)}}.dump());
+    EXPECT_EQ(j["info"], infotext);
+    const auto& p = j["parameters"];
+    EXPECT_EQ(p["Prompt"], "a cat, \"quoted\"\nsecond line");
+    EXPECT_EQ(p["Negative prompt"], "blurry");
+    EXPECT_EQ(p["Steps"], "4");
+    EXPECT_EQ(p["Sampler"], "Euler a");
+    EXPECT_EQ(p["Size-1"], "64");
+    EXPECT_EQ(p["Size-2"], "48");
+    EXPECT_EQ(p["Lora hashes"], "a: 1, b: 2");
+    EXPECT_EQ(p["Model"], "tiny");
+  }
+  auto png = png_info(json{{"image", "data:image/png;base64," + io::base64_encode(io::encode_png(img, {{"Software", "x"}}))}}.dump());
+  EXPECT_EQ(png["info"], "");
+  EXPECT_EQ(png["items"]["Software"], "x");
+  // a prompt without a settings line is all prompt
+  EXPECT_EQ(parse_infotext("just a prompt, with: one colon")["Prompt"], "just a prompt, with: one colon");
+  std::string detail;
+  EXPECT_EQ(status_of([&] { png_info(R"({"image": "!!!"})"); }, &detail), 400);
+  EXPECT_NE(detail.find("image: not base64"), std::string::npos) << detail;
+  EXPECT_EQ(status_of([&] { png_info(R"({})"); }, &detail), 400);
+  EXPECT_NE(detail.find("image: required"), std::string::npos) << detail;
+  // a PNG whose text chunk claims more bytes than there are
+  std::string cut = io::encode_png(img, {{"parameters", infotext}});
+  cut.resize(60);
+  EXPECT_EQ(status_of([&] { png_info(json{{"image", io::base64_encode(cut)}}.dump()); }, &detail), 400);
+  EXPECT_NE(detail.find("truncated PNG chunk"), std::string::npos) << detail;
 }

@@ -144,6 +144,17 @@ TEST(Serve, A1111Txt2ImgEqualsTheCliAndCarriesItsParameters) {
     f << ldm::io::base64_decode(j["images"][0].get<std::string>());
   }
   EXPECT_EQ(ldm::io::read_png_text(dir + "/s.png").at("parameters").rfind("a cat\nSteps: 4, Sampler: euler_a", 0), 0u);
+  // ... which /sdapi/v1/png-info reads back, as A1111 does
+  auto pi = c.Post("/sdapi/v1/png-info", json{{"image", j["images"][0]}}.dump(), "application/json");
+  ASSERT_EQ(pi->status, 200) << pi->body;
+  auto pj = body(pi);
+  EXPECT_EQ(pj["info"], ldm::io::read_png_text(dir + "/s.png").at("parameters"));
+  EXPECT_EQ(pj["parameters"]["Prompt"], "a cat");
+  EXPECT_EQ(pj["parameters"]["Steps"], "4");
+  EXPECT_EQ(pj["parameters"]["Seed"], "42");
+  for (const char* what : {"checkpoints", "loras", "vae", "embeddings"})
+    EXPECT_EQ(c.Post(std::string("/sdapi/v1/refresh-") + what, "", "application/json")->status, 200) << what;
+  EXPECT_EQ(body(c.Get("/sdapi/v1/upscalers")), json::array());
   // the same image as the CLI's
   std::string cmd = std::string(LDM_BINARY) + " txt2img --config " + fixture("tiny_sd_v1.yaml") + " -m " +
                     fixture("tiny_sd_v1.ckpt") + " --vocab " + vocab() + " -p \"a cat\" --steps 4 -W 64 -H 64 -o " + dir +
@@ -247,6 +258,8 @@ TEST(Serve, BadRequestsAreJson4xx) {
       {"/v1/images/generations", R"({"size": "64x64"})", 400, "prompt: required"},
       {"/sdapi/v1/txt2img", std::string(40u << 20, ' '), 413, "too large"},
       {"/sdapi/v1/nothing", "{}", 404, "not found"},
+      {"/sdapi/v1/txt2img", R"({"enable_hr": true, "width": 64, "height": 64})", 400, "enable_hr: the hires fix"},
+      {"/sdapi/v1/png-info", R"({"image": 3})", 400, "image: expected a string"},
   };
   for (const auto& k : cases) {
     auto r = c.Post(k.path, k.body, "application/json");

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <sstream>
 
 #include "ldm/error.h"
 #include "ldm/io/base64.h"
@@ -62,6 +63,32 @@ void check_size(int64_t w, int64_t h, const Limits& lim) {
   if (w * h > lim.max_pixels)
     throw bad("width x height: " + std::to_string(w) + "x" + std::to_string(h) + " is more than the server's " +
               std::to_string(lim.max_pixels) + " pixels (--max-pixels)");
+}
+
+// A1111 fields that change the image and that this server does not
+// implement: refused when set, rather than answered with an image made
+// without them (A1111 itself refuses scripts it does not have: 422).
+void refuse_unsupported(const json& j) {
+  auto is_set = [&j](const char* k) {
+    if (!j.contains(k) || j[k].is_null()) return false;
+    const auto& v = j[k];
+    if (v.is_boolean()) return v.get<bool>();
+    if (v.is_number()) return v.get<double>() != 0.0;
+    if (v.is_string()) return !v.get<std::string>().empty() && v.get<std::string>() != "None";
+    if (v.is_object() || v.is_array()) return !v.empty();
+    return true;
+  };
+  const std::pair<const char*, const char*> fields[] = {
+      {"enable_hr", "the hires fix is not implemented here (send the upscaled image to /sdapi/v1/img2img)"},
+      {"restore_faces", "no face restorer on this server"},
+      {"tiling", "seamless tiling is not implemented here"},
+      {"subseed_strength", "variation seeds are not implemented here"},
+      {"refiner_checkpoint", "no refiner on this server"},
+      {"script_name", "scripts are not available on this server"},
+      {"alwayson_scripts", "extensions (ControlNet, ADetailer, ...) are not available on this server"},
+  };
+  for (const auto& [k, why] : fields)
+    if (is_set(k)) throw bad(std::string(k) + ": " + why);
 }
 
 void check_count(int64_t images, const Limits& lim) {
@@ -124,8 +151,89 @@ torch::Tensor decode_b64_image(const std::string& b64, int channels, const std::
   }
 }
 
+namespace {
+// "Key: value, Key: "quoted, value", ..." -> pairs; fewer than 3 means the
+// line is not a settings line (A1111 asks for 3 as well).
+std::vector<std::pair<std::string, std::string>> settings_pairs(const std::string& line) {
+  std::vector<std::pair<std::string, std::string>> out;
+  size_t at = 0;
+  while (at < line.size()) {
+    while (at < line.size() && line[at] == ' ') ++at;
+    const auto colon = line.find(':', at);
+    if (colon == std::string::npos || colon == at) return {};
+    std::string key = line.substr(at, colon - at), value;
+    at = colon + 1;
+    while (at < line.size() && line[at] == ' ') ++at;
+    if (at < line.size() && line[at] == '"') {  // a quoted value with \-escapes (JSON-like)
+      for (++at; at < line.size() && line[at] != '"'; ++at) value += line[at] == '\\' && at + 1 < line.size() ? line[++at] : line[at];
+      ++at;
+    } else {
+      const auto comma = line.find(',', at);
+      value = line.substr(at, comma == std::string::npos ? std::string::npos : comma - at);
+      at = comma == std::string::npos ? line.size() : comma;
+    }
+    while (at < line.size() && line[at] != ',') ++at;
+    ++at;  // past the comma
+    while (!value.empty() && value.back() == ' ') value.pop_back();
+    out.emplace_back(key, value);
+  }
+  return out.size() >= 3 ? out : decltype(out){};
+}
+}  // namespace
+
+json parse_infotext(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string l; std::getline(in, l);) lines.push_back(l);
+  json res = json::object();
+  auto pairs = lines.empty() ? decltype(settings_pairs("")){} : settings_pairs(lines.back());
+  if (!pairs.empty()) lines.pop_back();
+  std::string prompt, negative;
+  bool in_negative = false;
+  for (const auto& l : lines) {
+    if (l.rfind("Negative prompt:", 0) == 0) {
+      in_negative = true;
+      negative = l.substr(16);
+      if (!negative.empty() && negative[0] == ' ') negative.erase(0, 1);
+      continue;
+    }
+    std::string& dst = in_negative ? negative : prompt;
+    dst += (dst.empty() ? "" : "\n") + l;
+  }
+  res["Prompt"] = prompt;
+  res["Negative prompt"] = negative;
+  for (const auto& [k, v] : pairs) {
+    res[k] = v;
+    const auto x = v.find('x');
+    if (k == "Size" && x != std::string::npos) {
+      res["Size-1"] = v.substr(0, x);
+      res["Size-2"] = v.substr(x + 1);
+    }
+  }
+  return res;
+}
+
+json png_info(const std::string& body) {
+  const json j = parse_object(body);
+  const std::string b64 = get_str(j, "image", "");
+  if (b64.empty()) throw bad("image: required (a base64 PNG or JPEG)");
+  std::map<std::string, std::string> text;
+  try {
+    text = io::image_text(io::base64_decode(b64, "image"), "image");
+  } catch (const Error& e) {
+    throw bad(e.what());
+  }
+  const auto it = text.find("parameters");
+  const std::string info = it == text.end() ? "" : it->second;
+  json items = json::object();
+  for (const auto& [k, v] : text)
+    if (k != "parameters") items[k] = v;
+  return {{"info", info}, {"items", items}, {"parameters", info.empty() ? json::object() : parse_infotext(info)}};
+}
+
 Job parse_a1111(const std::string& body, bool img2img, const Limits& lim) {
   const json j = parse_object(body);
+  refuse_unsupported(j);
   Job job;
   auto& r = job.req;
   r.prompt = get_str(j, "prompt", "");

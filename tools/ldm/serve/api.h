@@ -53,6 +53,13 @@ Job parse_a1111(const std::string& body, bool img2img, const Limits& lim);
 Job parse_openai(const std::string& body, const Limits& lim);
 // "WxH" of the OpenAI API.
 std::pair<int64_t, int64_t> parse_size(const std::string& size, const Limits& lim);
+// An A1111 infotext (prompt lines, "Negative prompt: ..." lines, then the
+// "Key: value, ..." line) as A1111's png-info "parameters": "Prompt",
+// "Negative prompt", each key (values as strings, quotes removed) and
+// "Size-1"/"Size-2" for "Size: WxH".
+json parse_infotext(const std::string& text);
+// POST /sdapi/v1/png-info body {"image": base64} -> {"info", "items", "parameters"}.
+json png_info(const std::string& body);
 // A base64 image (optional data: prefix) -> [C, H, W] in [0, 1].
 torch::Tensor decode_b64_image(const std::string& b64, int channels, const std::string& what, const Limits& lim);
 

@@ -21,7 +21,8 @@ namespace fs = std::filesystem;
 namespace {
 void send(httplib::Response& res, int status, const json& body) {
   res.status = status;
-  res.set_content(body.dump(), "application/json");
+  // replace, not throw: png-info echoes text chunks that need not be UTF-8
+  res.set_content(body.dump(-1, ' ', false, json::error_handler_t::replace), "application/json");
 }
 void send_error(httplib::Response& res, int status, const std::string& error, const std::string& detail) {
   send(res, status, error_body(error, detail));
@@ -140,6 +141,13 @@ class Routes {
       send(r, 200, json::array({{{"name", "automatic"}, {"label", "Automatic"}}, {{"name", "karras"}, {"label", "Karras"}}}));
     }));
     s_.Get("/sdapi/v1/loras", guarded([this](auto&, auto& r) { loras(r); }));
+    s_.Post("/sdapi/v1/png-info", guarded([](auto& q, auto& r) { send(r, 200, png_info(q.body)); }));
+    // no separate VAE files or upscalers here (the checkpoint's VAE decodes)
+    s_.Get("/sdapi/v1/sd-vae", guarded([](auto&, auto& r) { send(r, 200, json::array()); }));
+    s_.Get("/sdapi/v1/upscalers", guarded([](auto&, auto& r) { send(r, 200, json::array()); }));
+    // the listings above read their folders on every request: nothing to refresh
+    for (const char* what : {"checkpoints", "loras", "vae", "embeddings"})
+      s_.Post(std::string("/sdapi/v1/refresh-") + what, guarded([](auto&, auto& r) { send(r, 200, nullptr); }));
     s_.Post("/v1/images/generations", guarded([this](auto& q, auto& r) { openai(q, r); }));
     s_.Post("/v1/images/edits", guarded([this](auto& q, auto& r) { openai_edit(q, r); }));
     s_.Get("/v1/models", guarded([this](auto&, auto& r) { openai_models(r); }));
