@@ -83,6 +83,7 @@ ImageStart prepare_image(LatentDiffusion& m, const GenerateRequest& r, const tor
                                   encode_rows(grey)}, 1);
       if (c.uncond.crossattn.defined()) c.uncond.concat = c.cond.concat;
     }
+    if (r.init_latents.defined()) s.x0 = r.init_latents.to(noise.device(), torch::kFloat32).expand_as(noise).contiguous();
     return s;
   }
   auto img = model_range(with_channels(r.init_image, ch), H, W).expand({n, ch, H, W}).contiguous();

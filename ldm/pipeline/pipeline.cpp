@@ -72,13 +72,15 @@ std::string parameters_text(const GenerateRequest& r, const std::string& prompt_
   if (r.cfg_sigma_lo > 0 || std::isfinite(r.cfg_sigma_hi))
     p << ", CFG interval: " << r.cfg_sigma_lo << "-" << r.cfg_sigma_hi;
   if (r.cfg_rescale > 0) p << ", CFG rescale: " << r.cfg_rescale;
-  if (r.init_image.defined() && !r.mask.defined()) p << ", Denoising strength: " << r.strength;
+  if ((r.init_image.defined() || r.init_latents.defined()) && !r.mask.defined())
+    p << ", Denoising strength: " << r.strength;
   if (r.mask.defined()) p << ", Inpainting: masked";
   if (r.sampler == "ddim") p << ", Eta: " << r.eta;
   p << ", Precision: " << o.precision;
   if (!o.prediction.empty()) p << ", Prediction: " << o.prediction;
   if (!o.use_ema) p << ", EMA: off";
   if (r.init_noise.defined()) p << ", Init noise: given";
+  if (r.init_latents.defined()) p << ", Init latents: given";
   if (r.cond.defined()) p << ", Cond: given";
   if (!o.taesd.empty()) p << ", VAE: " << std::filesystem::path(o.taesd).filename().string();
   if (o.vae_tile > 0) p << ", VAE tiling: " << o.vae_tile << "/" << o.vae_tile_overlap;

@@ -40,6 +40,9 @@ struct GenerateRequest {
   // img2img: [C, H, W] float in [0, 1] (resized to the output size); strength 1 ignores it
   torch::Tensor init_image;
   double strength = 0.75;
+  // img2img from latents instead of an image: [1 or N, C, h, w] in the UNet's
+  // scale (a result's `latents`, resized: the hires fix) for the output size
+  torch::Tensor init_latents;
   // inpainting: [1, H, W] float in [0, 1], white (>= 0.5) = repaint; needs init_image
   torch::Tensor mask;
   torch::Tensor init_noise;  // x_T [N, C, h, w] instead of drawing it from the seed

@@ -139,6 +139,18 @@ void validate(const GenerateRequest& r, const ModelFacts& m) {
     if (r.init_image.dim() != 3 || (r.init_image.size(0) != 1 && r.init_image.size(0) != 3) || r.init_image.numel() == 0)
       throw Error("init image: expected [C, H, W] with 1 or 3 channels, got " + c10::str(r.init_image.sizes()));
   }
+  if (r.init_latents.defined()) {
+    if (r.init_image.defined()) throw Error("init latents: give an init image or init latents, not both");
+    if (r.strength <= 0 || r.strength > 1) throw Error("strength: expected in (0, 1], got " + format_number(r.strength));
+    auto [w, h] = output_size(r, m);
+    const int64_t n = r.init_latents.dim() == 4 ? r.init_latents.size(0) : 0;
+    if (r.init_latents.dim() != 4 || (n != 1 && n != image_count(r)) || r.init_latents.size(1) != m.latent_channels ||
+        r.init_latents.size(2) * m.factor != h || r.init_latents.size(3) * m.factor != w)
+      throw Error("init latents: expected [1 or " + std::to_string(image_count(r)) + ", " +
+                  std::to_string(m.latent_channels) + ", " + std::to_string(h / m.factor) + ", " +
+                  std::to_string(w / m.factor) + "] for " + std::to_string(w) + "x" + std::to_string(h) + ", got " +
+                  c10::str(r.init_latents.sizes()));
+  }
   if (r.mask.defined()) {
     if (!r.init_image.defined()) throw Error("mask: needs an init image (the image to inpaint)");
     if (r.mask.dim() != 3 || r.mask.size(0) != 1 || r.mask.numel() == 0)

@@ -99,6 +99,17 @@ TEST(CliHygiene, MetadataRecordsWhatTookEffect) {
   EXPECT_NE(r.out.find("note: init image 48x80 resized to the output size 64x64"), std::string::npos) << r.out;
   p = io::read_png_text(dir + "/i.png").at("parameters");
   EXPECT_NE(p.find("Denoising strength: 0.5"), std::string::npos) << p;
+  // the hires fix: twice the size, both passes named; a bad option before any work
+  r = ldm_run("txt2img" + tiny_base() + " --steps 4 --hires-scale 2 --hires-steps 3 -o " + dir + "/h.png");
+  ASSERT_EQ(r.rc, 0) << r.out;
+  EXPECT_EQ(io::load_image(dir + "/h.png").sizes(), (std::vector<int64_t>{3, 128, 128}));
+  p = io::read_png_text(dir + "/h.png").at("parameters");
+  EXPECT_NE(p.find("Size: 64x64"), std::string::npos) << p;
+  EXPECT_NE(p.find("Hires upscale: 2, Hires steps: 3, Hires upscaler: latent"), std::string::npos) << p;
+  r = ldm_run("txt2img" + tiny_base() + " --hires-scale 2 --hires-strength 0 -o " + dir + "/h2.png");
+  EXPECT_NE(r.rc, 0);
+  EXPECT_NE(r.out.find("hires strength: expected in (0, 1], got 0"), std::string::npos) << r.out;
+  EXPECT_EQ(r.out.find("sample "), std::string::npos) << r.out;
 }
 
 // DDIM's reference spacing: 7 steps visit 8 timesteps (shown, and said once);

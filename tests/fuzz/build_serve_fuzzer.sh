@@ -12,6 +12,6 @@ HTTPLIB_FLAGS=$(pkg-config --cflags cpp-httplib)
 clang++ -std=c++17 -O1 -g -fsanitize=fuzzer,address -D_GLIBCXX_USE_CXX11_ABI=1 $HTTPLIB_FLAGS \
   -I. -I/usr/include/stb -isystem "$TORCH" \
   tests/fuzz/fuzz_serve.cpp tools/ldm/serve/api.cpp ldm/io/base64.cpp ldm/io/image.cpp \
-  "$B"/libldm_models.a "$B"/libldm_modules.a "$B"/libldm_io.a "$B"/libldm_util.a "$B"/libldm_formats.a \
+  "$B"/libldm_pipeline.a "$B"/libldm_models.a "$B"/libldm_modules.a "$B"/libldm_io.a "$B"/libldm_util.a "$B"/libldm_formats.a \
   -ltorch -ltorch_cpu -lc10 -lyaml-cpp -lstb -lz -ldnnl -lgomp -ldl -lpthread -o "$B"/fuzz_serve
 echo "built $B/fuzz_serve"

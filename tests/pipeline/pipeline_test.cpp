@@ -8,6 +8,7 @@
 #include "ldm/io/ckpt.h"
 #include "ldm/io/image.h"
 #include "ldm/io/safetensors.h"
+#include "ldm/pipeline/hires.h"
 #include "ldm/pipeline/pipeline.h"
 #include "tests/testing.h"
 #include "tests/tiny_sd.h"
@@ -137,6 +138,68 @@ TEST(Pipeline, BadRequestsAreOneLineErrorsBeforeAnyWork) {
   expect([](auto& r) { r.init_image = torch::ones({3, 64, 64}); r.strength = 2; }, "strength: expected in (0, 1], got 2");
   expect([](auto& r) { r.class_labels = {1}; }, "class labels: this model has no class embedder");
   expect([](auto& r) { r.seed = -5; }, "seed: expected >= 0, or -1");
+}
+
+// The hires fix: the first pass's latents, enlarged (bilinear, computed here),
+// as the init latents of an img2img pass at the larger size.
+TEST(Pipeline, HiresFixIsImg2ImgOnEnlargedLatents) {
+  LDM_REQUIRE_SHARED();
+  auto p = tiny_sd();
+  auto first = cat();
+  first.batch = 2;
+  first.width = first.height = 64;
+  pipeline::HiresOptions h;
+  h.scale = 1.5;
+  h.steps = 5;
+  h.strength = 0.6;
+  auto res = pipeline::generate_hires(*p, first, h);
+  ASSERT_EQ(res.status, pipeline::Status::Ok);
+  EXPECT_EQ(res.images.sizes(), (std::vector<int64_t>{2, 3, 96, 96}));
+
+  auto one = first;
+  one.decode = false;
+  auto a = p->generate(one);
+  namespace F = torch::nn::functional;
+  auto up = F::interpolate(a.latents, F::InterpolateFuncOptions()
+                                          .size(std::vector<int64_t>{24, 24})
+                                          .mode(torch::kBilinear)
+                                          .align_corners(false));
+  auto second = first;
+  second.width = second.height = 96;
+  second.steps = 5;
+  second.strength = 0.6;
+  second.init_latents = up;
+  auto b = p->generate(second);
+  EXPECT_TRUE(torch::equal(res.images_u8, b.images_u8));
+  EXPECT_EQ(res.model_evaluations, a.model_evaluations + b.model_evaluations);
+  EXPECT_EQ(b.model_evaluations, 3);  // img2img at strength 0.6 runs 3 of 5 steps
+  // the text names the first pass (its size regenerates it) and the hires settings
+  EXPECT_EQ(res.infotexts.at(1).rfind(a.infotexts.at(1), 0), 0u) << res.infotexts.at(1);
+  EXPECT_NE(res.parameters.find("Size: 64x64"), std::string::npos) << res.parameters;
+  EXPECT_NE(res.parameters.find("Denoising strength: 0.6, Hires upscale: 1.5, Hires steps: 5, Hires upscaler: latent"),
+            std::string::npos)
+      << res.parameters;
+  // bad options and init latents of the wrong shape: one-line errors
+  auto err = [&](const std::function<void()>& f) {
+    try {
+      f();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  h.scale = 8;
+  EXPECT_NE(err([&] { pipeline::generate_hires(*p, first, h); }).find("hires scale: expected 1 to 4, got 8"), std::string::npos);
+  h.scale = 2;
+  h.upscaler = "esrgan";
+  EXPECT_NE(err([&] { pipeline::generate_hires(*p, first, h); }).find("hires upscaler: expected latent"), std::string::npos);
+  second.init_latents = a.latents;
+  EXPECT_NE(error_of(*p, second).find("init latents: expected [1 or 2, 4, 24, 24] for 96x96, got [2, 4, 16, 16]"),
+            std::string::npos)
+      << error_of(*p, second);
+  second.init_latents = up;
+  second.init_image = torch::ones({3, 96, 96});
+  EXPECT_NE(error_of(*p, second).find("init latents: give an init image or init latents, not both"), std::string::npos);
 }
 
 TEST(Pipeline, CancelStopsBetweenStepsWithAStatus) {

@@ -64,12 +64,22 @@ TEST(ServeApi, BadFieldsAre4xxNamingThem) {
       {R"({"seed": -7})", "seed: expected -1 (random) or >= 0"},
       {R"({"cfg_scale": "high"})", "cfg_scale: expected a number, got string"},
       {R"({"override_settings": 3})", "override_settings: expected an object"},
-      {R"({"enable_hr": true, "hr_scale": 2})", "enable_hr: the hires fix is not implemented here"},
+      {R"({"enable_hr": true, "hr_upscaler": "R-ESRGAN 4x+"})", "hr_upscaler: \"R-ESRGAN 4x+\" is not available here"},
+      {R"({"enable_hr": true, "hr_scale": 3})", "width x height: 1536x1536 is more than the server's"},
+      {R"({"enable_hr": true, "hr_scale": 0.5})", "hires scale: expected 1 to 4, got 0.5"},
       {R"({"restore_faces": true})", "restore_faces: no face restorer"},
       {R"({"subseed_strength": 0.3})", "subseed_strength: variation seeds"},
       {R"({"alwayson_scripts": {"controlnet": {"args": []}}})", "alwayson_scripts: extensions"},
       {R"({"script_name": "x/y/z plot"})", "script_name: scripts are not available"},
   };
+  auto hr = parse_a1111(R"J({"enable_hr": true, "width": 256, "height": 128, "hr_upscaler": "Latent (nearest)",
+                             "hr_second_pass_steps": 7})J", false, lim);
+  ASSERT_TRUE(hr.hires.has_value());
+  EXPECT_EQ(hr.hires->scale, 2.0);  // A1111's defaults
+  EXPECT_EQ(hr.hires->strength, 0.7);
+  EXPECT_EQ(hr.hires->upscaler, "latent-nearest");
+  EXPECT_EQ(hr.hires->steps, 7);
+  EXPECT_EQ(hr.parameters["enable_hr"], true);
   // the same fields at their defaults, as clients send them, are fine
   EXPECT_NO_THROW(parse_a1111(R"({"enable_hr": false, "hr_scale": 2, "restore_faces": false, "tiling": false,
       "subseed_strength": 0, "alwayson_scripts": {}, "script_name": null, "refiner_checkpoint": "",

@@ -155,6 +155,16 @@ TEST(Serve, A1111Txt2ImgEqualsTheCliAndCarriesItsParameters) {
   for (const char* what : {"checkpoints", "loras", "vae", "embeddings"})
     EXPECT_EQ(c.Post(std::string("/sdapi/v1/refresh-") + what, "", "application/json")->status, 200) << what;
   EXPECT_EQ(body(c.Get("/sdapi/v1/upscalers")), json::array());
+  // the hires fix: twice the size, the text naming both passes
+  r = c.Post("/sdapi/v1/txt2img", R"({"prompt": "a cat", "seed": 3, "steps": 2, "width": 64, "height": 64,
+                                     "enable_hr": true, "hr_scale": 2, "denoising_strength": 0.5})", "application/json");
+  ASSERT_EQ(r->status, 200) << r->body;
+  auto hr = body(r);
+  EXPECT_EQ(png_pixels(hr["images"][0]).sizes(), (std::vector<int64_t>{3, 128, 128}));
+  auto hr_info = body(c.Post("/sdapi/v1/png-info", json{{"image", hr["images"][0]}}.dump(), "application/json"));
+  EXPECT_EQ(hr_info["parameters"]["Size-1"], "64");
+  EXPECT_EQ(hr_info["parameters"]["Hires upscale"], "2");
+  EXPECT_EQ(hr_info["parameters"]["Denoising strength"], "0.5");
   // the same image as the CLI's
   std::string cmd = std::string(LDM_BINARY) + " txt2img --config " + fixture("tiny_sd_v1.yaml") + " -m " +
                     fixture("tiny_sd_v1.ckpt") + " --vocab " + vocab() + " -p \"a cat\" --steps 4 -W 64 -H 64 -o " + dir +
@@ -258,7 +268,9 @@ TEST(Serve, BadRequestsAreJson4xx) {
       {"/v1/images/generations", R"({"size": "64x64"})", 400, "prompt: required"},
       {"/sdapi/v1/txt2img", std::string(40u << 20, ' '), 413, "too large"},
       {"/sdapi/v1/nothing", "{}", 404, "not found"},
-      {"/sdapi/v1/txt2img", R"({"enable_hr": true, "width": 64, "height": 64})", 400, "enable_hr: the hires fix"},
+      {"/sdapi/v1/txt2img", R"({"enable_hr": true, "hr_upscaler": "4x-UltraSharp", "width": 64, "height": 64})", 400,
+       "is not available here (known: Latent, Latent (nearest)"},
+      {"/sdapi/v1/txt2img", R"({"restore_faces": true, "width": 64, "height": 64})", 400, "restore_faces: no face restorer"},
       {"/sdapi/v1/png-info", R"({"image": 3})", 400, "image: expected a string"},
   };
   for (const auto& k : cases) {

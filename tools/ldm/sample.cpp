@@ -18,6 +18,7 @@
 #include "ldm/util/number.h"
 #include "ldm/error.h"
 #include "ldm/io/image.h"
+#include "ldm/pipeline/hires.h"
 #include "ldm/io/image_file.h"
 #include "ldm/io/safetensors.h"
 #include "ldm/models/diffusion/samplers/sampler.h"
@@ -62,6 +63,7 @@ struct Opts {
   // img2img / inpaint (stable-diffusion.cpp's flags)
   std::string init_image, mask;
   double strength = 0.75;
+  pipeline::HiresOptions hires{0.0};  // txt2img --hires-scale (scale 0: off)
   std::string mode = "sample";  // sample | txt2img | img2img | inpaint: the last three write -o as a file
   std::vector<std::string> loras;  // FILE[:MULT]
   std::string lora_dir, embd_dir;
@@ -206,7 +208,8 @@ void run(const Opts& o) {
   lo.precision = o.precision;
   lo.prediction = o.prediction;
   lo.use_ema = !o.no_ema;
-  lo.release_after_use = true;  // one request: give each module's memory back once it is done
+  // one request: give each module's memory back once it is done (the hires fix's second pass needs them again)
+  lo.release_after_use = o.hires.scale == 0;
   lo.lora_dir = o.lora_dir;
   lo.embd_dir = o.embd_dir;
   lo.taesd = o.taesd;
@@ -219,20 +222,33 @@ void run(const Opts& o) {
   auto p = pipeline::Pipeline::load(lo);
   std::fprintf(stderr, "loaded %s in %.2f s (peak memory %.2f GB)\n", o.ckpt.c_str(), p->load_seconds(), peak_rss_gb());
   auto r = request(o, *p);
+  if (o.hires.scale != 0) {
+    if (r.width == 0) r.width = p->default_size();
+    if (r.height == 0) r.height = p->default_size();
+    p->validate(pipeline::hires_request(r, o.hires, p->facts().factor));  // before the first pass, not after
+  }
   const int64_t first = take_share(o, r);
   if (o.world > 1 && r.batch == 0) return;  // more ranks than images
   // the total is the sampler's own count (img2img runs a part; ddim may visit one more)
   std::optional<Progress> prog;
   pipeline::GenerateCallbacks cb;
+  int64_t last_step = 0;
+  bool second_pass = false;
   cb.progress = [&](const pipeline::ProgressInfo& i) {
-    if (!prog) prog.emplace("sample " + o.sampler, i.steps, 0, i.elapsed);  // made after step 1: its time counts
+    if (prog && i.step < last_step) {  // the hires fix's second pass
+      prog->finish("first pass");
+      prog.reset();
+      second_pass = true;
+    }
+    last_step = i.step;
+    if (!prog) prog.emplace((second_pass ? "hires " : "sample ") + o.sampler, i.steps, 0, i.elapsed);  // made after step 1: its time counts
     prog->update(i.step);
     if (o.preview != "none" && (i.step % o.preview_interval == 0 || i.step == i.steps) && i.denoised.defined()) {
       auto img = p->preview(i.denoised, o.preview);
       io::save_png(o.preview_path, io::make_grid(img, static_cast<int64_t>(std::ceil(std::sqrt(double(img.size(0)))))));
     }
   };
-  auto res = p->generate(r, cb);
+  auto res = o.hires.scale != 0 ? pipeline::generate_hires(*p, r, o.hires, cb) : p->generate(r, cb);
   for (const auto& note : res.notes) std::cerr << "note: " << note << "\n";
   if (!prog) prog.emplace("sample " + o.sampler, 0);
   prog->finish(std::to_string(res.model_evaluations) + " model evaluations; peak memory " +
@@ -317,6 +333,14 @@ void add_generate(CLI::App& app, const std::string& mode) {
   if (mode == "img2img" || mode == "inpaint") {
     sub->add_option("-i,--init-img", o->init_image, "the image to start from")->required();
     sub->add_option("--strength", o->strength, "img2img: how much to change (1 = ignore the image)")->capture_default_str();
+  }
+  if (mode == "txt2img") {
+    sub->add_option("--hires-scale", o->hires.scale,
+                    "the hires fix (A1111's): generate, enlarge the latents by this factor (1-4), then img2img them");
+    sub->add_option("--hires-upscaler", o->hires.upscaler, "latent (bilinear), latent-nearest or latent-bicubic")
+        ->capture_default_str();
+    sub->add_option("--hires-strength", o->hires.strength, "denoising strength of the second pass")->capture_default_str();
+    sub->add_option("--hires-steps", o->hires.steps, "steps of the second pass (0: --steps)")->capture_default_str();
   }
   if (mode == "inpaint") sub->add_option("--mask", o->mask, "mask image: white = repaint, black = keep")->required();
   sub->add_option("--prompts", o->prompts_file, "a file with one prompt per line: one image each (seed + line index)");

@@ -79,7 +79,6 @@ void refuse_unsupported(const json& j) {
     return true;
   };
   const std::pair<const char*, const char*> fields[] = {
-      {"enable_hr", "the hires fix is not implemented here (send the upscaled image to /sdapi/v1/img2img)"},
       {"restore_faces", "no face restorer on this server"},
       {"tiling", "seamless tiling is not implemented here"},
       {"subseed_strength", "variation seeds are not implemented here"},
@@ -231,6 +230,34 @@ json png_info(const std::string& body) {
   return {{"info", info}, {"items", items}, {"parameters", info.empty() ? json::object() : parse_infotext(info)}};
 }
 
+namespace {
+// enable_hr's fields (A1111's defaults: hr_scale 2, Latent, denoising_strength 0.7 in its UI)
+pipeline::HiresOptions parse_hires(const json& j, const pipeline::GenerateRequest& first, const Limits& lim) {
+  pipeline::HiresOptions h;
+  h.scale = get_num(j, "hr_scale", 2.0);
+  h.width = get_int(j, "hr_resize_x", 0);
+  h.height = get_int(j, "hr_resize_y", 0);
+  h.steps = get_int(j, "hr_second_pass_steps", 0);
+  h.strength = get_num(j, "denoising_strength", 0.7);
+  static const std::map<std::string, std::string> names = {
+      {"Latent", "latent"}, {"Latent (nearest)", "latent-nearest"}, {"Latent (bicubic)", "latent-bicubic"}};
+  const std::string up = get_str(j, "hr_upscaler", "Latent");
+  if (auto it = names.find(up); it != names.end()) h.upscaler = it->second;
+  else if (std::find(pipeline::hires_upscalers().begin(), pipeline::hires_upscalers().end(), up) != pipeline::hires_upscalers().end())
+    h.upscaler = up;
+  else
+    throw bad("hr_upscaler: \"" + up + "\" is not available here (known: Latent, Latent (nearest), Latent (bicubic))");
+  try {
+    auto second = pipeline::hires_request(first, h, lim.factor);
+    check_size(second.width, second.height, lim);
+    check_steps(second.steps, lim);
+  } catch (const Error& e) {
+    throw bad(e.what());
+  }
+  return h;
+}
+}  // namespace
+
 Job parse_a1111(const std::string& body, bool img2img, const Limits& lim) {
   const json j = parse_object(body);
   refuse_unsupported(j);
@@ -278,7 +305,13 @@ Job parse_a1111(const std::string& body, bool img2img, const Limits& lim) {
                     {"n_iter", job.n_iter},      {"sampler_name", job.sampler_name},
                     {"scheduler", r.schedule},   {"eta", r.eta}};
   if (img2img) job.parameters["denoising_strength"] = r.strength;
-  (void)get_bool;
+  if (!img2img && get_bool(j, "enable_hr", false)) {
+    job.hires = parse_hires(j, r, lim);
+    const auto& h = *job.hires;
+    job.parameters.update({{"enable_hr", true}, {"hr_scale", h.scale}, {"hr_upscaler", get_str(j, "hr_upscaler", "Latent")},
+                           {"hr_resize_x", h.width}, {"hr_resize_y", h.height}, {"hr_second_pass_steps", h.steps},
+                           {"denoising_strength", h.strength}});
+  }
   return job;
 }
 

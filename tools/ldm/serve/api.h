@@ -9,6 +9,9 @@
 #include <string>
 #include <vector>
 
+#include <optional>
+
+#include "ldm/pipeline/hires.h"
 #include "ldm/pipeline/request.h"
 
 namespace ldm::serve {
@@ -40,6 +43,7 @@ struct Job {
   std::string checkpoint;  // override_settings.sd_model_checkpoint ("" = keep)
   std::string sampler_name;  // as the client named it (A1111 names)
   json parameters;         // the request with defaults filled (A1111's "parameters")
+  std::optional<pipeline::HiresOptions> hires;  // enable_hr: a second pass at the larger size
 };
 
 // A1111 sampler/scheduler names -> ours (also accepts ours). Unknown names

@@ -196,7 +196,11 @@ class Routes {
     }
   }
 
-  void validate(const Job& job) { w_.pipeline()->validate(job.req); }
+  void validate(const Job& job) {
+    auto p = w_.pipeline();
+    p->validate(job.req);
+    if (job.hires) p->validate(pipeline::hires_request(job.req, *job.hires, p->facts().factor));  // its size's memory
+  }
 
   void a1111(const httplib::Request& q, httplib::Response& r, bool img2img) {
     auto job = parse_a1111(q.body, img2img, o_.limits);

@@ -162,7 +162,7 @@ Outcome Worker::run(Item& it) {
   for (int64_t i = 0; i < it.job.n_iter; ++i) {
     auto r = req;
     r.seed = req.seed + i * req.batch;  // A1111: each batch continues the seeds
-    auto res = p->generate(r, cb);
+    auto res = it.job.hires ? pipeline::generate_hires(*p, r, *it.job.hires, cb) : p->generate(r, cb);
     if (res.status == pipeline::Status::Cancelled) {
       const bool stopping = [&] {
         std::lock_guard<std::mutex> l(mu_);

@@ -1,0 +1,92 @@
+#include "ldm/pipeline/hires.h"
+
+#include <torch/torch.h>
+
+#include <algorithm>
+#include <cmath>
+#include <random>
+#include <sstream>
+
+#include "ldm/error.h"
+#include "ldm/pipeline/validate.h"
+
+namespace ldm::pipeline {
+
+const std::vector<std::string>& hires_upscalers() {
+  static const std::vector<std::string> v = {"latent", "latent-nearest", "latent-bicubic"};
+  return v;
+}
+
+namespace {
+std::string number(double v) {
+  std::ostringstream s;
+  s << v;
+  return s.str();
+}
+
+torch::Tensor upscale_latents(const torch::Tensor& z, int64_t h, int64_t w, const std::string& how) {
+  namespace F = torch::nn::functional;
+  auto o = F::InterpolateFuncOptions().size(std::vector<int64_t>{h, w});
+  if (how == "latent-nearest") return F::interpolate(z, o.mode(torch::kNearest));
+  // A1111's Latent upscalers: align_corners false, no antialias
+  if (how == "latent-bicubic") return F::interpolate(z, o.mode(torch::kBicubic).align_corners(false));
+  return F::interpolate(z, o.mode(torch::kBilinear).align_corners(false));
+}
+}  // namespace
+
+GenerateRequest hires_request(const GenerateRequest& first, const HiresOptions& h, int64_t factor) {
+  const auto& ups = hires_upscalers();
+  if (std::find(ups.begin(), ups.end(), h.upscaler) == ups.end())
+    throw Error("hires upscaler: expected latent, latent-nearest or latent-bicubic, got \"" + h.upscaler + "\"");
+  if (!(h.scale >= 1 && h.scale <= 4)) throw Error("hires scale: expected 1 to 4, got " + number(h.scale));
+  if (!(h.strength > 0 && h.strength <= 1)) throw Error("hires strength: expected in (0, 1], got " + number(h.strength));
+  if (h.steps < 0) throw Error("hires steps: expected >= 0 (0: as the first pass), got " + std::to_string(h.steps));
+  if (first.init_image.defined() || first.init_latents.defined())
+    throw Error("hires fix: for text-to-image requests (the first pass has an init image)");
+  if (first.width <= 0 || first.height <= 0) throw Error("hires fix: needs the first pass's width and height");
+  GenerateRequest r = first;
+  // A1111 rounds the scaled size down to a multiple of 8; ours must divide by the model's factor too
+  auto side = [&](int64_t given, int64_t base) {
+    const int64_t v = given > 0 ? given : static_cast<int64_t>(std::floor(base * h.scale));
+    return std::max<int64_t>(factor, v / factor * factor);
+  };
+  r.width = side(h.width, first.width);
+  r.height = side(h.height, first.height);
+  r.strength = h.strength;
+  if (h.steps > 0) r.steps = h.steps;
+  r.init_noise = torch::Tensor();
+  return r;
+}
+
+GenerateResult generate_hires(Pipeline& p, const GenerateRequest& first, const HiresOptions& h,
+                              const GenerateCallbacks& cb) {
+  if (first.seed == -1) {  // one seed for both passes
+    GenerateRequest fixed = first;
+    fixed.seed = static_cast<int64_t>(std::random_device{}());
+    return generate_hires(p, fixed, h, cb);
+  }
+  const int64_t factor = p.facts().factor;
+  GenerateRequest second = hires_request(first, h, factor);
+  GenerateRequest one = first;
+  one.decode = false;
+  auto a = p.generate(one, cb);
+  if (a.status != Status::Ok) return a;
+  second.init_latents = upscale_latents(a.latents, second.height / factor, second.width / factor, h.upscaler);
+  auto b = p.generate(second, cb);
+  b.model_evaluations += a.model_evaluations;
+  b.timings.conditioning += a.timings.conditioning;
+  b.timings.sampling += a.timings.sampling;
+  b.timings.total += a.timings.total;
+  b.notes.insert(b.notes.begin(), a.notes.begin(), a.notes.end());
+  // the first pass's text (its size and seed regenerate it) and the second pass's settings
+  const std::string extra = ", Denoising strength: " + number(second.strength) + ", Hires upscale: " + number(h.scale) +
+                            (h.width > 0 || h.height > 0 ? ", Hires resize: " + std::to_string(second.width) + "x" +
+                                                               std::to_string(second.height)
+                                                         : "") +
+                            ", Hires steps: " + std::to_string(second.steps) + ", Hires upscaler: " + h.upscaler;
+  for (size_t i = 0; i < a.infotexts.size() && i < b.infotexts.size(); ++i) b.infotexts[i] = a.infotexts[i] + extra;
+  if (!b.infotexts.empty()) b.parameters = b.infotexts.front();
+  return b;
+}
+
+}  // namespace ldm::pipeline

@@ -1,0 +1,35 @@
+// The hires fix (A1111's enable_hr): generate, enlarge the latents, then run
+// img2img on them at the larger size, which adds the detail a plain upscale
+// cannot. Two Pipeline::generate calls; the pipeline must not release its
+// weights after the first (LoadOptions::release_after_use off).
+#pragma once
+#include <string>
+#include <vector>
+
+#include "ldm/pipeline/pipeline.h"
+
+namespace ldm::pipeline {
+
+struct HiresOptions {
+  double scale = 2.0;                // output size = first pass size x scale ...
+  int64_t width = 0, height = 0;     // ... unless given (pixels)
+  std::string upscaler = "latent";   // one of hires_upscalers()
+  double strength = 0.7;             // of the second pass (A1111's denoising_strength)
+  int64_t steps = 0;                 // of the second pass; 0: the first pass's
+};
+
+// "latent" (bilinear), "latent-nearest", "latent-bicubic": A1111's Latent,
+// Latent (nearest) and Latent (bicubic) upscalers.
+const std::vector<std::string>& hires_upscalers();
+
+// The second pass's request for `first` (throws ldm::Error naming a bad option);
+// its init_latents are left for generate_hires to fill.
+GenerateRequest hires_request(const GenerateRequest& first, const HiresOptions& h, int64_t factor);
+
+// Both passes; progress reports each pass's steps. The result is the second
+// pass's, with model evaluations and timings of both and infotexts that name
+// the first pass's settings and the hires ones (A1111's "Hires upscale: ...").
+GenerateResult generate_hires(Pipeline& p, const GenerateRequest& first, const HiresOptions& h,
+                              const GenerateCallbacks& cb = {});
+
+}  // namespace ldm::pipeline
