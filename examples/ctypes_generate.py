@@ -30,7 +30,8 @@ class GenerateParams(C.Structure):
                 ("schedule", C.c_char_p), ("batch_count", C.c_int), ("strength", C.c_float),
                 ("init_image", C.POINTER(Image)), ("mask", C.POINTER(Image)), ("progress", PROGRESS),
                 ("user", C.c_void_p), ("cfg_sigma_lo", C.c_float), ("cfg_sigma_hi", C.c_float),
-                ("cfg_rescale", C.c_float)]
+                ("cfg_rescale", C.c_float), ("hires_scale", C.c_float), ("hires_strength", C.c_float),
+                ("hires_steps", C.c_int), ("hires_upscaler", C.c_char_p)]
 
 
 def load_library(path):

@@ -73,6 +73,12 @@ typedef struct ldm_generate_params {
    * conditional model alone elsewhere); default 0 and INFINITY: every step */
   float cfg_sigma_lo, cfg_sigma_hi;
   float cfg_rescale; /* guidance rescale 0-1 (diffusers' guidance_rescale), default 0: off */
+  /* the hires fix (A1111's): generate, enlarge the latents by hires_scale (1-4),
+   * then img2img them at that size; default 0: off */
+  float hires_scale;
+  float hires_strength;       /* of the second pass, default 0.7 */
+  int hires_steps;            /* of the second pass; 0 (default): steps */
+  const char* hires_upscaler; /* latent (default, bilinear), latent-nearest, latent-bicubic */
 } ldm_generate_params;
 
 LDM_API void ldm_load_params_init(ldm_load_params* p);

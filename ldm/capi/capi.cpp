@@ -10,6 +10,7 @@
 #include <string>
 
 #include "ldm/error.h"
+#include "ldm/pipeline/hires.h"
 #include "ldm/pipeline/pipeline.h"
 
 struct ldm_pipeline {
@@ -67,6 +68,15 @@ ldm::pipeline::GenerateRequest request(const ldm_generate_params& g) {
   if (g.mask) r.mask = to_tensor(*g.mask, "mask").mean(0, true);
   return r;
 }
+
+ldm::pipeline::HiresOptions hires(const ldm_generate_params& g) {
+  ldm::pipeline::HiresOptions h;
+  h.scale = g.hires_scale;
+  h.strength = g.hires_strength;
+  h.steps = g.hires_steps;
+  h.upscaler = str(g.hires_upscaler, "latent");
+  return h;
+}
 }  // namespace
 
 extern "C" {
@@ -108,6 +118,8 @@ void ldm_generate_params_init(ldm_generate_params* p) {
   p->batch_count = 1;
   p->strength = 0.75f;
   p->cfg_sigma_hi = std::numeric_limits<float>::infinity();
+  p->hires_strength = 0.7f;
+  p->hires_upscaler = "latent";
 }
 
 int ldm_generate(ldm_pipeline* p, const ldm_generate_params* g, ldm_image** images, int* count) {
@@ -120,7 +132,8 @@ int ldm_generate(ldm_pipeline* p, const ldm_generate_params* g, ldm_image** imag
       cb.progress = [g](const ldm::pipeline::ProgressInfo& i) {
         g->progress(static_cast<int>(i.step), static_cast<int>(i.steps), i.elapsed, g->user);
       };
-    auto res = p->p->generate(request(*g), cb);
+    auto res = g->hires_scale != 0 ? ldm::pipeline::generate_hires(*p->p, request(*g), hires(*g), cb)
+                                   : p->p->generate(request(*g), cb);
     if (res.status == ldm::pipeline::Status::Cancelled) {
       g_error = res.message;
       return 2;

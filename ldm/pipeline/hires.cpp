@@ -60,9 +60,11 @@ GenerateRequest hires_request(const GenerateRequest& first, const HiresOptions& 
 
 GenerateResult generate_hires(Pipeline& p, const GenerateRequest& first, const HiresOptions& h,
                               const GenerateCallbacks& cb) {
-  if (first.seed == -1) {  // one seed for both passes
+  if (first.seed == -1 || first.width <= 0 || first.height <= 0) {  // one seed for both passes; sizes known
     GenerateRequest fixed = first;
-    fixed.seed = static_cast<int64_t>(std::random_device{}());
+    if (fixed.seed == -1) fixed.seed = static_cast<int64_t>(std::random_device{}());
+    if (fixed.width <= 0) fixed.width = p.default_size();
+    if (fixed.height <= 0) fixed.height = p.default_size();
     return generate_hires(p, fixed, h, cb);
   }
   const int64_t factor = p.facts().factor;

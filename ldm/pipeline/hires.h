@@ -26,7 +26,7 @@ const std::vector<std::string>& hires_upscalers();
 // its init_latents are left for generate_hires to fill.
 GenerateRequest hires_request(const GenerateRequest& first, const HiresOptions& h, int64_t factor);
 
-// Both passes; progress reports each pass's steps. The result is the second
+// Both passes (sizes 0: the model's own); progress reports each pass's steps. The result is the second
 // pass's, with model evaluations and timings of both and infotexts that name
 // the first pass's settings and the hires ones (A1111's "Hires upscale: ...").
 GenerateResult generate_hires(Pipeline& p, const GenerateRequest& first, const HiresOptions& h,

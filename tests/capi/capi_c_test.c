@@ -73,6 +73,19 @@ int main(int argc, char** argv) {
     fprintf(stderr, "capi_c_test: progress called %d times, last step %d of %d\n", counted, calls, last_steps);
     return 1;
   }
+  /* the hires fix: the same request at twice the size; a bad strength refused */
+  ldm_image* big = NULL;
+  int big_count = 0;
+  if (gp.hires_scale != 0.0f || gp.hires_strength != 0.7f) return fail("the hires fix is off by default, strength 0.7");
+  gp.hires_scale = 2.0f;
+  gp.hires_steps = 2;
+  gp.progress = NULL;
+  if (ldm_generate(p, &gp, &big, &big_count) != 0 || big_count != 1 || big[0].width != 128 || big[0].height != 128)
+    return fail("hires fix: expected one 128x128 image");
+  ldm_free_images(big, big_count);
+  gp.hires_strength = 0.0f;
+  if (ldm_generate(p, &gp, &big, &big_count) != 1 || strstr(ldm_last_error(), "hires strength") == NULL)
+    return fail("a hires strength of 0 must be refused");
   FILE* f = fopen(argv[4], "wb");
   if (!f) return fail("cannot write the PPM");
   fprintf(f, "P6\n%u %u\n255\n", images[0].width, images[0].height);
