@@ -67,6 +67,8 @@ GenerateResult generate_hires(Pipeline& p, const GenerateRequest& first, const H
     if (fixed.height <= 0) fixed.height = p.default_size();
     return generate_hires(p, fixed, h, cb);
   }
+  if (p.options().release_after_use)  // said before the first pass, not after it
+    throw Error("hires fix: this pipeline releases its weights after one pass (release_after_use); load it without");
   const int64_t factor = p.facts().factor;
   GenerateRequest second = hires_request(first, h, factor);
   GenerateRequest one = first;

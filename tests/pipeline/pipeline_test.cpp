@@ -200,6 +200,13 @@ TEST(Pipeline, HiresFixIsImg2ImgOnEnlargedLatents) {
   second.init_latents = up;
   second.init_image = torch::ones({3, 96, 96});
   EXPECT_NE(error_of(*p, second).find("init latents: give an init image or init latents, not both"), std::string::npos);
+  // a one-shot pipeline would release its UNet after the first pass: refused before it
+  auto o = test::tiny_sd_options();
+  o.release_after_use = true;
+  auto once = Pipeline::load(o);
+  h.upscaler = "latent";
+  EXPECT_NE(err([&] { pipeline::generate_hires(*once, first, h); }).find("hires fix: this pipeline releases its weights"),
+            std::string::npos);
 }
 
 TEST(Pipeline, CancelStopsBetweenStepsWithAStatus) {
