@@ -139,6 +139,8 @@ void save_image(const std::string& path, const torch::Tensor& image, const std::
 }
 
 namespace {
+bool is_png(const std::string& s) { return s.size() >= 8 && s.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0; }
+
 // iTXt: keyword \0, compression flag, method, language \0, translated keyword \0, text
 bool itxt_entry(const std::string& body, std::map<std::string, std::string>& out) {
   const auto k = body.find('\0');
@@ -183,7 +185,7 @@ std::map<std::string, std::string> jpeg_comment(const std::string& s) {
 }  // namespace
 
 std::map<std::string, std::string> image_text(const std::string& bytes, const std::string& what) {
-  if (bytes.size() >= 8 && bytes.compare(0, 8, "\x89PNG\r\n\x1a\n") == 0) return png_text(bytes, what);
+  if (is_png(bytes)) return png_text(bytes, what);
   if (bytes.size() >= 4 && bytes.compare(0, 2, "\xFF\xD8") == 0) return jpeg_comment(bytes);
   return {};
 }
@@ -192,7 +194,7 @@ std::map<std::string, std::string> read_png_text(const std::string& path) {
   std::ifstream f(path, std::ios::binary);
   if (!f) throw Error(path + ": cannot open");
   std::string s((std::istreambuf_iterator<char>(f)), {});
-  if (s.size() < 8 || s.compare(0, 8, "\x89PNG\r\n\x1a\n") != 0) throw Error(path + ": not a PNG file");
+  if (!is_png(s)) throw Error(path + ": not a PNG file");
   return png_text(s, path);
 }
 

@@ -5,10 +5,10 @@
 #include <algorithm>
 #include <cmath>
 #include <random>
-#include <sstream>
 
 #include "ldm/error.h"
 #include "ldm/pipeline/validate.h"
+#include "ldm/util/number.h"
 
 namespace ldm::pipeline {
 
@@ -18,12 +18,6 @@ const std::vector<std::string>& hires_upscalers() {
 }
 
 namespace {
-std::string number(double v) {
-  std::ostringstream s;
-  s << v;
-  return s.str();
-}
-
 torch::Tensor upscale_latents(const torch::Tensor& z, int64_t h, int64_t w, const std::string& how) {
   namespace F = torch::nn::functional;
   auto o = F::InterpolateFuncOptions().size(std::vector<int64_t>{h, w});
@@ -38,8 +32,8 @@ GenerateRequest hires_request(const GenerateRequest& first, const HiresOptions& 
   const auto& ups = hires_upscalers();
   if (std::find(ups.begin(), ups.end(), h.upscaler) == ups.end())
     throw Error("hires upscaler: expected latent, latent-nearest or latent-bicubic, got \"" + h.upscaler + "\"");
-  if (!(h.scale >= 1 && h.scale <= 4)) throw Error("hires scale: expected 1 to 4, got " + number(h.scale));
-  if (!(h.strength > 0 && h.strength <= 1)) throw Error("hires strength: expected in (0, 1], got " + number(h.strength));
+  if (!(h.scale >= 1 && h.scale <= 4)) throw Error("hires scale: expected 1 to 4, got " + format_number(h.scale));
+  if (!(h.strength > 0 && h.strength <= 1)) throw Error("hires strength: expected in (0, 1], got " + format_number(h.strength));
   if (h.steps < 0) throw Error("hires steps: expected >= 0 (0: as the first pass), got " + std::to_string(h.steps));
   if (first.init_image.defined() || first.init_latents.defined())
     throw Error("hires fix: for text-to-image requests (the first pass has an init image)");
@@ -83,7 +77,7 @@ GenerateResult generate_hires(Pipeline& p, const GenerateRequest& first, const H
   b.timings.total += a.timings.total;
   b.notes.insert(b.notes.begin(), a.notes.begin(), a.notes.end());
   // the first pass's text (its size and seed regenerate it) and the second pass's settings
-  const std::string extra = ", Denoising strength: " + number(second.strength) + ", Hires upscale: " + number(h.scale) +
+  const std::string extra = ", Denoising strength: " + format_number(second.strength) + ", Hires upscale: " + format_number(h.scale) +
                             (h.width > 0 || h.height > 0 ? ", Hires resize: " + std::to_string(second.width) + "x" +
                                                                std::to_string(second.height)
                                                          : "") +

@@ -134,14 +134,14 @@ void validate(const GenerateRequest& r, const ModelFacts& m) {
     side(w, m, "width");
     side(h, m, "height");
   }
+  if ((r.init_image.defined() || r.init_latents.defined()) && (r.strength <= 0 || r.strength > 1))
+    throw Error("strength: expected in (0, 1], got " + format_number(r.strength));
   if (r.init_image.defined()) {
-    if (r.strength <= 0 || r.strength > 1) throw Error("strength: expected in (0, 1], got " + format_number(r.strength));
     if (r.init_image.dim() != 3 || (r.init_image.size(0) != 1 && r.init_image.size(0) != 3) || r.init_image.numel() == 0)
       throw Error("init image: expected [C, H, W] with 1 or 3 channels, got " + c10::str(r.init_image.sizes()));
   }
   if (r.init_latents.defined()) {
     if (r.init_image.defined()) throw Error("init latents: give an init image or init latents, not both");
-    if (r.strength <= 0 || r.strength > 1) throw Error("strength: expected in (0, 1], got " + format_number(r.strength));
     auto [w, h] = output_size(r, m);
     const int64_t n = r.init_latents.dim() == 4 ? r.init_latents.size(0) : 0;
     if (r.init_latents.dim() != 4 || (n != 1 && n != image_count(r)) || r.init_latents.size(1) != m.latent_channels ||
