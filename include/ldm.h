@@ -78,7 +78,7 @@ typedef struct ldm_generate_params {
   float hires_scale;
   float hires_strength;       /* of the second pass, default 0.7 */
   int hires_steps;            /* of the second pass; 0 (default): steps */
-  const char* hires_upscaler; /* latent (default, bilinear), latent-nearest, latent-bicubic */
+  const char* hires_upscaler; /* latent (default, bilinear), latent-nearest, latent-bicubic; lanczos, nearest (the decoded image) */
 } ldm_generate_params;
 
 LDM_API void ldm_load_params_init(ldm_load_params* p);

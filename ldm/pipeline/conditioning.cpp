@@ -14,9 +14,10 @@ std::string join(const std::vector<int64_t>& v) {
   return s;
 }
 
-// [1, C, H, W] in [-1, 1] at h x w from [C, H, W] in [0, 1], resized as torchvision does.
+// [N, C, H, W] in [-1, 1] at h x w from [C, H, W] (N = 1) or [N, C, H, W] in [0, 1], resized as torchvision does.
 torch::Tensor model_range(const torch::Tensor& img, int64_t h, int64_t w) {
-  auto x = img.to(torch::kFloat32).unsqueeze(0);
+  auto x = img.to(torch::kFloat32);
+  if (x.dim() == 3) x = x.unsqueeze(0);
   if (x.size(2) != h || x.size(3) != w)
     x = torch::nn::functional::interpolate(
         x, torch::nn::functional::InterpolateFuncOptions().size(std::vector<int64_t>{h, w}).mode(torch::kBilinear)
@@ -25,10 +26,12 @@ torch::Tensor model_range(const torch::Tensor& img, int64_t h, int64_t w) {
 }
 
 // 1 -> 3 channels by repetition, 3 -> 1 by luminance (ITU-R 601, as image decoders do).
-torch::Tensor with_channels(const torch::Tensor& img, int64_t c) {
-  if (img.size(0) == c) return img;
-  if (c == 3) return img.expand({3, img.size(1), img.size(2)});
-  return (img[0] * 0.299 + img[1] * 0.587 + img[2] * 0.114).unsqueeze(0);
+// [N, C, H, W] from [C, H, W] or [N, C, H, W].
+torch::Tensor with_channels(const torch::Tensor& image, int64_t c) {
+  const auto img = image.dim() == 3 ? image.unsqueeze(0) : image;
+  if (img.size(1) == c) return img;
+  if (c == 3) return img.expand({img.size(0), 3, img.size(2), img.size(3)});
+  return (img.select(1, 0) * 0.299 + img.select(1, 1) * 0.587 + img.select(1, 2) * 0.114).unsqueeze(1);
 }
 }  // namespace
 

@@ -7,14 +7,34 @@
 #include <random>
 
 #include "ldm/error.h"
+#include "ldm/io/resize.h"
 #include "ldm/pipeline/validate.h"
 #include "ldm/util/number.h"
 
 namespace ldm::pipeline {
 
 const std::vector<std::string>& hires_upscalers() {
-  static const std::vector<std::string> v = {"latent", "latent-nearest", "latent-bicubic"};
+  static const std::vector<std::string> v = {"latent", "latent-nearest", "latent-bicubic", "lanczos", "nearest"};
   return v;
+}
+
+std::string a1111_upscaler_name(const std::string& upscaler) {
+  static const std::vector<std::string> a = {"Latent", "Latent (nearest)", "Latent (bicubic)", "Lanczos", "Nearest"};
+  const auto& v = hires_upscalers();
+  const auto it = std::find(v.begin(), v.end(), upscaler);
+  return it == v.end() ? upscaler : a[it - v.begin()];
+}
+
+bool hires_in_pixels(const std::string& upscaler) { return upscaler.rfind("latent", 0) != 0; }
+
+torch::Tensor upscale_image(const torch::Tensor& image, int64_t h, int64_t w, const std::string& how) {
+  auto x = image.dim() == 3 ? image.unsqueeze(0) : image;
+  // PIL's NEAREST samples at pixel centres: nearest-exact (called directly:
+  // libtorch 1.13's interpolate warns about align_corners for this mode)
+  if (how == "nearest") x = at::_upsample_nearest_exact2d(x.to(torch::kFloat32).contiguous(), {h, w});
+  else if (how == "lanczos") x = io::resize_lanczos(x, h, w);
+  else throw Error("image upscaler: expected lanczos or nearest, got \"" + how + "\"");
+  return image.dim() == 3 ? x[0] : x;
 }
 
 namespace {
@@ -26,12 +46,18 @@ torch::Tensor upscale_latents(const torch::Tensor& z, int64_t h, int64_t w, cons
   if (how == "latent-bicubic") return F::interpolate(z, o.mode(torch::kBicubic).align_corners(false));
   return F::interpolate(z, o.mode(torch::kBilinear).align_corners(false));
 }
+
+std::string known_upscalers() {
+  std::string s;
+  for (const auto& u : hires_upscalers()) s += (s.empty() ? "" : ", ") + u;
+  return s;
+}
 }  // namespace
 
 GenerateRequest hires_request(const GenerateRequest& first, const HiresOptions& h, int64_t factor) {
   const auto& ups = hires_upscalers();
   if (std::find(ups.begin(), ups.end(), h.upscaler) == ups.end())
-    throw Error("hires upscaler: expected latent, latent-nearest or latent-bicubic, got \"" + h.upscaler + "\"");
+    throw Error("hires upscaler: expected one of " + known_upscalers() + ", got \"" + h.upscaler + "\"");
   if (!(h.scale >= 1 && h.scale <= 4)) throw Error("hires scale: expected 1 to 4, got " + format_number(h.scale));
   if (!(h.strength > 0 && h.strength <= 1)) throw Error("hires strength: expected in (0, 1], got " + format_number(h.strength));
   if (h.steps < 0) throw Error("hires steps: expected >= 0 (0: as the first pass), got " + std::to_string(h.steps));
@@ -66,10 +92,14 @@ GenerateResult generate_hires(Pipeline& p, const GenerateRequest& first, const H
   const int64_t factor = p.facts().factor;
   GenerateRequest second = hires_request(first, h, factor);
   GenerateRequest one = first;
-  one.decode = false;
+  const bool pixels = hires_in_pixels(h.upscaler);
+  if (const int64_t ic = p.image_channels(); pixels && ic != 1 && ic != 3)
+    throw Error("hires upscaler " + h.upscaler + ": enlarges images, and this model makes no images (use a latent upscaler)");
+  one.decode = pixels;  // an image upscaler works on the decoded image, then the second pass encodes it
   auto a = p.generate(one, cb);
   if (a.status != Status::Ok) return a;
-  second.init_latents = upscale_latents(a.latents, second.height / factor, second.width / factor, h.upscaler);
+  if (pixels) second.init_image = upscale_image(a.images, second.height, second.width, h.upscaler);
+  else second.init_latents = upscale_latents(a.latents, second.height / factor, second.width / factor, h.upscaler);
   auto b = p.generate(second, cb);
   b.model_evaluations += a.model_evaluations;
   b.timings.conditioning += a.timings.conditioning;
@@ -81,7 +111,7 @@ GenerateResult generate_hires(Pipeline& p, const GenerateRequest& first, const H
                             (h.width > 0 || h.height > 0 ? ", Hires resize: " + std::to_string(second.width) + "x" +
                                                                std::to_string(second.height)
                                                          : "") +
-                            ", Hires steps: " + std::to_string(second.steps) + ", Hires upscaler: " + h.upscaler;
+                            ", Hires steps: " + std::to_string(second.steps) + ", Hires upscaler: " + a1111_upscaler_name(h.upscaler);
   for (size_t i = 0; i < a.infotexts.size() && i < b.infotexts.size(); ++i) b.infotexts[i] = a.infotexts[i] + extra;
   if (!b.infotexts.empty()) b.parameters = b.infotexts.front();
   return b;

@@ -1,6 +1,6 @@
-// The hires fix (A1111's enable_hr): generate, enlarge the latents, then run
-// img2img on them at the larger size, which adds the detail a plain upscale
-// cannot. Two Pipeline::generate calls; the pipeline must not release its
+// The hires fix (A1111's enable_hr): generate, enlarge the latents (or the
+// decoded image), then run img2img on them at the larger size, which adds the
+// detail a plain upscale cannot. Two Pipeline::generate calls; the pipeline must not release its
 // weights after the first (LoadOptions::release_after_use off).
 #pragma once
 #include <string>
@@ -19,8 +19,18 @@ struct HiresOptions {
 };
 
 // "latent" (bilinear), "latent-nearest", "latent-bicubic": A1111's Latent,
-// Latent (nearest) and Latent (bicubic) upscalers.
+// Latent (nearest) and Latent (bicubic) upscalers, which enlarge the latents;
+// "lanczos", "nearest": its Lanczos and Nearest upscalers, which enlarge the
+// decoded image (PIL's filters), encoded again for the second pass (whose
+// strength can then be low: the latent ones need about 0.5 or more).
 const std::vector<std::string>& hires_upscalers();
+// Its name in A1111 ("Latent (nearest)", "Lanczos", ...), as infotexts carry it.
+std::string a1111_upscaler_name(const std::string& upscaler);
+// Whether the upscaler works on images (decode, enlarge, encode).
+bool hires_in_pixels(const std::string& upscaler);
+// An image [C, H, W] or [N, C, H, W] in [0, 1] enlarged (or shrunk) to h x w by
+// "lanczos" or "nearest" (PIL's filters; A1111's upscalers of those names).
+torch::Tensor upscale_image(const torch::Tensor& image, int64_t h, int64_t w, const std::string& how);
 
 // The second pass's request for `first` (throws ldm::Error naming a bad option);
 // its init_latents are left for generate_hires to fill.

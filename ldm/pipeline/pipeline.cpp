@@ -265,8 +265,8 @@ GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& 
   for (auto& l : take_lora_tags(req.prompt, o_.lora_dir)) loras.push_back(l);
   LoraScope lora(*m_, loras, /*restore=*/!o_.release_after_use);
   res.notes = lora.notes;
-  if (r.init_image.defined() && (r.init_image.size(2) != w || r.init_image.size(1) != h))
-    res.notes.push_back("init image " + std::to_string(r.init_image.size(2)) + "x" + std::to_string(r.init_image.size(1)) +
+  if (r.init_image.defined() && (r.init_image.size(-1) != w || r.init_image.size(-2) != h))
+    res.notes.push_back("init image " + std::to_string(r.init_image.size(-1)) + "x" + std::to_string(r.init_image.size(-2)) +
                         " resized to the output size " + std::to_string(w) + "x" + std::to_string(h) +
                         " (-W/-H choose the output size)");
   if (const int64_t v = visited_timesteps(r.sampler, r.steps, r.discretize, f.timesteps); v != r.steps)

@@ -37,7 +37,8 @@ struct GenerateRequest {
   double cfg_sigma_lo = 0.0, cfg_sigma_hi = std::numeric_limits<double>::infinity();
   // guidance rescale in [0, 1] (diffusers' guidance_rescale; 0: off)
   double cfg_rescale = 0.0;
-  // img2img: [C, H, W] float in [0, 1] (resized to the output size); strength 1 ignores it
+  // img2img: [C, H, W] float in [0, 1] (resized to the output size), or
+  // [N, C, H, W] with one image per output image; strength 1 ignores it
   torch::Tensor init_image;
   double strength = 0.75;
   // img2img from latents instead of an image: [1 or N, C, h, w] in the UNet's

@@ -137,8 +137,11 @@ void validate(const GenerateRequest& r, const ModelFacts& m) {
   if ((r.init_image.defined() || r.init_latents.defined()) && (r.strength <= 0 || r.strength > 1))
     throw Error("strength: expected in (0, 1], got " + format_number(r.strength));
   if (r.init_image.defined()) {
-    if (r.init_image.dim() != 3 || (r.init_image.size(0) != 1 && r.init_image.size(0) != 3) || r.init_image.numel() == 0)
-      throw Error("init image: expected [C, H, W] with 1 or 3 channels, got " + c10::str(r.init_image.sizes()));
+    const auto& x = r.init_image;
+    const bool batch_ok = x.dim() == 3 || (x.dim() == 4 && (x.size(0) == 1 || x.size(0) == image_count(r)));
+    if (!batch_ok || (x.size(-3) != 1 && x.size(-3) != 3) || x.numel() == 0)
+      throw Error("init image: expected [C, H, W] or [" + std::to_string(image_count(r)) +
+                  ", C, H, W] (one per image) with 1 or 3 channels, got " + c10::str(x.sizes()));
   }
   if (r.init_latents.defined()) {
     if (r.init_image.defined()) throw Error("init latents: give an init image or init latents, not both");

@@ -105,7 +105,7 @@ TEST(CliHygiene, MetadataRecordsWhatTookEffect) {
   EXPECT_EQ(io::load_image(dir + "/h.png").sizes(), (std::vector<int64_t>{3, 128, 128}));
   p = io::read_png_text(dir + "/h.png").at("parameters");
   EXPECT_NE(p.find("Size: 64x64"), std::string::npos) << p;
-  EXPECT_NE(p.find("Hires upscale: 2, Hires steps: 3, Hires upscaler: latent"), std::string::npos) << p;
+  EXPECT_NE(p.find("Hires upscale: 2, Hires steps: 3, Hires upscaler: Latent"), std::string::npos) << p;
   r = ldm_run("txt2img" + tiny_base() + " --hires-scale 2 --hires-strength 0 -o " + dir + "/h2.png");
   EXPECT_NE(r.rc, 0);
   EXPECT_NE(r.out.find("hires strength: expected in (0, 1], got 0"), std::string::npos) << r.out;

@@ -7,6 +7,7 @@
 #include "ldm/error.h"
 #include "ldm/io/ckpt.h"
 #include "ldm/io/image.h"
+#include "ldm/io/resize.h"
 #include "ldm/io/safetensors.h"
 #include "ldm/pipeline/hires.h"
 #include "ldm/pipeline/pipeline.h"
@@ -140,18 +141,31 @@ TEST(Pipeline, BadRequestsAreOneLineErrorsBeforeAnyWork) {
   expect([](auto& r) { r.seed = -5; }, "seed: expected >= 0, or -1");
 }
 
+namespace {
+// Two 64x64 images as a first pass, and hires options to 96x96.
+GenerateRequest hires_first() {
+  auto first = cat();
+  first.batch = 2;
+  first.width = first.height = 64;
+  return first;
+}
+pipeline::HiresOptions hires_options(int64_t steps, double strength, const std::string& upscaler) {
+  pipeline::HiresOptions h;
+  h.scale = 1.5;
+  h.steps = steps;
+  h.strength = strength;
+  h.upscaler = upscaler;
+  return h;
+}
+}  // namespace
+
 // The hires fix: the first pass's latents, enlarged (bilinear, computed here),
 // as the init latents of an img2img pass at the larger size.
 TEST(Pipeline, HiresFixIsImg2ImgOnEnlargedLatents) {
   LDM_REQUIRE_SHARED();
   auto p = tiny_sd();
-  auto first = cat();
-  first.batch = 2;
-  first.width = first.height = 64;
-  pipeline::HiresOptions h;
-  h.scale = 1.5;
-  h.steps = 5;
-  h.strength = 0.6;
+  auto first = hires_first();
+  auto h = hires_options(5, 0.6, "latent");
   auto res = pipeline::generate_hires(*p, first, h);
   ASSERT_EQ(res.status, pipeline::Status::Ok);
   EXPECT_EQ(res.images.sizes(), (std::vector<int64_t>{2, 3, 96, 96}));
@@ -176,7 +190,7 @@ TEST(Pipeline, HiresFixIsImg2ImgOnEnlargedLatents) {
   // the text names the first pass (its size regenerates it) and the hires settings
   EXPECT_EQ(res.infotexts.at(1).rfind(a.infotexts.at(1), 0), 0u) << res.infotexts.at(1);
   EXPECT_NE(res.parameters.find("Size: 64x64"), std::string::npos) << res.parameters;
-  EXPECT_NE(res.parameters.find("Denoising strength: 0.6, Hires upscale: 1.5, Hires steps: 5, Hires upscaler: latent"),
+  EXPECT_NE(res.parameters.find("Denoising strength: 0.6, Hires upscale: 1.5, Hires steps: 5, Hires upscaler: Latent"),
             std::string::npos)
       << res.parameters;
   // bad options and init latents of the wrong shape: one-line errors
@@ -192,7 +206,8 @@ TEST(Pipeline, HiresFixIsImg2ImgOnEnlargedLatents) {
   EXPECT_NE(err([&] { pipeline::generate_hires(*p, first, h); }).find("hires scale: expected 1 to 4, got 8"), std::string::npos);
   h.scale = 2;
   h.upscaler = "esrgan";
-  EXPECT_NE(err([&] { pipeline::generate_hires(*p, first, h); }).find("hires upscaler: expected latent"), std::string::npos);
+  EXPECT_NE(err([&] { pipeline::generate_hires(*p, first, h); }).find("hires upscaler: expected one of latent, latent-nearest, latent-bicubic, lanczos, nearest, got \"esrgan\""),
+            std::string::npos);
   second.init_latents = a.latents;
   EXPECT_NE(error_of(*p, second).find("init latents: expected [1 or 2, 4, 24, 24] for 96x96, got [2, 4, 16, 16]"),
             std::string::npos)
@@ -207,6 +222,63 @@ TEST(Pipeline, HiresFixIsImg2ImgOnEnlargedLatents) {
   h.upscaler = "latent";
   EXPECT_NE(err([&] { pipeline::generate_hires(*once, first, h); }).find("hires fix: this pipeline releases its weights"),
             std::string::npos);
+}
+
+// An image upscaler (A1111's Lanczos): the first pass decoded, each image
+// enlarged with PIL's Lanczos filter (io::resize_lanczos, tested against PIL's
+// formula), then an img2img pass from those images, one per output image.
+TEST(Pipeline, HiresFixWithAnImageUpscalerIsImg2ImgOnEnlargedImages) {
+  LDM_REQUIRE_SHARED();
+  auto p = tiny_sd();
+  auto first = hires_first();
+  auto h = hires_options(4, 0.5, "lanczos");
+  auto res = pipeline::generate_hires(*p, first, h);
+  ASSERT_EQ(res.status, pipeline::Status::Ok);
+  EXPECT_EQ(res.images.sizes(), (std::vector<int64_t>{2, 3, 96, 96}));
+
+  auto a = p->generate(first);
+  auto second = first;
+  second.width = second.height = 96;
+  second.steps = 4;
+  second.strength = 0.5;
+  second.init_image = io::resize_lanczos(a.images, 96, 96);
+  auto b = p->generate(second);
+  EXPECT_TRUE(torch::equal(res.images_u8, b.images_u8));
+  EXPECT_EQ(res.model_evaluations, a.model_evaluations + 2);  // strength 0.5 runs 2 of 4 steps
+  EXPECT_NE(res.parameters.find("Hires upscaler: Lanczos"), std::string::npos) << res.parameters;
+  // the two images started from different enlargements (one init image each)
+  EXPECT_FALSE(torch::equal(second.init_image[0], second.init_image[1]));
+  h.upscaler = "nearest";
+  EXPECT_EQ(pipeline::generate_hires(*p, first, h).images.size(3), 96);
+}
+
+// img2img with one init image per output image ([N, C, H, W]): image i starts
+// from init image i, as a one-image request with seed + i does.
+TEST(Pipeline, InitImagePerOutputImage) {
+  LDM_REQUIRE_SHARED();
+  auto p = tiny_sd();
+  auto r = cat();
+  r.width = r.height = 64;
+  r.steps = 4;
+  r.strength = 0.75;
+  torch::manual_seed(3);
+  auto imgs = torch::rand({2, 3, 64, 64});
+  r.batch = 2;
+  r.init_image = imgs;
+  auto both = p->generate(r);
+  ASSERT_EQ(both.status, pipeline::Status::Ok);
+  auto one = r;
+  one.batch = 1;
+  one.seed = r.seed + 1;
+  one.init_image = imgs[1];
+  auto second = p->generate(one);
+  EXPECT_LT(test::max_abs_err(both.images[1], second.images[0]), 2e-3);
+  one.init_image = imgs[0];
+  EXPECT_GT(test::max_abs_err(both.images[1], p->generate(one).images[0]), 0.02);  // the other image differs
+  r.init_image = torch::rand({3, 3, 64, 64});
+  EXPECT_NE(error_of(*p, r).find("init image: expected [C, H, W] or [2, C, H, W] (one per image) with 1 or 3 channels, got [3, 3, 64, 64]"),
+            std::string::npos)
+      << error_of(*p, r);
 }
 
 TEST(Pipeline, CancelStopsBetweenStepsWithAStatus) {

@@ -9,6 +9,8 @@
 #include "ldm/io/base64.h"
 #include "ldm/io/image.h"
 #include "ldm/io/image_file.h"
+#include "ldm/io/resize.h"
+#include "tests/testing.h"
 #include "tools/ldm/serve/api.h"
 #include "tests/fuzz/fuzz_serve.cpp"  // LLVMFuzzerTestOneInput, replayed below
 
@@ -95,6 +97,86 @@ TEST(ServeApi, BadFieldsAre4xxNamingThem) {
   EXPECT_EQ(status_of([&] { parse_a1111(R"({"init_images": ["aGVsbG8="]})", true, lim); }, &detail), 400);
   EXPECT_NE(detail.find("init_images[0]: not a PNG, JPEG or BMP image"), std::string::npos) << detail;
   EXPECT_EQ(status_of([&] { parse_a1111(R"({"init_images": []})", true, lim); }, &detail), 400);
+}
+
+namespace {
+std::string png_b64(const torch::Tensor& img) { return io::base64_encode(io::encode_png(img)); }
+torch::Tensor png_of_b64(const std::string& b64) { return io::decode_image(io::base64_decode(b64, "test"), 3, "test"); }
+}  // namespace
+
+// The image upscalers that need no model: in the hires fix, in A1111's lists,
+// and alone through /sdapi/v1/extra-single-image.
+TEST(ServeApi, ImageUpscalersHiresListsAndExtras) {
+  Limits lim;
+  auto hr = parse_a1111(R"({"enable_hr": true, "width": 64, "height": 64, "hr_upscaler": "Lanczos"})", false, lim);
+  EXPECT_EQ(hr.hires->upscaler, "lanczos");
+  EXPECT_EQ(parse_a1111(R"({"enable_hr": true, "hr_upscaler": "Nearest", "width": 64, "height": 64})", false, lim).hires->upscaler,
+            "nearest");
+  EXPECT_EQ(parse_a1111(R"({"enable_hr": true, "hr_upscaler": "None", "width": 64, "height": 64})", false, lim).hires->upscaler,
+            "lanczos");  // A1111's "None" still resizes, with Lanczos
+  std::vector<std::string> names, modes;
+  for (const auto& u : a1111_upscalers()) names.push_back(u["name"]);
+  for (const auto& u : latent_upscale_modes()) modes.push_back(u["name"]);
+  EXPECT_EQ(names, (std::vector<std::string>{"None", "Lanczos", "Nearest"}));
+  EXPECT_EQ(modes, (std::vector<std::string>{"Latent", "Latent (nearest)", "Latent (bicubic)"}));
+
+  torch::manual_seed(4);
+  auto img = io::to_uint8(torch::rand({3, 6, 8})).to(torch::kFloat32) / 255;  // exact in a PNG
+  auto out = extra_single_image(json{{"image", png_b64(img)}, {"upscaling_resize", 2.5}, {"upscaler_1", "Lanczos"}}.dump(), lim);
+  auto big = png_of_b64(out["image"]);
+  ASSERT_EQ(big.sizes(), (std::vector<int64_t>{3, 15, 20}));  // int(side x 2.5), as A1111
+  EXPECT_LE(test::max_abs_err(big, io::resize_lanczos(img, 15, 20)), 0.5 / 255 + 1e-6);
+  // to a box: cover it, then centre-crop (upscaling_crop, the default)
+  out = extra_single_image(json{{"image", png_b64(img)}, {"resize_mode", 1}, {"upscaling_resize_w", 16},
+                                {"upscaling_resize_h", 16}, {"upscaler_1", "Nearest"}}.dump(), lim);
+  auto box = png_of_b64(out["image"]);
+  ASSERT_EQ(box.sizes(), (std::vector<int64_t>{3, 16, 16}));
+  // PIL's NEAREST: the source pixel under each output pixel's centre
+  auto nearest = img.index_select(1, ((torch::arange(16) + 0.5) * 6 / 16).floor().to(torch::kLong))
+                     .index_select(2, ((torch::arange(21) + 0.5) * 8 / 21).floor().to(torch::kLong));
+  EXPECT_LE(test::max_abs_err(box, nearest.slice(2, 2, 18)), 0.5 / 255 + 1e-6);
+  // a second upscaler blended in at its visibility
+  out = extra_single_image(json{{"image", png_b64(img)}, {"upscaler_1", "Lanczos"}, {"upscaler_2", "Nearest"},
+                                {"extras_upscaler_2_visibility", 0.25}}.dump(), lim);
+  auto mix = io::resize_lanczos(img, 12, 16) * 0.75 + img.repeat_interleave(2, 1).repeat_interleave(2, 2) * 0.25;
+  EXPECT_LE(test::max_abs_err(png_of_b64(out["image"]), mix), 0.5 / 255 + 1e-6);
+
+  const std::pair<json, std::string> cases[] = {
+      {json{{"image", png_b64(img)}, {"upscaler_1", "R-ESRGAN 4x+"}}, "upscaler_1: \"R-ESRGAN 4x+\" is not available here (known: None, Lanczos, Nearest)"},
+      {json{{"image", png_b64(img)}, {"gfpgan_visibility", 0.5}}, "gfpgan_visibility: no face restorer"},
+      {json{{"image", png_b64(img)}, {"upscaling_resize", 0}}, "upscaling_resize: expected a factor in (0, 8], got 0"},
+      {json{{"image", png_b64(img)}, {"resize_mode", 2}}, "resize_mode: expected 0 (scale by upscaling_resize) or 1"},
+      {json{{"image", png_b64(img)}, {"resize_mode", 1}, {"upscaling_resize_w", 9000}}, "upscaling_resize_w/_h: expected 1 to 8192"},
+      {json{{"image", png_b64(torch::rand({3, 1024, 1024}))}, {"upscaling_resize", 8}}, "upscaled size 8192x8192: more than"},
+      {json{{"upscaling_resize", 2}}, "image: required"},
+      {json{{"image", png_b64(img)}, {"extras_upscaler_2_visibility", 2}}, "extras_upscaler_2_visibility: expected 0 to 1"},
+  };
+  for (const auto& [body, want] : cases) {
+    std::string detail;
+    EXPECT_EQ(status_of([&] { extra_single_image(body.dump(), lim); }, &detail), 400) << want;
+    EXPECT_NE(detail.find(want), std::string::npos) << detail;
+  }
+}
+
+// img2img with several init images: one per output image, which sets the batch
+TEST(ServeApi, SeveralInitImagesSetTheBatch) {
+  Limits lim;
+  auto a = torch::zeros({3, 64, 64}), b = torch::ones({3, 32, 48});
+  auto job = parse_a1111(json{{"init_images", {png_b64(a), png_b64(b)}}, {"batch_size", 3}, {"width", 64}, {"height", 64}}.dump(),
+                         true, lim);
+  EXPECT_EQ(job.req.batch, 2);
+  EXPECT_EQ(job.parameters["batch_size"], 2);
+  ASSERT_EQ(job.req.init_image.sizes(), (std::vector<int64_t>{2, 3, 64, 64}));  // each resized to the output size
+  EXPECT_EQ(job.req.init_image[0].max().item<float>(), 0.0f);
+  EXPECT_NEAR(job.req.init_image[1].min().item<float>(), 1.0f, 1e-6);
+  auto one = parse_a1111(json{{"init_images", {png_b64(b)}}, {"batch_size", 3}}.dump(), true, lim);
+  EXPECT_EQ(one.req.batch, 3);  // one image for every output image
+  EXPECT_EQ(one.req.init_image.dim(), 3);
+  std::string detail;
+  EXPECT_EQ(status_of([&] { parse_a1111(json{{"init_images", {png_b64(a), png_b64(a)}}}.dump(), true, lim); }, &detail), 400);
+  EXPECT_NE(detail.find("init_images: 2 images for batch_size 1 (expected 1, or at most batch_size"), std::string::npos) << detail;
+  EXPECT_EQ(status_of([&] { parse_a1111(json{{"init_images", {png_b64(a), 5}}, {"batch_size", 2}}.dump(), true, lim); }, &detail), 400);
+  EXPECT_NE(detail.find("init_images[1]: expected a base64 image, got number"), std::string::npos) << detail;
 }
 
 TEST(ServeApi, OpenAiSizesAndFormats) {

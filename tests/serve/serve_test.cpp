@@ -154,7 +154,8 @@ TEST(Serve, A1111Txt2ImgEqualsTheCliAndCarriesItsParameters) {
   EXPECT_EQ(pj["parameters"]["Seed"], "42");
   for (const char* what : {"checkpoints", "loras", "vae", "embeddings"})
     EXPECT_EQ(c.Post(std::string("/sdapi/v1/refresh-") + what, "", "application/json")->status, 200) << what;
-  EXPECT_EQ(body(c.Get("/sdapi/v1/upscalers")), json::array());
+  EXPECT_EQ(body(c.Get("/sdapi/v1/upscalers")).size(), 3u);  // None, Lanczos, Nearest (no model files)
+  EXPECT_EQ(body(c.Get("/sdapi/v1/latent-upscale-modes"))[0]["name"], "Latent");
   // the hires fix: twice the size, the text naming both passes
   r = c.Post("/sdapi/v1/txt2img", R"({"prompt": "a cat", "seed": 3, "steps": 2, "width": 64, "height": 64,
                                      "enable_hr": true, "hr_scale": 2, "denoising_strength": 0.5})", "application/json");
@@ -165,6 +166,16 @@ TEST(Serve, A1111Txt2ImgEqualsTheCliAndCarriesItsParameters) {
   EXPECT_EQ(hr_info["parameters"]["Size-1"], "64");
   EXPECT_EQ(hr_info["parameters"]["Hires upscale"], "2");
   EXPECT_EQ(hr_info["parameters"]["Denoising strength"], "0.5");
+  // ... with an image upscaler (decode, Lanczos, encode), and the Extras tab's upscale alone
+  r = c.Post("/sdapi/v1/txt2img", R"({"prompt": "a cat", "seed": 3, "steps": 2, "width": 64, "height": 64,
+      "enable_hr": true, "hr_scale": 1.5, "hr_upscaler": "Lanczos", "denoising_strength": 0.3})", "application/json");
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(png_pixels(body(r)["images"][0]).sizes(), (std::vector<int64_t>{3, 96, 96}));
+  EXPECT_NE(body(r)["info"].get<std::string>().find("Hires upscaler: Lanczos"), std::string::npos);
+  r = c.Post("/sdapi/v1/extra-single-image", json{{"image", j["images"][0]}, {"upscaling_resize", 3}, {"upscaler_1", "Lanczos"}}.dump(),
+             "application/json");
+  ASSERT_EQ(r->status, 200) << r->body;
+  EXPECT_EQ(png_pixels(body(r)["image"]).sizes(), (std::vector<int64_t>{3, 192, 192}));
   // the same image as the CLI's
   std::string cmd = std::string(LDM_BINARY) + " txt2img --config " + fixture("tiny_sd_v1.yaml") + " -m " +
                     fixture("tiny_sd_v1.ckpt") + " --vocab " + vocab() + " -p \"a cat\" --steps 4 -W 64 -H 64 -o " + dir +

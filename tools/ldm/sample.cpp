@@ -337,7 +337,8 @@ void add_generate(CLI::App& app, const std::string& mode) {
   if (mode == "txt2img") {
     sub->add_option("--hires-scale", o->hires.scale,
                     "the hires fix (A1111's): generate, enlarge the latents by this factor (1-4), then img2img them");
-    sub->add_option("--hires-upscaler", o->hires.upscaler, "latent (bilinear), latent-nearest or latent-bicubic")
+    sub->add_option("--hires-upscaler", o->hires.upscaler,
+                    "latent (bilinear), latent-nearest, latent-bicubic (the latents); lanczos, nearest (the decoded image, encoded again)")
         ->capture_default_str();
     sub->add_option("--hires-strength", o->hires.strength, "denoising strength of the second pass")->capture_default_str();
     sub->add_option("--hires-steps", o->hires.steps, "steps of the second pass (0: --steps)")->capture_default_str();

@@ -11,6 +11,7 @@
 #include "ldm/io/base64.h"
 #include "ldm/io/image.h"
 #include "ldm/models/diffusion/samplers/sampler.h"
+#include "ldm/pipeline/validate.h"
 
 namespace ldm::serve {
 
@@ -231,6 +232,37 @@ json png_info(const std::string& body) {
 }
 
 namespace {
+// A1111's upscaler names -> ours: its latent upscale modes and the upscalers
+// that need no model ("None" still resizes, with Lanczos, as A1111's resize_image)
+const std::vector<std::pair<std::string, std::string>>& upscaler_names() {
+  static const auto v = [] {
+    std::vector<std::pair<std::string, std::string>> v;
+    for (const auto& u : pipeline::hires_upscalers()) {
+      if (u == "lanczos") v.emplace_back("None", u);
+      v.emplace_back(pipeline::a1111_upscaler_name(u), u);
+    }
+    return v;
+  }();
+  return v;
+}
+
+// the names clients may send: all (hires fix) or the image upscalers alone (extras)
+std::string known_names(bool with_latent) {
+  std::string s;
+  for (const auto& [a, ours] : upscaler_names())
+    if (with_latent || pipeline::hires_in_pixels(ours)) s += (s.empty() ? "" : ", ") + a;
+  return s;
+}
+
+// An A1111 upscaler name (or ours) for the hires fix
+std::string hires_upscaler_of(const std::string& name) {
+  for (const auto& [a, ours] : upscaler_names())
+    if (a == name) return ours;
+  const auto& v = pipeline::hires_upscalers();
+  if (std::find(v.begin(), v.end(), name) != v.end()) return name;
+  throw bad("hr_upscaler: \"" + name + "\" is not available here (known: " + known_names(true) + ")");
+}
+
 // enable_hr's fields (A1111's defaults: hr_scale 2, Latent, denoising_strength 0.7 in its UI)
 pipeline::HiresOptions parse_hires(const json& j, const pipeline::GenerateRequest& first, const Limits& lim) {
   pipeline::HiresOptions h;
@@ -239,14 +271,7 @@ pipeline::HiresOptions parse_hires(const json& j, const pipeline::GenerateReques
   h.height = get_int(j, "hr_resize_y", 0);
   h.steps = get_int(j, "hr_second_pass_steps", 0);
   h.strength = get_num(j, "denoising_strength", 0.7);
-  static const std::map<std::string, std::string> names = {
-      {"Latent", "latent"}, {"Latent (nearest)", "latent-nearest"}, {"Latent (bicubic)", "latent-bicubic"}};
-  const std::string up = get_str(j, "hr_upscaler", "Latent");
-  if (auto it = names.find(up); it != names.end()) h.upscaler = it->second;
-  else if (std::find(pipeline::hires_upscalers().begin(), pipeline::hires_upscalers().end(), up) != pipeline::hires_upscalers().end())
-    h.upscaler = up;
-  else
-    throw bad("hr_upscaler: \"" + up + "\" is not available here (known: Latent, Latent (nearest), Latent (bicubic))");
+  h.upscaler = hires_upscaler_of(get_str(j, "hr_upscaler", "Latent"));
   try {
     auto second = pipeline::hires_request(first, h, lim.factor);
     check_size(second.width, second.height, lim);
@@ -255,6 +280,31 @@ pipeline::HiresOptions parse_hires(const json& j, const pipeline::GenerateReques
     throw bad(e.what());
   }
   return h;
+}
+}  // namespace
+
+namespace {
+// img2img's init_images: one image for every output image, or several, one
+// each, which then set batch_size (A1111: at most batch_size of them); each
+// resized to the output size with Lanczos first (A1111's "Just resize").
+torch::Tensor init_images(const json& j, pipeline::GenerateRequest& r, const Limits& lim) {
+  if (!j.contains("init_images") || !j["init_images"].is_array() || j["init_images"].empty())
+    throw bad("init_images: expected a list of base64 images");
+  const auto& list = j["init_images"];
+  if (static_cast<int64_t>(list.size()) > r.batch)
+    throw bad("init_images: " + std::to_string(list.size()) + " images for batch_size " + std::to_string(r.batch) +
+              " (expected 1, or at most batch_size: one per image)");
+  std::vector<torch::Tensor> imgs;
+  for (size_t i = 0; i < list.size(); ++i) {
+    const std::string what = "init_images[" + std::to_string(i) + "]";
+    if (!list[i].is_string()) throw bad(what + ": expected a base64 image, got " + std::string(list[i].type_name()));
+    imgs.push_back(decode_b64_image(list[i].get<std::string>(), 3, what, lim));
+  }
+  if (imgs.size() == 1) return imgs[0];
+  r.batch = static_cast<int64_t>(imgs.size());
+  for (auto& x : imgs)
+    if (x.size(1) != r.height || x.size(2) != r.width) x = pipeline::upscale_image(x, r.height, r.width, "lanczos");
+  return torch::stack(imgs);
 }
 }  // namespace
 
@@ -286,10 +336,7 @@ Job parse_a1111(const std::string& body, bool img2img, const Limits& lim) {
     job.checkpoint = get_str(j["override_settings"], "sd_model_checkpoint", "");
   }
   if (img2img) {
-    if (!j.contains("init_images") || !j["init_images"].is_array() || j["init_images"].empty() ||
-        !j["init_images"][0].is_string())
-      throw bad("init_images: expected a list with one base64 image");
-    r.init_image = decode_b64_image(j["init_images"][0].get<std::string>(), 3, "init_images[0]", lim);
+    r.init_image = init_images(j, r, lim);
     r.strength = get_num(j, "denoising_strength", 0.75);
     if (!(r.strength > 0 && r.strength <= 1)) throw bad("denoising_strength: expected in (0, 1]");
     const std::string mask = get_str(j, "mask", "");
@@ -313,6 +360,83 @@ Job parse_a1111(const std::string& body, bool img2img, const Limits& lim) {
                            {"denoising_strength", h.strength}});
   }
   return job;
+}
+
+json a1111_upscalers() {
+  json v = json::array();
+  for (const auto& [a, ours] : upscaler_names())
+    if (pipeline::hires_in_pixels(ours))
+      v.push_back({{"name", a}, {"model_name", nullptr}, {"model_path", nullptr}, {"model_url", nullptr}, {"scale", 4}});
+  return v;
+}
+
+json latent_upscale_modes() {
+  json v = json::array();
+  for (const auto& [a, ours] : upscaler_names())
+    if (!pipeline::hires_in_pixels(ours)) v.push_back({{"name", a}});
+  return v;
+}
+
+namespace {
+std::string image_upscaler_of(const json& j, const char* key) {
+  const std::string name = get_str(j, key, "None");
+  for (const auto& [a, ours] : upscaler_names())
+    if (a == name && pipeline::hires_in_pixels(ours)) return ours;
+  throw bad(std::string(key) + ": \"" + name + "\" is not available here (known: " + known_names(false) + ")");
+}
+
+// A1111's extras sizes: by a factor (int(side x factor)), or to a box, either
+// covering it and centre-cropped or scaled by the larger ratio alone
+struct ExtrasSize {
+  int64_t h, w;               // resized to
+  int64_t crop_h = 0, crop_w = 0;  // then centre-cropped to (0: no crop)
+};
+ExtrasSize extras_size(const json& j, int64_t h, int64_t w, const Limits& lim) {
+  const int64_t mode = get_int(j, "resize_mode", 0);
+  ExtrasSize s{};
+  double f = 0;
+  if (mode == 0) {
+    f = get_num(j, "upscaling_resize", 2.0);
+    if (!(f > 0 && f <= 8)) throw bad("upscaling_resize: expected a factor in (0, 8], got " + json(f).dump());
+  } else if (mode == 1) {
+    const int64_t tw = get_int(j, "upscaling_resize_w", 512), th = get_int(j, "upscaling_resize_h", 512);
+    if (tw < 1 || th < 1 || tw > pipeline::kMaxSide || th > pipeline::kMaxSide)
+      throw bad("upscaling_resize_w/_h: expected 1 to " + std::to_string(pipeline::kMaxSide) + ", got " +
+                std::to_string(tw) + "x" + std::to_string(th));
+    f = std::max(double(tw) / w, double(th) / h);
+    if (get_bool(j, "upscaling_crop", true)) s.crop_w = tw, s.crop_h = th;
+  } else {
+    throw bad("resize_mode: expected 0 (scale by upscaling_resize) or 1 (to upscaling_resize_w x _h), got " +
+              std::to_string(mode));
+  }
+  s.w = std::max<int64_t>(1, static_cast<int64_t>(w * f));
+  s.h = std::max<int64_t>(1, static_cast<int64_t>(h * f));
+  s.crop_w = std::min(s.crop_w, s.w), s.crop_h = std::min(s.crop_h, s.h);
+  if (s.w > pipeline::kMaxSide || s.h > pipeline::kMaxSide || s.w * s.h > 16 * lim.max_pixels)
+    throw bad("upscaled size " + std::to_string(s.w) + "x" + std::to_string(s.h) + ": more than this server's " +
+              std::to_string(16 * lim.max_pixels) + " pixels (16x --max-pixels) or " + std::to_string(pipeline::kMaxSide) +
+              " a side");
+  return s;
+}
+}  // namespace
+
+json extra_single_image(const std::string& body, const Limits& lim) {
+  const json j = parse_object(body);
+  for (const char* k : {"gfpgan_visibility", "codeformer_visibility"})
+    if (get_num(j, k, 0.0) != 0.0) throw bad(std::string(k) + ": no face restorer on this server");
+  const std::string b64 = get_str(j, "image", "");
+  if (b64.empty()) throw bad("image: required (a base64 PNG or JPEG)");
+  const auto img = decode_b64_image(b64, 3, "image", lim);
+  const auto up1 = image_upscaler_of(j, "upscaler_1");
+  const auto up2 = image_upscaler_of(j, "upscaler_2");
+  const double vis = get_num(j, "extras_upscaler_2_visibility", 0.0);
+  if (!(vis >= 0 && vis <= 1)) throw bad("extras_upscaler_2_visibility: expected 0 to 1, got " + json(vis).dump());
+  const auto s = extras_size(j, img.size(1), img.size(2), lim);
+  auto out = pipeline::upscale_image(img, s.h, s.w, up1);
+  if (vis > 0 && up2 != up1) out = out * (1 - vis) + pipeline::upscale_image(img, s.h, s.w, up2) * vis;  // PIL's blend
+  if (s.crop_w)
+    out = out.slice(1, (s.h - s.crop_h) / 2, (s.h - s.crop_h) / 2 + s.crop_h).slice(2, (s.w - s.crop_w) / 2, (s.w - s.crop_w) / 2 + s.crop_w);
+  return {{"html_info", ""}, {"image", io::base64_encode(io::encode_png(out.contiguous()))}};
 }
 
 std::pair<int64_t, int64_t> parse_size(const std::string& size, const Limits& lim) {

@@ -64,6 +64,16 @@ std::pair<int64_t, int64_t> parse_size(const std::string& size, const Limits& li
 json parse_infotext(const std::string& text);
 // POST /sdapi/v1/png-info body {"image": base64} -> {"info", "items", "parameters"}.
 json png_info(const std::string& body);
+// GET /sdapi/v1/upscalers (those that need no model: None, Lanczos, Nearest)
+// and /sdapi/v1/latent-upscale-modes, as A1111 lists them.
+json a1111_upscalers();
+json latent_upscale_modes();
+// POST /sdapi/v1/extra-single-image (A1111's Extras tab, upscaling only):
+// {"image", "resize_mode" 0 (by upscaling_resize) or 1 (to upscaling_resize_w
+// x _h, upscaling_crop), "upscaler_1", "upscaler_2",
+// "extras_upscaler_2_visibility"} -> {"html_info", "image"}. Outputs up to 16x
+// the generation limit's pixels; face restoration is refused.
+json extra_single_image(const std::string& body, const Limits& lim);
 // A base64 image (optional data: prefix) -> [C, H, W] in [0, 1].
 torch::Tensor decode_b64_image(const std::string& b64, int channels, const std::string& what, const Limits& lim);
 

@@ -142,9 +142,12 @@ class Routes {
     }));
     s_.Get("/sdapi/v1/loras", guarded([this](auto&, auto& r) { loras(r); }));
     s_.Post("/sdapi/v1/png-info", guarded([](auto& q, auto& r) { send(r, 200, png_info(q.body)); }));
-    // no separate VAE files or upscalers here (the checkpoint's VAE decodes)
+    // no separate VAE files here (the checkpoint's VAE decodes); the upscalers that need no model
     s_.Get("/sdapi/v1/sd-vae", guarded([](auto&, auto& r) { send(r, 200, json::array()); }));
-    s_.Get("/sdapi/v1/upscalers", guarded([](auto&, auto& r) { send(r, 200, json::array()); }));
+    s_.Get("/sdapi/v1/upscalers", guarded([](auto&, auto& r) { send(r, 200, a1111_upscalers()); }));
+    s_.Get("/sdapi/v1/latent-upscale-modes", guarded([](auto&, auto& r) { send(r, 200, latent_upscale_modes()); }));
+    s_.Post("/sdapi/v1/extra-single-image",
+            guarded([this](auto& q, auto& r) { send(r, 200, extra_single_image(q.body, o_.limits)); }));
     // the listings above read their folders on every request: nothing to refresh
     for (const char* what : {"checkpoints", "loras", "vae", "embeddings"})
       s_.Post(std::string("/sdapi/v1/refresh-") + what, guarded([](auto&, auto& r) { send(r, 200, nullptr); }));
