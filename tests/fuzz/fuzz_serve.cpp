@@ -1,7 +1,7 @@
 // libFuzzer target: the server's request parsing on arbitrary bytes. The
-// first byte picks the parser: A1111 txt2img / img2img JSON, OpenAI JSON, or
-// a base64 image (its text as png-info reads it, then base64 and PNG/JPEG/BMP
-// decoding). Only HttpError may come out. Built by tests/fuzz/build_serve_fuzzer.sh.
+// first byte picks the parser: A1111 txt2img / img2img JSON, OpenAI JSON, a
+// base64 image (its text as png-info reads it, then base64 and PNG/JPEG/BMP
+// decoding), or an extra-single-image body (upscaled: the limits keep it small). Only HttpError may come out. Built by tests/fuzz/build_serve_fuzzer.sh.
 #include <cstdint>
 #include <string>
 
@@ -26,10 +26,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   ldm::serve::Limits lim;
   lim.max_pixels = 1 << 16;  // keeps decoded images small
   try {
-    switch (data[0] % 4) {
+    switch (data[0] % 5) {
       case 0: ldm::serve::parse_a1111(body, false, lim); break;
       case 1: ldm::serve::parse_a1111(body, true, lim); break;
       case 2: ldm::serve::parse_openai(body, lim); break;
+      case 4: ldm::serve::extra_single_image(body, lim); break;
       default:
         png_info_of(body);
         ldm::serve::decode_b64_image(body, 3, "fuzz", lim);
