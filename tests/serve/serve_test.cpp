@@ -400,8 +400,9 @@ TEST(Serve, InterruptProgressAndSigterm) {
   EXPECT_EQ(status, 503) << answer;
 }
 
-// The web page in a real browser (headless Chromium through Selenium): type a
-// prompt, click Generate, get a 64x64 image; a screenshot lands in the build folder.
+// The web page in a real browser (headless Chromium through Selenium): two 64x64
+// images from a prompt, the hires fix to 128x128, then image to image from that
+// result; a screenshot lands in the build folder.
 TEST(Serve, WebPageInABrowser) {
   REQUIRE_SHARED();
   const bool have = fs::exists("/usr/bin/chromium") && fs::exists("/usr/bin/chromedriver") &&
@@ -421,10 +422,15 @@ TEST(Serve, WebPageInABrowser) {
   size_t n;
   while ((n = fread(buf, 1, sizeof buf, p)) > 0) out.append(buf, n);
   ASSERT_EQ(WEXITSTATUS(pclose(p)), 0) << out;
-  auto j = json::parse(out.substr(out.rfind("{")), nullptr, false);
+  auto j = json::parse(out.substr(out.rfind("\n{") + 1), nullptr, false);
   ASSERT_TRUE(j.is_object()) << out;
-  EXPECT_EQ(j["width"], 64);
-  EXPECT_EQ(j["height"], 64);
-  EXPECT_NE(j["info"].get<std::string>().find("a red cube on a table"), std::string::npos) << out;
+  EXPECT_EQ(j["txt2img"]["sizes"], json::parse("[[64, 64], [64, 64]]")) << out;  // batch size 2
+  EXPECT_NE(j["txt2img"]["info"].get<std::string>().find("a red cube on a table"), std::string::npos) << out;
+  EXPECT_EQ(j["hires"]["sizes"], json::parse("[[128, 128]]")) << out;
+  EXPECT_NE(j["hires"]["info"].get<std::string>().find("Hires upscaler: Lanczos"), std::string::npos) << out;
+  EXPECT_EQ(j["img2img"]["sizes"], json::parse("[[64, 64]]")) << out;
+  EXPECT_NE(j["img2img"]["info"].get<std::string>().find("Denoising strength: 0.5"), std::string::npos) << out;
+  EXPECT_EQ(j["img2img"]["error"], "") << out;
+  EXPECT_EQ(j["models"].size(), 1u) << out;
   EXPECT_TRUE(fs::exists(shot));
 }
