@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 #include <signal.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -42,6 +45,23 @@ std::string temp_dir() {
       GTEST_SKIP() << "../shared/fixtures not present (reference fixtures ship separately)";   \
     }                                                                                          \
   } while (0)
+
+// Bytes sent as they are to 127.0.0.1:port; the whole answer (the server closes).
+std::string raw_request(int port, const std::string& bytes) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string out;
+  if (fd >= 0 && ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0 &&
+      ::send(fd, bytes.data(), bytes.size(), 0) == static_cast<ssize_t>(bytes.size())) {
+    char buf[4096];
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, 0)) > 0;) out.append(buf, static_cast<size_t>(n));
+  }
+  if (fd >= 0) ::close(fd);
+  return out;
+}
 
 // A server process; its first stdout line names the port.
 class Server {
@@ -292,6 +312,10 @@ TEST(Serve, BadRequestsAreJson4xx) {
     EXPECT_TRUE(j.is_object() && j.contains("error") && j.contains("detail")) << r->body;
     EXPECT_NE(r->body.find(k.want), std::string::npos) << k.body.substr(0, 80) << " -> " << r->body;
   }
+  // a POST without Content-Length (curl -X POST without -d): httplib refuses it unread; the answer says why
+  const std::string raw = raw_request(s.port(), "POST /sdapi/v1/interrupt HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+  EXPECT_EQ(raw.rfind("HTTP/1.1 400", 0), 0u) << raw;
+  EXPECT_NE(raw.find("POST /sdapi/v1/interrupt: no Content-Length header; send a body"), std::string::npos) << raw;
   EXPECT_EQ(c.Get("/sdapi/v1/options")->status, 200);  // still healthy
 }
 

@@ -102,6 +102,19 @@ std::vector<std::pair<std::string, std::string>> list_files(const std::string& d
   return v;
 }
 
+// The answer to a request no route saw: httplib refused it (unknown path, a
+// body too large, a POST whose body it could not read).
+json unrouted_error(const httplib::Request& req, int status) {
+  if (status == 404) return error_body("not found", "no such route (see /sdapi/v1/... and /v1/images/...)");
+  if (status == 413) return error_body("request body too large", "the body is larger than the server accepts");
+  const bool bodiless = (req.method == "POST" || req.method == "PUT") && !req.has_header("Content-Length") &&
+                        req.get_header_value("Transfer-Encoding").find("chunked") == std::string::npos;
+  if (status == 400 && bodiless)  // httplib 0.11 reads no body without a length and refuses the request
+    return error_body("invalid request", req.method + " " + req.path +
+                                             ": no Content-Length header; send a body (\"{}\" where no fields are needed)");
+  return error_body("error", "HTTP status " + std::to_string(status) + " (the request could not be read)");
+}
+
 class Routes {
  public:
   Routes(httplib::Server& s, Worker& w, const ServeOptions& o) : s_(s), w_(w), o_(o) {}
@@ -109,13 +122,9 @@ class Routes {
   void add() {
     s_.set_payload_max_length(o_.max_body);
     s_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) { return gate(req, res); });
-    s_.set_error_handler([](const httplib::Request&, httplib::Response& res) {
+    s_.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty()) return;
-      const char* what = res.status == 404 ? "not found" : res.status == 413 ? "request body too large" : "error";
-      const std::string detail = res.status == 404   ? "no such route (see /sdapi/v1/... and /v1/images/...)"
-                                 : res.status == 413 ? "the body is larger than the server accepts"
-                                                     : "HTTP status " + std::to_string(res.status);
-      send(res, res.status, error_body(what, detail));
+      send(res, res.status, unrouted_error(req, res.status));
     });
     s_.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
       try {
