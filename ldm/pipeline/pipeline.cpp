@@ -178,7 +178,9 @@ ModelFacts Pipeline::facts() {
   f.image_channels = image_channels();
   f.decoder_width = decoder_width(*m_);
   f.conditioning_key = m_->options().conditioning_key;
-  f.text = static_cast<bool>(std::dynamic_pointer_cast<TextEncoder>(m_->cond_stage()));
+  auto te = std::dynamic_pointer_cast<TextEncoder>(m_->cond_stage());
+  f.text = static_cast<bool>(te);
+  f.text_width = te ? te->transformer().options().width : 0;
   f.classes = static_cast<bool>(std::dynamic_pointer_cast<ClassEmbedder>(m_->cond_stage()));
   f.decode_tiled = m_->vae_tiling.tile > 0;
   return f;
@@ -204,28 +206,23 @@ GenerateResult Pipeline::generate(const GenerateRequest& r, const GenerateCallba
   return run(r, cb);
 }
 
-void Pipeline::attach_tokenizer() {
+std::vector<std::string> Pipeline::attach_tokenizer() {
   auto te = std::dynamic_pointer_cast<TextEncoder>(m_->cond_stage());
-  if (!te || te->tokenizer()) return;
+  if (!te || te->tokenizer()) return {};
   te->set_tokenizer(std::make_shared<ClipTokenizer>(ClipTokenizer::load(find_clip_vocab(o_.model, o_.vocab))));
-  load_embeddings();
+  return load_embeddings();
 }
 
-void Pipeline::load_embeddings() {
-  namespace fs = std::filesystem;
-  if (o_.embd_dir.empty()) return;
-  if (!fs::is_directory(o_.embd_dir)) throw Error("embeddings: " + o_.embd_dir + " is not a directory");
+std::vector<std::string> Pipeline::load_embeddings() {
+  if (o_.embd_dir.empty()) return {};
   auto te = std::dynamic_pointer_cast<TextEncoder>(m_->cond_stage());
   const int64_t width = te->transformer().options().width;
-  std::vector<fs::path> files;
-  for (const auto& e : fs::directory_iterator(o_.embd_dir)) files.push_back(e.path());
-  std::sort(files.begin(), files.end());  // ids in a fixed order
-  for (const auto& f : files) {
-    const auto ext = f.extension().string();
-    if (ext != ".pt" && ext != ".safetensors" && ext != ".bin") continue;
-    auto v = load_embedding(f.string());
-    if (v.size(1) == width) te->add_embedding(f.stem().string(), v);  // other models' embeddings: skipped
+  std::vector<std::string> notes;
+  for (const auto& e : scan_embeddings(o_.embd_dir)) {
+    if (!e.error.empty()) notes.push_back("embedding skipped: " + e.error);  // as A1111: the others still load
+    else if (e.vectors.size(1) == width) te->add_embedding(e.name, e.vectors);  // other models' embeddings: skipped
   }
+  return notes;
 }
 
 GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& cb) {
@@ -275,7 +272,8 @@ GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& 
                         " from timestep 1, as CompVis and A1111 do)");
 
   const bool text = f.text && !r.cond.defined() && r.class_labels.empty();
-  if (text) attach_tokenizer();
+  if (text)
+    for (auto& note : attach_tokenizer()) res.notes.push_back(note);
   auto c = condition(*m_, req, n, r.cfg_scale != 1.0);
   // the init image's posterior samples, as the reference's seed_everything(seed) draws them
   Encode encode;

@@ -38,7 +38,8 @@ struct LoadOptions {
   std::string taesd;
   std::string lora_dir;  // where <lora:name:mult> tags are looked up
   // textual-inversion embeddings (.pt, .safetensors, .bin): a prompt word
-  // equal to a file's stem becomes its vectors; other widths are skipped
+  // equal to a file's stem becomes its vectors; other widths are skipped, and
+  // files that hold no embedding too (a note in the first text request's result)
   std::string embd_dir;
 };
 
@@ -75,8 +76,9 @@ class Pipeline {
  private:
   Pipeline(std::shared_ptr<LatentDiffusion> m, LoadOptions o);
   GenerateResult run(const GenerateRequest& r, const GenerateCallbacks& cb);
-  void attach_tokenizer();
-  void load_embeddings();
+  // The tokenizer and embeddings, on the first text request; notes on files skipped.
+  std::vector<std::string> attach_tokenizer();
+  std::vector<std::string> load_embeddings();
   void load_taesd_parts();
   void release(torch::nn::Module& mod);
 

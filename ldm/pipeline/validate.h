@@ -20,6 +20,7 @@ struct ModelFacts {
   int64_t decoder_width = 128;  // channels of the first stage's full-resolution layers (memory estimate)
   std::string conditioning_key;
   bool text = false, classes = false;
+  int64_t text_width = 0;     // the text encoder's token width (textual-inversion vectors must match)
   bool decode_tiled = false;
 };
 

@@ -2,6 +2,7 @@
 // vectors. Property: an embedding made of the token vectors of "red cube"
 // gives the same image as writing "red cube".
 #include <filesystem>
+#include <fstream>
 
 #include "ldm/error.h"
 #include "ldm/io/ckpt.h"
@@ -39,13 +40,18 @@ TEST(Embeddings, VectorsOfRedCubeGiveRedCubesImage) {
   // A1111's key layout, and a file of another width (skipped)
   io::save_safetensors(dir + "/other.safetensors", {{"string_to_param.*", torch::ones({3, 1024})}});
   EXPECT_EQ(load_embedding(dir + "/other.safetensors").sizes(), (std::vector<int64_t>{3, 1024}));
+  std::ofstream(dir + "/broken.pt") << "not a pickle";  // skipped with a note, as A1111 skips it
   auto o = test::tiny_sd_options();
   o.embd_dir = dir;
   auto p = pipeline::Pipeline::load(o);
   pipeline::GenerateRequest r;
   r.steps = 3;
   r.prompt = "a cubey on a table";
-  auto with = p->generate(r).images_u8;
+  auto first = p->generate(r);
+  ASSERT_EQ(first.notes.size(), 1u);
+  EXPECT_EQ(first.notes[0].rfind("embedding skipped: " + dir + "/broken.pt", 0), 0u) << first.notes[0];
+  EXPECT_TRUE(p->generate(r).notes.empty());  // said once
+  auto with = first.images_u8;
   r.prompt = "a red cube on a table";
   EXPECT_TRUE(torch::equal(with, p->generate(r).images_u8));
   r.prompt = "a blue cube on a table";

@@ -20,6 +20,7 @@
 
 #include "ldm/io/base64.h"
 #include "ldm/io/image.h"
+#include "ldm/io/safetensors.h"
 
 using json = nlohmann::json;
 namespace fs = std::filesystem;
@@ -218,7 +219,11 @@ TEST(Serve, Img2ImgOpenAiAndListings) {
   fs::copy_file(fixture("tiny_sd_v1.ckpt"), dir + "/models/other.ckpt");
   fs::create_directories(dir + "/loras");
   fs::copy_file(fixture("lora_tiny_kohya.safetensors"), dir + "/loras/ink.safetensors");
-  Server s({"--models-dir", dir + "/models", "--lora-model-dir", dir + "/loras"});
+  fs::create_directories(dir + "/embeddings");  // one for this model's text width (64), one of SD 2's, one broken
+  ldm::io::save_safetensors(dir + "/embeddings/cubey.safetensors", {{"emb_params", torch::ones({2, 64})}});
+  ldm::io::save_safetensors(dir + "/embeddings/wide.safetensors", {{"emb_params", torch::ones({3, 1024})}});
+  std::ofstream(dir + "/embeddings/broken.pt") << "not a pickle";
+  Server s({"--models-dir", dir + "/models", "--lora-model-dir", dir + "/loras", "--embd-dir", dir + "/embeddings"});
   auto c = s.client();
   const std::string init = ldm::io::base64_encode(ldm::io::encode_png(torch::rand({3, 64, 64})));
   auto mask_t = torch::zeros({1, 64, 64});
@@ -269,6 +274,12 @@ TEST(Serve, Img2ImgOpenAiAndListings) {
   EXPECT_GE(body(c.Get("/sdapi/v1/samplers")).size(), 8u);
   EXPECT_EQ(body(c.Get("/sdapi/v1/schedulers")).size(), 2u);
   EXPECT_EQ(body(c.Get("/sdapi/v1/loras"))[0]["name"], "ink");
+  auto emb = body(c.Get("/sdapi/v1/embeddings"));
+  EXPECT_EQ(emb["loaded"].size(), 1u) << emb;
+  EXPECT_EQ(emb["loaded"]["cubey"]["shape"], 64);
+  EXPECT_EQ(emb["loaded"]["cubey"]["vectors"], 2);
+  EXPECT_EQ(emb["skipped"]["wide"]["shape"], 1024) << emb;
+  EXPECT_NE(emb["skipped"]["broken"]["error"].get<std::string>().find("broken.pt"), std::string::npos) << emb;
   EXPECT_EQ(body(c.Get("/sdapi/v1/options"))["sd_model_checkpoint"], "tiny_sd_v1.ckpt");
   r = c.Post("/sdapi/v1/options", R"({"sd_model_checkpoint": "nope.ckpt"})", "application/json");
   EXPECT_EQ(r->status, 404) << r->body;

@@ -2,6 +2,9 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
+#include <filesystem>
+
 #include "ldm/error.h"
 #include "ldm/io/ckpt.h"
 
@@ -18,6 +21,28 @@ torch::Tensor load_embedding(const std::string& file) {
   if (v.dim() == 1) v = v.unsqueeze(0);
   if (v.dim() != 2) throw Error(file + ": embedding vectors must be [n, width], got " + c10::str(v.sizes()));
   return v.to(torch::kFloat32).contiguous();
+}
+
+std::vector<EmbeddingFile> scan_embeddings(const std::string& dir) {
+  namespace fs = std::filesystem;
+  if (!fs::is_directory(dir)) throw Error("embeddings: " + dir + " is not a directory");
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(dir)) {
+    const auto ext = e.path().extension().string();
+    if (e.is_regular_file() && (ext == ".pt" || ext == ".safetensors" || ext == ".bin")) files.push_back(e.path());
+  }
+  std::sort(files.begin(), files.end());  // ids in a fixed order
+  std::vector<EmbeddingFile> out;
+  for (const auto& f : files) {
+    EmbeddingFile e{f.stem().string(), f.string(), "", {}};
+    try {
+      e.vectors = load_embedding(f.string());
+    } catch (const Error& err) {
+      e.error = err.what();
+    }
+    out.push_back(std::move(e));
+  }
+  return out;
 }
 
 }  // namespace ldm

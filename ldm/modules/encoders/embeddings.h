@@ -6,10 +6,19 @@
 #include <torch/types.h>
 
 #include <string>
+#include <vector>
 
 namespace ldm {
 
 // [n, width] float32; ldm::Error naming the file when it holds no such tensor.
 torch::Tensor load_embedding(const std::string& file);
+
+// The embedding files of a folder (.pt, .safetensors, .bin) in name order,
+// each loaded; one that holds no embedding has `error` set instead.
+struct EmbeddingFile {
+  std::string name, path, error;  // name: the file's stem, the prompt word
+  torch::Tensor vectors;          // [n, width]
+};
+std::vector<EmbeddingFile> scan_embeddings(const std::string& dir);
 
 }  // namespace ldm

@@ -10,6 +10,7 @@
 
 #include "ldm/error.h"
 #include "ldm/io/base64.h"
+#include "ldm/modules/encoders/embeddings.h"
 #include "ldm/io/image.h"
 #include "ldm/models/diffusion/samplers/sampler.h"
 #include "tools/ldm/serve/page.h"
@@ -150,6 +151,7 @@ class Routes {
       send(r, 200, json::array({{{"name", "automatic"}, {"label", "Automatic"}}, {{"name", "karras"}, {"label", "Karras"}}}));
     }));
     s_.Get("/sdapi/v1/loras", guarded([this](auto&, auto& r) { loras(r); }));
+    s_.Get("/sdapi/v1/embeddings", guarded([this](auto&, auto& r) { embeddings(r); }));
     s_.Post("/sdapi/v1/png-info", guarded([](auto& q, auto& r) { send(r, 200, png_info(q.body)); }));
     // no separate VAE files here (the checkpoint's VAE decodes); the upscalers that need no model
     s_.Get("/sdapi/v1/sd-vae", guarded([](auto&, auto& r) { send(r, 200, json::array()); }));
@@ -274,6 +276,24 @@ class Routes {
     for (auto& [name, path] : list_files(o_.lora_dir, {".safetensors", ".ckpt", ".pt"}))
       v.push_back({{"name", fs::path(name).stem().string()}, {"alias", fs::path(name).stem().string()}, {"path", path}});
     send(r, 200, v);
+  }
+
+  // A1111's listing: the --embd-dir files whose vectors fit the current
+  // model's text encoder ("loaded") and the others ("skipped"; unreadable
+  // files there too, with their error). No training metadata: nulls.
+  void embeddings(httplib::Response& r) {
+    json loaded = json::object(), skipped = json::object();
+    if (!o_.embd_dir.empty()) {
+      const int64_t width = w_.pipeline()->facts().text_width;
+      for (const auto& e : scan_embeddings(o_.embd_dir)) {
+        const bool ok = e.error.empty();
+        json v = {{"step", nullptr}, {"sd_checkpoint", nullptr}, {"sd_checkpoint_name", nullptr},
+                  {"shape", ok ? json(e.vectors.size(1)) : json(nullptr)}, {"vectors", ok ? e.vectors.size(0) : 0}};
+        if (!ok) v["error"] = e.error;
+        (ok && e.vectors.size(1) == width ? loaded : skipped)[e.name] = v;
+      }
+    }
+    send(r, 200, {{"loaded", loaded}, {"skipped", skipped}});
   }
 
   void openai_answer(const httplib::Request& q, httplib::Response& r, Job job) {
