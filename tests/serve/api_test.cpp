@@ -179,6 +179,29 @@ TEST(ServeApi, SeveralInitImagesSetTheBatch) {
   EXPECT_NE(detail.find("init_images[1]: expected a base64 image, got number"), std::string::npos) << detail;
 }
 
+// img2img inputs of another size, fitted as A1111's resize_mode says: 0 stretches
+// (Lanczos), 1 scales to cover and centre-crops; the mask the same way.
+TEST(ServeApi, Img2ImgResizeModes) {
+  Limits lim;
+  torch::manual_seed(5);
+  auto img = io::to_uint8(torch::rand({3, 32, 48})).to(torch::kFloat32) / 255;
+  auto mask = (torch::rand({1, 32, 48}) > 0.5).to(torch::kFloat32);
+  json req = {{"init_images", {png_b64(img)}}, {"mask", png_b64(mask)}, {"width", 64}, {"height", 64}};
+  auto just = parse_a1111(req.dump(), true, lim);
+  EXPECT_LT(test::max_abs_err(just.req.init_image, io::resize_lanczos(img, 64, 64)), 1e-5);
+  req["resize_mode"] = 1;
+  auto crop = parse_a1111(req.dump(), true, lim);
+  // 48x32 covers 64x64 at 96x64: the middle 64 columns (16 to 80)
+  EXPECT_LT(test::max_abs_err(crop.req.init_image, io::resize_lanczos(img, 64, 96).slice(2, 16, 80)), 1e-5);
+  EXPECT_EQ(crop.req.mask.sizes(), (std::vector<int64_t>{1, 64, 64}));
+  EXPECT_LT(test::max_abs_err(crop.req.mask, io::resize_lanczos(mask, 64, 96).slice(2, 16, 80)), 1e-5);
+  std::string detail;
+  req["resize_mode"] = 2;
+  EXPECT_EQ(status_of([&] { parse_a1111(req.dump(), true, lim); }, &detail), 400);
+  EXPECT_NE(detail.find("resize_mode: expected 0 (just resize) or 1 (crop and resize), got 2 (resize and fill"),
+            std::string::npos) << detail;
+}
+
 TEST(ServeApi, OpenAiSizesAndFormats) {
   Limits lim;
   auto job = parse_openai(R"({"prompt": "x", "n": 2, "size": "256x128", "steps": 5, "sampler": "ddim"})", lim);

@@ -284,10 +284,36 @@ pipeline::HiresOptions parse_hires(const json& j, const pipeline::GenerateReques
 }  // namespace
 
 namespace {
+// [..., h, w] from the middle of x, placed as A1111 pastes a larger image (offsets side / 2 - want / 2)
+torch::Tensor centre_crop(const torch::Tensor& x, int64_t h, int64_t w) {
+  const int64_t top = x.size(-2) / 2 - h / 2, left = x.size(-1) / 2 - w / 2;
+  return x.narrow(-2, top, h).narrow(-1, left, w).contiguous();
+}
+
+// A1111's img2img resize_mode for an input of another size: 0 "Just resize"
+// (stretched, Lanczos), 1 "Crop and resize" (scaled to cover, centre-cropped;
+// its resize_image's integer sizes).
+torch::Tensor fit(const torch::Tensor& x, int64_t h, int64_t w, int64_t mode) {
+  const int64_t H = x.size(-2), W = x.size(-1);
+  if (H == h && W == w) return x;
+  if (mode == 0) return pipeline::upscale_image(x, h, w, "lanczos");
+  const bool wider = w * H > W * h;  // the output's aspect is wider than the input's: its width sets the scale
+  const int64_t sw = wider ? w : W * h / H, sh = wider ? H * w / W : h;
+  return centre_crop(pipeline::upscale_image(x, sh, sw, "lanczos"), h, w);
+}
+
+int64_t resize_mode(const json& j) {
+  const int64_t m = get_int(j, "resize_mode", 0);
+  if (m != 0 && m != 1)
+    throw bad("resize_mode: expected 0 (just resize) or 1 (crop and resize), got " + std::to_string(m) +
+              (m == 2 ? " (resize and fill is not implemented here)" : m == 3 ? " (latent upscale is not implemented here)" : ""));
+  return m;
+}
+
 // img2img's init_images: one image for every output image, or several, one
 // each, which then set batch_size (A1111: at most batch_size of them); each
-// resized to the output size with Lanczos first (A1111's "Just resize").
-torch::Tensor init_images(const json& j, pipeline::GenerateRequest& r, const Limits& lim) {
+// fitted to the output size by resize_mode.
+torch::Tensor init_images(const json& j, pipeline::GenerateRequest& r, int64_t mode, const Limits& lim) {
   if (!j.contains("init_images") || !j["init_images"].is_array() || j["init_images"].empty())
     throw bad("init_images: expected a list of base64 images");
   const auto& list = j["init_images"];
@@ -298,12 +324,10 @@ torch::Tensor init_images(const json& j, pipeline::GenerateRequest& r, const Lim
   for (size_t i = 0; i < list.size(); ++i) {
     const std::string what = "init_images[" + std::to_string(i) + "]";
     if (!list[i].is_string()) throw bad(what + ": expected a base64 image, got " + std::string(list[i].type_name()));
-    imgs.push_back(decode_b64_image(list[i].get<std::string>(), 3, what, lim));
+    imgs.push_back(fit(decode_b64_image(list[i].get<std::string>(), 3, what, lim), r.height, r.width, mode));
   }
   if (imgs.size() == 1) return imgs[0];
   r.batch = static_cast<int64_t>(imgs.size());
-  for (auto& x : imgs)
-    if (x.size(1) != r.height || x.size(2) != r.width) x = pipeline::upscale_image(x, r.height, r.width, "lanczos");
   return torch::stack(imgs);
 }
 }  // namespace
@@ -336,12 +360,13 @@ Job parse_a1111(const std::string& body, bool img2img, const Limits& lim) {
     job.checkpoint = get_str(j["override_settings"], "sd_model_checkpoint", "");
   }
   if (img2img) {
-    r.init_image = init_images(j, r, lim);
+    const int64_t mode = resize_mode(j);
+    r.init_image = init_images(j, r, mode, lim);
     r.strength = get_num(j, "denoising_strength", 0.75);
     if (!(r.strength > 0 && r.strength <= 1)) throw bad("denoising_strength: expected in (0, 1]");
     const std::string mask = get_str(j, "mask", "");
     if (!mask.empty()) {
-      r.mask = decode_b64_image(mask, 1, "mask", lim);
+      r.mask = fit(decode_b64_image(mask, 1, "mask", lim), r.height, r.width, mode);
       if (get_int(j, "inpainting_mask_invert", 0)) r.mask = 1 - r.mask;
     }
   }
@@ -434,8 +459,7 @@ json extra_single_image(const std::string& body, const Limits& lim) {
   const auto s = extras_size(j, img.size(1), img.size(2), lim);
   auto out = pipeline::upscale_image(img, s.h, s.w, up1);
   if (vis > 0 && up2 != up1) out = out * (1 - vis) + pipeline::upscale_image(img, s.h, s.w, up2) * vis;  // PIL's blend
-  if (s.crop_w)
-    out = out.slice(1, (s.h - s.crop_h) / 2, (s.h - s.crop_h) / 2 + s.crop_h).slice(2, (s.w - s.crop_w) / 2, (s.w - s.crop_w) / 2 + s.crop_w);
+  if (s.crop_w) out = centre_crop(out, s.crop_h, s.crop_w);
   return {{"html_info", ""}, {"image", io::base64_encode(io::encode_png(out.contiguous()))}};
 }
 
