@@ -1,9 +1,12 @@
 #!/usr/bin/env python3
 """Drives `ldm serve`'s web page in headless Chromium: a prompt at a small size
 and batch 2, then the hires fix (Lanczos, x2), then image to image from that
-result (a click on it); prints each one's image sizes and info text as JSON and
-saves a screenshot of the first.   page_test.py URL SCREENSHOT.png"""
+result (a click on it), then the hires result's settings read back from its
+PNG; prints each one's image sizes and info text as JSON and saves a
+screenshot of the first.   page_test.py URL SCREENSHOT.png"""
+import base64
 import json
+import os
 import sys
 
 from selenium import webdriver
@@ -55,11 +58,22 @@ try:
     Select(drv.find_element(By.ID, "hr-upscaler")).select_by_visible_text("Lanczos")
     set_value("hr-strength", "0.5")
     out["hires"] = generate()
+    hires_png = drv.find_element(By.CSS_SELECTOR, "#images img.result").get_attribute("src")
     # image to image from the result just made (a click on it)
     drv.find_element(By.CSS_SELECTOR, "#images img.result").click()
     set_value("strength", "0.5")
     out["img2img"] = generate()
     out["models"] = [o.text for o in drv.find_elements(By.CSS_SELECTOR, "#model option")]
+    # PNG Info: the hires result's settings read back into the form from its file
+    png = os.path.join(os.path.dirname(os.path.abspath(shot)), "page_test_hires.png")
+    with open(png, "wb") as f:
+        f.write(base64.b64decode(hires_png.split(",", 1)[1]))
+    set_value("prompt", "something else")
+    drv.find_element(By.ID, "hires").click()  # off; the file turns it back on
+    drv.find_element(By.ID, "pnginfo").send_keys(png)
+    WebDriverWait(drv, 20).until(lambda d: d.find_element(By.ID, "prompt").get_attribute("value") != "something else")
+    out["pnginfo"] = {k: drv.find_element(By.ID, k).get_attribute("value") for k in ("prompt", "steps", "width", "seed", "hr-upscaler")}
+    out["pnginfo"]["hires"] = drv.find_element(By.ID, "hires").is_selected()
     print(json.dumps(out))
 finally:
     drv.quit()

@@ -467,5 +467,14 @@ TEST(Serve, WebPageInABrowser) {
   EXPECT_NE(j["img2img"]["info"].get<std::string>().find("Denoising strength: 0.5"), std::string::npos) << out;
   EXPECT_EQ(j["img2img"]["error"], "") << out;
   EXPECT_EQ(j["models"].size(), 1u) << out;
+  // PNG Info: the hires image's settings back in the form
+  EXPECT_EQ(j["pnginfo"]["prompt"], "a red cube on a table") << out;
+  EXPECT_EQ(j["pnginfo"]["steps"], "4") << out;
+  EXPECT_EQ(j["pnginfo"]["width"], "64") << out;  // the first pass's size, as A1111's infotext
+  EXPECT_EQ(j["pnginfo"]["hr-upscaler"], "Lanczos") << out;
+  EXPECT_EQ(j["pnginfo"]["hires"], true) << out;
+  const std::string hires_info = j["hires"]["info"];
+  const auto at = hires_info.find("Seed: ") + 6;
+  EXPECT_EQ(j["pnginfo"]["seed"], hires_info.substr(at, hires_info.find(',', at) - at)) << out;
   EXPECT_TRUE(fs::exists(shot));
 }

@@ -34,7 +34,8 @@ inline constexpr const char* kPage = R"ldmpage(<!doctype html>
  #error{color:#f77}
  .hint{font-size:12px;color:#889}
 </style></head>
-<body><header>ldm — latent diffusion in C++ <select id="model" title="checkpoint"></select></header>
+<body><header>ldm — latent diffusion in C++ <select id="model" title="checkpoint"></select>
+ <label class="hint" for="pnginfo" style="margin:0">read the settings of a PNG:</label><input id="pnginfo" type="file" accept="image/png,image/jpeg" style="width:auto"></header>
 <main><form id="form">
  <label for="prompt">Prompt</label><textarea id="prompt">a lighthouse at dusk</textarea>
  <div id="loras"></div>
@@ -106,6 +107,26 @@ $('init').onchange = () => {
   rd.readAsDataURL(f);
 };
 $('clear-init').onclick = () => { $('init').value = ''; setInit(null); };
+// A1111's PNG Info -> txt2img: the settings an image carries, into the form
+$('pnginfo').onchange = () => {
+  const f = $('pnginfo').files[0];
+  if (!f) return;
+  const rd = new FileReader();
+  rd.onload = async () => {
+    try {
+      const p = (await api('/sdapi/v1/png-info', {image: rd.result})).parameters;
+      if (!p.Prompt && !p.Steps) throw new Error('this image carries no generation settings');
+      const set = (id, v) => { if (v !== undefined) $(id).value = v; };
+      set('prompt', p.Prompt); set('negative', p['Negative prompt'] || ''); set('steps', p.Steps);
+      set('cfg', p['CFG scale']); set('seed', p.Seed); set('width', p['Size-1']); set('height', p['Size-2']);
+      if (p.Sampler && [...$('sampler').options].some(o => o.text === p.Sampler)) $('sampler').value = p.Sampler;
+      $('hires').checked = p['Hires upscale'] !== undefined;
+      if ($('hires').checked) { set('hr-scale', p['Hires upscale']); set('hr-strength', p['Denoising strength']); set('hr-upscaler', p['Hires upscaler']); }
+      $('error').textContent = '';
+    } catch (e) { $('error').textContent = e.message; }
+  };
+  rd.readAsDataURL(f);
+};
 async function poll() {
   try {
     const p = await api('/sdapi/v1/progress');
