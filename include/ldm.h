@@ -79,6 +79,7 @@ typedef struct ldm_generate_params {
   float hires_strength;       /* of the second pass, default 0.7 */
   int hires_steps;            /* of the second pass; 0 (default): steps */
   const char* hires_upscaler; /* latent (default, bilinear), latent-nearest, latent-bicubic; lanczos, nearest (the decoded image) */
+  int clip_skip;              /* text models: 1 the last layer, 2 the penultimate (A1111's Clip skip); 0 (default): the model's own */
 } ldm_generate_params;
 
 LDM_API void ldm_load_params_init(ldm_load_params* p);

@@ -59,6 +59,7 @@ ldm::pipeline::GenerateRequest request(const ldm_generate_params& g) {
   r.cfg_sigma_lo = g.cfg_sigma_lo;
   r.cfg_sigma_hi = g.cfg_sigma_hi;
   r.cfg_rescale = g.cfg_rescale;
+  r.clip_skip = g.clip_skip;
   r.seed = g.seed;
   r.sampler = str(g.sampler, "euler_a");
   r.schedule = str(g.schedule, "discrete");

@@ -62,7 +62,7 @@ int64_t decoder_width(LatentDiffusion& m) {
 // effect and only those (ddim's eta, not karras under ddim), so the text
 // regenerates the image.
 std::string parameters_text(const GenerateRequest& r, const std::string& prompt_text, int64_t seed, int64_t w, int64_t h,
-                            const LoadOptions& o) {
+                            const LoadOptions& o, int64_t default_clip_skip) {
   std::ostringstream p;
   p << prompt_text << "\nSteps: " << r.steps << ", Sampler: " << r.sampler;
   if (sampler_uses_sigma_schedule(r.sampler)) p << ", Schedule type: " << r.schedule;
@@ -72,6 +72,7 @@ std::string parameters_text(const GenerateRequest& r, const std::string& prompt_
   if (r.cfg_sigma_lo > 0 || std::isfinite(r.cfg_sigma_hi))
     p << ", CFG interval: " << r.cfg_sigma_lo << "-" << r.cfg_sigma_hi;
   if (r.cfg_rescale > 0) p << ", CFG rescale: " << r.cfg_rescale;
+  if (r.clip_skip > 0 && r.clip_skip != default_clip_skip) p << ", Clip skip: " << r.clip_skip;
   if ((r.init_image.defined() || r.init_latents.defined()) && !r.mask.defined())
     p << ", Denoising strength: " << r.strength;
   if (r.mask.defined()) p << ", Inpainting: masked";
@@ -181,6 +182,7 @@ ModelFacts Pipeline::facts() {
   auto te = std::dynamic_pointer_cast<TextEncoder>(m_->cond_stage());
   f.text = static_cast<bool>(te);
   f.text_width = te ? te->transformer().options().width : 0;
+  f.text_layers = te ? te->transformer().options().layers : 0;
   f.classes = static_cast<bool>(std::dynamic_pointer_cast<ClassEmbedder>(m_->cond_stage()));
   f.decode_tiled = m_->vae_tiling.tile > 0;
   return f;
@@ -274,7 +276,13 @@ GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& 
   const bool text = f.text && !r.cond.defined() && r.class_labels.empty();
   if (text)
     for (auto& note : attach_tokenizer()) res.notes.push_back(note);
-  auto c = condition(*m_, req, n, r.cfg_scale != 1.0);
+  Conditioning c;
+  if (auto te = std::dynamic_pointer_cast<TextEncoder>(m_->cond_stage()); te && text) {
+    ClipSkipScope skip(*te, r.clip_skip);
+    c = condition(*m_, req, n, r.cfg_scale != 1.0);
+  } else {
+    c = condition(*m_, req, n, r.cfg_scale != 1.0);
+  }
   // the init image's posterior samples, as the reference's seed_everything(seed) draws them
   Encode encode;
   if (taesd_enc_) encode = [this](const torch::Tensor& x, torch::Generator) { return taesd_enc_->forward((x + 1) / 2); };
@@ -344,8 +352,10 @@ GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& 
     if (n > 1 && static_cast<int64_t>(r.class_labels.size()) == n) return "class " + std::to_string(r.class_labels[i]);
     return c.prompt_text;
   };
+  const auto te = std::dynamic_pointer_cast<TextEncoder>(m_->cond_stage());
+  const int64_t default_clip_skip = te ? te->default_clip_skip() : 0;
   for (int64_t i = 0; i < n; ++i) {
-    res.infotexts.push_back(parameters_text(r, prompt_of(i), seed + i, w, h, o_));
+    res.infotexts.push_back(parameters_text(r, prompt_of(i), seed + i, w, h, o_, default_clip_skip));
     if (!lora.summary.empty()) res.infotexts.back() += ", Lora: " + lora.summary;
   }
   res.parameters = res.infotexts.front();

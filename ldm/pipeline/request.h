@@ -37,6 +37,9 @@ struct GenerateRequest {
   double cfg_sigma_lo = 0.0, cfg_sigma_hi = std::numeric_limits<double>::infinity();
   // guidance rescale in [0, 1] (diffusers' guidance_rescale; 0: off)
   double cfg_rescale = 0.0;
+  // text models: the text encoder's state after the k-th block from the end
+  // (A1111's Clip skip: 1 the last, 2 the penultimate); 0: the model's own
+  int64_t clip_skip = 0;
   // img2img: [C, H, W] float in [0, 1] (resized to the output size), or
   // [N, C, H, W] with one image per output image; strength 1 ignores it
   torch::Tensor init_image;

@@ -114,6 +114,13 @@ void validate(const GenerateRequest& r, const ModelFacts& m) {
   if (!(r.cfg_sigma_lo >= 0 && std::isfinite(r.cfg_sigma_lo) && r.cfg_sigma_hi > r.cfg_sigma_lo))
     throw Error("cfg interval: expected 0 <= low < high (sigmas; high may be inf), got " + format_number(r.cfg_sigma_lo) + ", " +
                 format_number(r.cfg_sigma_hi));
+  if (r.clip_skip != 0) {
+    if (!m.text || r.cond.defined() || !r.class_labels.empty())
+      throw Error("clip skip: for prompts of text models (this request has no text encoder to skip layers of)");
+    if (r.clip_skip < 0 || r.clip_skip > m.text_layers)
+      throw Error("clip skip: expected 1 to " + std::to_string(m.text_layers) + " (0: the model's own), got " +
+                  std::to_string(r.clip_skip));
+  }
   if (!(r.cfg_rescale >= 0 && r.cfg_rescale <= 1))
     throw Error("cfg rescale: expected 0 <= phi <= 1, got " + format_number(r.cfg_rescale));
   finite(r.strength, "strength");

@@ -21,6 +21,7 @@ struct ModelFacts {
   std::string conditioning_key;
   bool text = false, classes = false;
   int64_t text_width = 0;     // the text encoder's token width (textual-inversion vectors must match)
+  int64_t text_layers = 0;    // its blocks (clip skip goes up to this)
   bool decode_tiled = false;
 };
 

@@ -9,6 +9,7 @@
 #include "ldm/io/image.h"
 #include "ldm/io/resize.h"
 #include "ldm/io/safetensors.h"
+#include "ldm/modules/encoders/clip_text.h"
 #include "ldm/pipeline/hires.h"
 #include "ldm/pipeline/pipeline.h"
 #include "tests/testing.h"
@@ -279,6 +280,46 @@ TEST(Pipeline, InitImagePerOutputImage) {
   EXPECT_NE(error_of(*p, r).find("init image: expected [C, H, W] or [2, C, H, W] (one per image) with 1 or 3 channels, got [3, 3, 64, 64]"),
             std::string::npos)
       << error_of(*p, r);
+}
+
+// Clip skip (A1111's): the penultimate block's state through the final layer
+// norm, computed here from a full forward's hidden states and the checkpoint's
+// norm weights; 1 is the SD 1.x model's own; the setting lasts one request.
+TEST(Pipeline, ClipSkipIsThePenultimateStateThroughTheFinalNorm) {
+  LDM_REQUIRE_SHARED();
+  auto p = tiny_sd();
+  auto te = std::dynamic_pointer_cast<FrozenCLIPEmbedder>(p->model().cond_stage());
+  ASSERT_TRUE(te);
+  auto tok = ClipTokenizer::load(test::clip_vocab());
+  auto ids = torch::tensor(tok.tokenize("a cat", 77, tok.eot()), torch::kInt64).view({1, 77});
+  torch::NoGradGuard ng;
+  auto hs = te->run(ids).hidden_states;
+  auto w = io::load_weights(test::fixture("tiny_sd_v1.ckpt")).tensors;
+  const std::string ln = "cond_stage_model.transformer.text_model.final_layer_norm.";
+  auto want = torch::layer_norm(hs[hs.size() - 2], {64}, w.at(ln + "weight").to(torch::kFloat32), w.at(ln + "bias").to(torch::kFloat32), 1e-5);
+  {
+    ClipSkipScope skip(*te, 2);
+    EXPECT_LT(test::max_abs_err(te->encode_ids(ids), want), 1e-5);
+  }
+  EXPECT_EQ(te->clip_skip(), 0);
+  EXPECT_EQ(te->default_clip_skip(), 1);
+
+  auto r = cat();
+  r.width = r.height = 64;
+  r.steps = 3;
+  auto base = p->generate(r);
+  r.clip_skip = 1;
+  auto one = p->generate(r);
+  EXPECT_TRUE(torch::equal(one.images_u8, base.images_u8));
+  EXPECT_EQ(one.parameters.find("Clip skip"), std::string::npos);  // the model's own: not named
+  r.clip_skip = 2;
+  auto two = p->generate(r);
+  EXPECT_FALSE(torch::equal(two.images_u8, base.images_u8));
+  EXPECT_NE(two.parameters.find(", Clip skip: 2"), std::string::npos) << two.parameters;
+  r.clip_skip = 0;
+  EXPECT_TRUE(torch::equal(p->generate(r).images_u8, base.images_u8));  // not left behind
+  r.clip_skip = 3;
+  EXPECT_NE(error_of(*p, r).find("clip skip: expected 1 to 2 (0: the model's own), got 3"), std::string::npos) << error_of(*p, r);
 }
 
 TEST(Pipeline, CancelStopsBetweenStepsWithAStatus) {

@@ -43,6 +43,9 @@ TEST(ServeApi, A1111DefaultsAndSamplerNames) {
   EXPECT_EQ(job.n_iter, 3);
   EXPECT_EQ(job.parameters["cfg_scale"], 7.0);
   EXPECT_EQ(job.parameters["sampler_name"], "DPM++ 2M Karras");
+  // A1111's Clip skip: 2 skips a layer; its default 1 leaves the model's own
+  EXPECT_EQ(parse_a1111(R"({"override_settings": {"CLIP_stop_at_last_layers": 2}})", false, lim).req.clip_skip, 2);
+  EXPECT_EQ(parse_a1111(R"({"override_settings": {"CLIP_stop_at_last_layers": 1}})", false, lim).req.clip_skip, 0);
   auto d = parse_a1111("{}", false, lim);
   EXPECT_EQ(d.req.seed, -1);
   EXPECT_EQ(d.req.sampler, "euler_a");
@@ -66,6 +69,7 @@ TEST(ServeApi, BadFieldsAre4xxNamingThem) {
       {R"({"seed": -7})", "seed: expected -1 (random) or >= 0"},
       {R"({"cfg_scale": "high"})", "cfg_scale: expected a number, got string"},
       {R"({"override_settings": 3})", "override_settings: expected an object"},
+      {R"({"override_settings": {"CLIP_stop_at_last_layers": 0}})", "CLIP_stop_at_last_layers: expected >= 1"},
       {R"({"enable_hr": true, "hr_upscaler": "R-ESRGAN 4x+"})", "hr_upscaler: \"R-ESRGAN 4x+\" is not available here"},
       {R"({"enable_hr": true, "hr_scale": 3})", "width x height: 1536x1536 is more than the server's"},
       {R"({"enable_hr": true, "hr_scale": 0.5})", "hires scale: expected 1 to 4, got 0.5"},

@@ -57,6 +57,7 @@ struct Opts {
   double eta = 0.0, cfg_scale = 1.0;
   std::string cfg_interval;  // "LO,HI" in sigmas
   double cfg_rescale = 0.0;
+  int64_t clip_skip = 0;
   bool no_ema = false, no_grid = false, vae_tiling = false;
   std::string prediction, precision = "fp32";
   int64_t vae_tile = 32, vae_overlap = 8;  // latent units (256 px tiles, 64 px overlap for SD)
@@ -156,6 +157,7 @@ pipeline::GenerateRequest request(const Opts& o, pipeline::Pipeline& p) {
   r.cfg_scale = o.cfg_scale;
   if (!o.cfg_interval.empty()) std::tie(r.cfg_sigma_lo, r.cfg_sigma_hi) = parse_interval(o.cfg_interval);
   r.cfg_rescale = o.cfg_rescale;
+  r.clip_skip = o.clip_skip;
   r.strength = o.strength;
   if (!o.init_noise.empty()) r.init_noise = load_tensor_arg(o.init_noise, "--init-noise");
   if (!o.cond.empty()) r.cond = load_tensor_arg(o.cond, "--cond");
@@ -299,6 +301,10 @@ void add_generate(CLI::App& app, const std::string& mode) {
   sub->add_option("--cfg-scale", o->cfg_scale, "classifier-free guidance scale (1 = off)")->capture_default_str();
   sub->add_option("--cfg-interval", o->cfg_interval,
                   "guide only at noise levels LO < sigma <= HI, as LO,HI (HI may be inf); the conditional model elsewhere");
+  sub->add_option("--clip-skip", o->clip_skip,
+                  "text models: the text encoder's state after the k-th layer from the end (A1111's Clip skip: 1 the "
+                  "last, 2 the penultimate); 0: the model's own")
+      ->capture_default_str();
   sub->add_option("--cfg-rescale,--guidance-rescale", o->cfg_rescale,
                   "rescale the guided prediction toward the conditional one's standard deviation, 0-1 (diffusers' "
                   "guidance_rescale; 0.7 suggested for v-models at high guidance)")

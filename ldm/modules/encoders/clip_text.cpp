@@ -211,7 +211,19 @@ std::shared_ptr<FrozenCLIPEmbedder> FrozenCLIPEmbedder::from_params(const Params
 
 ClipTextOutput FrozenCLIPEmbedder::run(const torch::Tensor& ids) { return text_model->forward(ids); }
 
+namespace {
+// The blocks a clip skip of k runs (k >= 1): all but the last k - 1.
+int64_t blocks_for(int64_t k, int64_t layers) {
+  if (k < 1 || k > layers) throw Error("clip skip: expected 1 to " + std::to_string(layers) + " (the text encoder's layers), got " + std::to_string(k));
+  return layers - (k - 1);
+}
+}  // namespace
+
 torch::Tensor FrozenCLIPEmbedder::encode_ids(const torch::Tensor& ids) {
+  // A1111's clip skip: hidden_states[-k] through the final layer norm
+  if (clip_skip_ > 0 && layer_ == "pooled") throw Error("clip skip: this text encoder gives a pooled vector (layer: pooled)");
+  if (clip_skip_ > 0)
+    return text_model->forward(ids, blocks_for(clip_skip_, text_model->options().layers)).last_hidden_state;
   auto out = text_model->forward(ids);
   if (layer_ == "last") return out.last_hidden_state;
   if (layer_ == "pooled") return out.pooled.unsqueeze(1);
@@ -244,8 +256,8 @@ std::shared_ptr<FrozenOpenCLIPEmbedder> FrozenOpenCLIPEmbedder::from_params(cons
 
 torch::Tensor FrozenOpenCLIPEmbedder::encode_ids(const torch::Tensor& ids) {
   // SD 2.x: the blocks up to (not including) the last when penultimate, then ln_final
-  const int64_t n = model->options().layers - (layer_ == "penultimate" ? 1 : 0);
-  return model->forward(ids, n).last_hidden_state;
+  const int64_t k = clip_skip_ > 0 ? clip_skip_ : default_clip_skip();
+  return model->forward(ids, blocks_for(k, model->options().layers)).last_hidden_state;
 }
 
 }  // namespace ldm

@@ -84,9 +84,30 @@ class TextEncoder : public torch::nn::Module {
   // A textual-inversion embedding: `name` in a prompt becomes `vectors` [n, width].
   void add_embedding(const std::string& name, const torch::Tensor& vectors);
   virtual ClipTextTransformer& transformer() = 0;
+  // Clip skip (A1111's "Clip skip", stable-diffusion.cpp's --clip-skip): the
+  // state after the k-th block from the end, final layer norm applied (1: the
+  // last block, 2: the penultimate); 0: the config's own layer. The caller sets
+  // it per request (ClipSkipScope).
+  void set_clip_skip(int64_t k) { clip_skip_ = k; }
+  int64_t clip_skip() const { return clip_skip_; }
+  // The clip skip the config's layer amounts to (SD 1.x "last": 1, SD 2.x "penultimate": 2).
+  virtual int64_t default_clip_skip() const = 0;
 
  protected:
   std::shared_ptr<const ClipTokenizer> tokenizer_;
+  int64_t clip_skip_ = 0;
+};
+
+class ClipSkipScope {
+ public:
+  ClipSkipScope(TextEncoder& te, int64_t k) : te_(te), old_(te.clip_skip()) { te.set_clip_skip(k); }
+  ~ClipSkipScope() { te_.set_clip_skip(old_); }
+  ClipSkipScope(const ClipSkipScope&) = delete;
+  ClipSkipScope& operator=(const ClipSkipScope&) = delete;
+
+ private:
+  TextEncoder& te_;
+  int64_t old_;
 };
 
 class FrozenCLIPEmbedder : public TextEncoder {
@@ -98,6 +119,7 @@ class FrozenCLIPEmbedder : public TextEncoder {
   int64_t pad_id() const override { return tokenizer_ ? tokenizer_->eot() : 49407; }
   int64_t max_length() const override { return text_model->options().max_length; }
   ClipTextTransformer& transformer() override { return *text_model; }
+  int64_t default_clip_skip() const override { return layer_ == "penultimate" ? 2 : 1; }
   std::shared_ptr<ClipTextTransformer> text_model;
 
  private:
@@ -113,6 +135,7 @@ class FrozenOpenCLIPEmbedder : public TextEncoder {
   int64_t pad_id() const override { return 0; }
   int64_t max_length() const override { return model->options().max_length; }
   ClipTextTransformer& transformer() override { return *model; }
+  int64_t default_clip_skip() const override { return layer_ == "penultimate" ? 2 : 1; }
   std::shared_ptr<ClipTextTransformer> model;
 
  private:

@@ -358,6 +358,10 @@ Job parse_a1111(const std::string& body, bool img2img, const Limits& lim) {
   if (j.contains("override_settings") && !j["override_settings"].is_null()) {
     if (!j["override_settings"].is_object()) throw bad("override_settings: expected an object");
     job.checkpoint = get_str(j["override_settings"], "sd_model_checkpoint", "");
+    // A1111's Clip skip; its 1 (the default) is the model's own layer, as A1111 leaves SD 2.x's penultimate alone
+    const int64_t cs = get_int(j["override_settings"], "CLIP_stop_at_last_layers", 1);
+    if (cs < 1) throw bad("CLIP_stop_at_last_layers: expected >= 1 (1: no skip, 2: the penultimate layer), got " + std::to_string(cs));
+    r.clip_skip = cs > 1 ? cs : 0;
   }
   if (img2img) {
     const int64_t mode = resize_mode(j);

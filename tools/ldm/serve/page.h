@@ -48,6 +48,7 @@ inline constexpr const char* kPage = R"ldmpage(<!doctype html>
   <div><label for="seed">Seed (-1: random)</label><input id="seed" type="number" value="-1"></div></div>
  <div class="row"><div><label for="batch">Batch size</label><input id="batch" type="number" value="1" min="1"></div>
   <div><label for="count">Batch count</label><input id="count" type="number" value="1" min="1"></div></div>
+ <div class="row"><div><label for="clip-skip">Clip skip (1: none)</label><input id="clip-skip" type="number" value="1" min="1" max="12"></div><div></div></div>
  <details id="hires-box"><summary>Hires fix</summary>
   <label><input id="hires" type="checkbox">generate, enlarge, then img2img at the larger size</label>
   <div class="row"><div><label for="hr-upscaler">Upscaler</label><select id="hr-upscaler"></select></div>
@@ -118,7 +119,7 @@ $('pnginfo').onchange = () => {
       if (!p.Prompt && !p.Steps) throw new Error('this image carries no generation settings');
       const set = (id, v) => { if (v !== undefined) $(id).value = v; };
       set('prompt', p.Prompt); set('negative', p['Negative prompt'] || ''); set('steps', p.Steps);
-      set('cfg', p['CFG scale']); set('seed', p.Seed); set('width', p['Size-1']); set('height', p['Size-2']);
+      set('cfg', p['CFG scale']); set('seed', p.Seed); set('clip-skip', p['Clip skip'] || 1); set('width', p['Size-1']); set('height', p['Size-2']);
       if (p.Sampler && [...$('sampler').options].some(o => o.text === p.Sampler)) $('sampler').value = p.Sampler;
       $('hires').checked = p['Hires upscale'] !== undefined;
       if ($('hires').checked) { set('hr-scale', p['Hires upscale']); set('hr-strength', p['Denoising strength']); set('hr-upscaler', p['Hires upscaler']); }
@@ -139,7 +140,8 @@ function request() {
   const body = {prompt: $('prompt').value, negative_prompt: $('negative').value,
     width: +$('width').value, height: +$('height').value, steps: +$('steps').value, cfg_scale: +$('cfg').value,
     sampler_name: $('sampler').value, seed: +$('seed').value, batch_size: +$('batch').value, n_iter: +$('count').value};
-  if ($('model').value && $('model').value !== checkpoint) body.override_settings = {sd_model_checkpoint: $('model').value};
+  body.override_settings = {CLIP_stop_at_last_layers: +$('clip-skip').value};
+  if ($('model').value && $('model').value !== checkpoint) body.override_settings.sd_model_checkpoint = $('model').value;
   if (initImage) return ['/sdapi/v1/img2img', Object.assign(body, {init_images: [initImage], denoising_strength: +$('strength').value})];
   if ($('hires').checked)
     Object.assign(body, {enable_hr: true, hr_upscaler: $('hr-upscaler').value, hr_scale: +$('hr-scale').value,
@@ -155,7 +157,7 @@ $('form').onsubmit = async ev => {
   try {
     const [path, body] = request();
     const j = await api(path, body);
-    if (body.override_settings) checkpoint = body.override_settings.sd_model_checkpoint;
+    if (body.override_settings.sd_model_checkpoint) checkpoint = body.override_settings.sd_model_checkpoint;
     for (const b64 of j.images) {
       const img = document.createElement('img');
       img.src = 'data:image/png;base64,' + b64; img.className = 'result'; img.title = 'click: start image to image from this one';
