@@ -62,6 +62,11 @@ int main(int argc, char** argv) {
   if (ldm_generate(p, &gp, &images, &count) != 1 || strstr(ldm_last_error(), "cfg rescale") == NULL)
     return fail("a guidance rescale above 1 must be refused");
   gp.cfg_rescale = 0.0f;
+  if (gp.clip_skip != 0) return fail("clip skip is the model's own by default");
+  gp.clip_skip = 9;  /* the tiny text encoder has 2 layers */
+  if (ldm_generate(p, &gp, &images, &count) != 1 || strstr(ldm_last_error(), "clip skip: expected 1 to 2") == NULL)
+    return fail("a clip skip past the text encoder's layers must be refused");
+  gp.clip_skip = 0;
   gp.width = -64;
   if (ldm_generate(p, &gp, &images, &count) != 1 || strstr(ldm_last_error(), "width") == NULL)
     return fail("width -64 must be refused");
