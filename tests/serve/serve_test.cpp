@@ -390,6 +390,21 @@ TEST(Serve, ConcurrentClientsGet200Or429) {
   EXPECT_GT(busy.load(), 0);
   EXPECT_EQ(c.Post("/sdapi/v1/txt2img", kCat, "application/json")->status, 200);
   EXPECT_LT(s.rss_mb(), rss0 * 1.5 + 100) << "RSS " << rss0 << " MB -> " << s.rss_mb() << " MB";
+
+  // upscales run outside the job queue, two at a time: 6 clients at once get 200 or 429
+  const std::string big = json{{"image", ldm::io::base64_encode(ldm::io::encode_png(torch::rand({3, 512, 512})))},
+                               {"upscaling_resize", 4}, {"upscaler_1", "Lanczos"}}.dump();
+  std::atomic<int> up_ok{0}, up_busy{0}, up_other{0};
+  std::vector<std::thread> us;
+  for (int t = 0; t < 6; ++t)
+    us.emplace_back([&] {
+      auto r = s.client().Post("/sdapi/v1/extra-single-image", big, "application/json");
+      (r && r->status == 200 ? up_ok : r && r->status == 429 && r->has_header("Retry-After") ? up_busy : up_other)++;
+    });
+  for (auto& t : us) t.join();
+  EXPECT_EQ(up_other.load(), 0);
+  EXPECT_GE(up_ok.load(), 1);
+  EXPECT_GE(up_busy.load(), 1);
 }
 
 TEST(Serve, InterruptProgressAndSigterm) {

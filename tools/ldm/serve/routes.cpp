@@ -2,6 +2,7 @@
 // the web page, authentication, CORS and JSON errors for every failure.
 #include "tools/ldm/serve/routes.h"
 
+#include <atomic>
 #include <chrono>
 #include <ctime>
 #include <filesystem>
@@ -10,8 +11,8 @@
 
 #include "ldm/error.h"
 #include "ldm/io/base64.h"
-#include "ldm/modules/encoders/embeddings.h"
 #include "ldm/io/image.h"
+#include "ldm/modules/encoders/embeddings.h"
 #include "ldm/models/diffusion/samplers/sampler.h"
 #include "tools/ldm/serve/page.h"
 
@@ -157,8 +158,7 @@ class Routes {
     s_.Get("/sdapi/v1/sd-vae", guarded([](auto&, auto& r) { send(r, 200, json::array()); }));
     s_.Get("/sdapi/v1/upscalers", guarded([](auto&, auto& r) { send(r, 200, a1111_upscalers()); }));
     s_.Get("/sdapi/v1/latent-upscale-modes", guarded([](auto&, auto& r) { send(r, 200, latent_upscale_modes()); }));
-    s_.Post("/sdapi/v1/extra-single-image",
-            guarded([this](auto& q, auto& r) { send(r, 200, extra_single_image(q.body, o_.limits)); }));
+    s_.Post("/sdapi/v1/extra-single-image", guarded([this](auto& q, auto& r) { extras(q, r); }));
     // the listings above read their folders on every request: nothing to refresh
     for (const char* what : {"checkpoints", "loras", "vae", "embeddings"})
       s_.Post(std::string("/sdapi/v1/refresh-") + what, guarded([](auto&, auto& r) { send(r, 200, nullptr); }));
@@ -276,6 +276,20 @@ class Routes {
     for (auto& [name, path] : list_files(o_.lora_dir, {".safetensors", ".ckpt", ".pt"}))
       v.push_back({{"name", fs::path(name).stem().string()}, {"alias", fs::path(name).stem().string()}, {"path", path}});
     send(r, 200, v);
+  }
+
+  // Upscaling runs on the handler thread, outside the job queue; at most
+  // kExtrasAtOnce at a time (each holds up to a few hundred MB), others 429.
+  static constexpr int kExtrasAtOnce = 2;
+  std::atomic<int> extras_running_{0};
+  void extras(const httplib::Request& q, httplib::Response& r) {
+    struct Slot {
+      std::atomic<int>& n;
+      ~Slot() { --n; }
+    } slot{extras_running_};
+    if (++extras_running_ > kExtrasAtOnce)
+      throw HttpError(429, "busy", std::to_string(kExtrasAtOnce) + " upscales are running; try again shortly");
+    send(r, 200, extra_single_image(q.body, o_.limits));
   }
 
   // A1111's listing: the --embd-dir files whose vectors fit the current
