@@ -64,8 +64,10 @@ int64_t decoder_width(LatentDiffusion& m) {
 std::string parameters_text(const GenerateRequest& r, const std::string& prompt_text, int64_t seed, int64_t w, int64_t h,
                             const LoadOptions& o, int64_t default_clip_skip) {
   std::ostringstream p;
-  p << prompt_text << "\nSteps: " << r.steps << ", Sampler: " << r.sampler;
-  if (sampler_uses_sigma_schedule(r.sampler)) p << ", Schedule type: " << r.schedule;
+  // A1111's names, so that its readers (PNG Info, image sites) take them: its "Uniform"
+  // scheduler is k-diffusion's get_sigmas, our discrete schedule
+  p << prompt_text << "\nSteps: " << r.steps << ", Sampler: " << a1111_sampler_name(r.sampler);
+  if (sampler_uses_sigma_schedule(r.sampler)) p << ", Schedule type: " << (r.schedule == "karras" ? "Karras" : "Uniform");
   else p << ", Discretize: " << r.discretize;
   p << ", CFG scale: " << r.cfg_scale << ", Seed: " << seed << ", Size: " << w << "x" << h
     << ", Model: " << std::filesystem::path(o.model).stem().string();

@@ -82,14 +82,14 @@ TEST(CliHygiene, MetadataRecordsWhatTookEffect) {
   auto r = ldm_run("txt2img" + tiny_base() + " --sampler ddim --schedule karras --eta 0.5 --steps 4 -o " + dir + "/d.png");
   ASSERT_EQ(r.rc, 0) << r.out;
   auto p = io::read_png_text(dir + "/d.png").at("parameters");
-  EXPECT_NE(p.find("Sampler: ddim, Discretize: uniform,"), std::string::npos) << p;
+  EXPECT_NE(p.find("Sampler: DDIM, Discretize: uniform,"), std::string::npos) << p;
   EXPECT_NE(p.find("Eta: 0.5"), std::string::npos) << p;
   EXPECT_NE(p.find("Precision: fp32"), std::string::npos) << p;
   EXPECT_EQ(p.find("karras"), std::string::npos) << p;
   r = ldm_run("txt2img" + tiny_base() + " --sampler euler --schedule karras --eta 0.5 --steps 4 -o " + dir + "/e.png");
   ASSERT_EQ(r.rc, 0) << r.out;
   p = io::read_png_text(dir + "/e.png").at("parameters");
-  EXPECT_NE(p.find("Sampler: euler, Schedule type: karras"), std::string::npos) << p;
+  EXPECT_NE(p.find("Sampler: Euler, Schedule type: Karras"), std::string::npos) << p;
   EXPECT_EQ(p.find("Eta"), std::string::npos) << p;
   EXPECT_EQ(p.find("Discretize"), std::string::npos) << p;
   // img2img from a 48x80 image: strength recorded, the resize said
@@ -138,7 +138,7 @@ TEST(CliHygiene, OutputExtensionDecidesTheFormat) {
   std::string bytes((std::istreambuf_iterator<char>(in)), {});
   ASSERT_GT(bytes.size(), 4u);
   EXPECT_EQ(bytes.substr(0, 4), std::string("\xFF\xD8\xFF\xFE", 4));  // SOI, then the comment segment
-  EXPECT_NE(bytes.find("Steps: 2, Sampler: euler_a"), std::string::npos);
+  EXPECT_NE(bytes.find("Steps: 2, Sampler: Euler a"), std::string::npos);
   EXPECT_EQ(io::load_image(dir + "/x.jpg").sizes(), (std::vector<int64_t>{3, 64, 64}));
   r = ldm_run("txt2img" + tiny_base() + " --steps 2 -o " + dir + "/x.webp");
   EXPECT_EQ(r.rc, 1);

@@ -216,7 +216,7 @@ TEST(CliSample, PromptOnTinySD) {
   r = run(base + " --vocab " + test::shared_dir() + "/data/bpe_simple_vocab_16e6.txt.gz");
   ASSERT_EQ(r.rc, 0) << r.out;
   auto text = io::read_png_text(dir + "/000001.png");
-  EXPECT_NE(text.at("parameters").find("a red cube\nNegative prompt: blurry\nSteps: 4, Sampler: dpm++2m"), std::string::npos)
+  EXPECT_NE(text.at("parameters").find("a red cube\nNegative prompt: blurry\nSteps: 4, Sampler: DPM++ 2M"), std::string::npos)
       << text.at("parameters");
   auto grid = io::load_image(dir + "/grid.png");
   EXPECT_EQ(grid.size(1), 64 + 4);  // one row of 64 px images with 2 px padding

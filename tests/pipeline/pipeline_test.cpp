@@ -93,7 +93,7 @@ TEST(Pipeline, ResultHoldsImagesSeedsParametersAndCounts) {
   EXPECT_EQ(res.seeds, (std::vector<int64_t>{42, 43}));  // image i: seed + i
   EXPECT_NE(res.infotexts.at(1).find("Seed: 43,"), std::string::npos) << res.infotexts.at(1);
   EXPECT_EQ(res.model_evaluations, 4);  // euler_a: one guided (batched) call per step
-  EXPECT_EQ(res.parameters.rfind("a cat\nNegative prompt: blurry\nSteps: 4, Sampler: euler_a", 0), 0u) << res.parameters;
+  EXPECT_EQ(res.parameters.rfind("a cat\nNegative prompt: blurry\nSteps: 4, Sampler: Euler a", 0), 0u) << res.parameters;
   EXPECT_NE(res.parameters.find("Seed: 42, Size: 64x64"), std::string::npos) << res.parameters;
   EXPECT_GT(res.timings.total, 0.0);
   // the same request gives the same pixels; seed -1 draws a seed and records it

@@ -164,7 +164,7 @@ TEST(Serve, A1111Txt2ImgEqualsTheCliAndCarriesItsParameters) {
     std::ofstream f(dir + "/s.png", std::ios::binary);
     f << ldm::io::base64_decode(j["images"][0].get<std::string>());
   }
-  EXPECT_EQ(ldm::io::read_png_text(dir + "/s.png").at("parameters").rfind("a cat\nSteps: 4, Sampler: euler_a", 0), 0u);
+  EXPECT_EQ(ldm::io::read_png_text(dir + "/s.png").at("parameters").rfind("a cat\nSteps: 4, Sampler: Euler a", 0), 0u);
   // ... which /sdapi/v1/png-info reads back, as A1111 does
   auto pi = c.Post("/sdapi/v1/png-info", json{{"image", j["images"][0]}}.dump(), "application/json");
   ASSERT_EQ(pi->status, 200) << pi->body;
@@ -173,6 +173,18 @@ TEST(Serve, A1111Txt2ImgEqualsTheCliAndCarriesItsParameters) {
   EXPECT_EQ(pj["parameters"]["Prompt"], "a cat");
   EXPECT_EQ(pj["parameters"]["Steps"], "4");
   EXPECT_EQ(pj["parameters"]["Seed"], "42");
+  // the text regenerates the image, A1111's way: its settings sent back as a client would
+  {
+    const auto& p = pj["parameters"];
+    const json again = {{"prompt", p["Prompt"]}, {"steps", std::stoi(p["Steps"].get<std::string>())},
+                        {"sampler_name", p["Sampler"]}, {"scheduler", p["Schedule type"]},
+                        {"cfg_scale", std::stod(p["CFG scale"].get<std::string>())}, {"seed", std::stoll(p["Seed"].get<std::string>())},
+                        {"width", std::stoi(p["Size-1"].get<std::string>())}, {"height", std::stoi(p["Size-2"].get<std::string>())}};
+    EXPECT_EQ(p["Schedule type"], "Uniform");
+    auto re = c.Post("/sdapi/v1/txt2img", again.dump(), "application/json");
+    ASSERT_EQ(re->status, 200) << re->body;
+    EXPECT_TRUE(torch::equal(png_pixels(body(re)["images"][0]), png_pixels(j["images"][0])));
+  }
   for (const char* what : {"checkpoints", "loras", "vae", "embeddings"})
     EXPECT_EQ(c.Post(std::string("/sdapi/v1/refresh-") + what, "", "application/json")->status, 200) << what;
   EXPECT_EQ(body(c.Get("/sdapi/v1/upscalers")).size(), 3u);  // None, Lanczos, Nearest (no model files)

@@ -102,13 +102,14 @@ void check_steps(int64_t steps, const Limits& lim) {
 }
 
 const std::map<std::string, std::pair<std::string, std::string>>& a1111_samplers() {
-  // A1111 name -> (ours, the schedule it implies; "" = as the request says)
-  static const std::map<std::string, std::pair<std::string, std::string>> m = {
-      {"Euler a", {"euler_a", ""}},        {"Euler", {"euler", ""}},
-      {"Heun", {"heun", ""}},              {"DPM++ 2M", {"dpm++2m", ""}},
-      {"DPM++ 2M Karras", {"dpm++2m", "karras"}}, {"DDIM", {"ddim", ""}},
-      {"PLMS", {"plms", ""}},              {"DDPM", {"ddpm", ""}},
-      {"DPM-Solver++", {"dpm_solver++", ""}}};
+  // A1111 name -> (ours, the schedule it implies; "" = as the request says): each
+  // sampler's own A1111 name, and the pre-1.9 "DPM++ 2M Karras"
+  static const auto m = [] {
+    std::map<std::string, std::pair<std::string, std::string>> m;
+    for (const auto& n : sampler_names()) m[a1111_sampler_name(n)] = {n, ""};
+    m["DPM++ 2M Karras"] = {"dpm++2m", "karras"};
+    return m;
+  }();
   return m;
 }
 }  // namespace

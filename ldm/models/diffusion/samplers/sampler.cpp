@@ -14,14 +14,16 @@ namespace {
 using Fn = torch::Tensor (*)(Denoiser&, const torch::Tensor&, const SampleOptions&);
 struct Entry {
   const char* name;
+  const char* a1111;  // the web UI's name, as its infotexts carry it
   Fn fn;
   bool sigma_schedule;  // k-diffusion family: works on sigmas, so SampleOptions::schedule applies
 };
 const std::vector<Entry>& registry() {
   static const std::vector<Entry> r = {
-      {"ddpm", ddpm_sample, false},     {"ddim", ddim_sample, false},   {"plms", plms_sample, false},
-      {"dpm_solver++", dpm_solver_pp_sample, false},                    {"euler", euler_sample, true},
-      {"euler_a", euler_a_sample, true}, {"heun", heun_sample, true},   {"dpm++2m", dpmpp_2m_sample, true}};
+      {"ddpm", "DDPM", ddpm_sample, false},      {"ddim", "DDIM", ddim_sample, false},
+      {"plms", "PLMS", plms_sample, false},      {"dpm_solver++", "DPM-Solver++", dpm_solver_pp_sample, false},
+      {"euler", "Euler", euler_sample, true},    {"euler_a", "Euler a", euler_a_sample, true},
+      {"heun", "Heun", heun_sample, true},       {"dpm++2m", "DPM++ 2M", dpmpp_2m_sample, true}};
   return r;
 }
 const Entry* find_sampler(const std::string& name) {
@@ -30,6 +32,11 @@ const Entry* find_sampler(const std::string& name) {
   return nullptr;
 }
 }  // namespace
+
+std::string a1111_sampler_name(const std::string& name) {
+  const Entry* e = find_sampler(name);
+  return e ? e->a1111 : name;
+}
 
 const std::vector<std::string>& sampler_names() {
   static const std::vector<std::string> n = [] {

@@ -80,6 +80,8 @@ struct SampleOptions {
 };
 
 const std::vector<std::string>& sampler_names();
+// AUTOMATIC1111's name of a sampler ("euler_a" -> "Euler a"), as infotexts carry it.
+std::string a1111_sampler_name(const std::string& name);
 // Whether the sampler works in sigma space (the k-diffusion family), so that
 // SampleOptions::schedule applies to it.
 bool sampler_uses_sigma_schedule(const std::string& name);
