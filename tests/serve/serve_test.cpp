@@ -286,6 +286,20 @@ TEST(Serve, Img2ImgOpenAiAndListings) {
   EXPECT_GE(body(c.Get("/sdapi/v1/samplers")).size(), 8u);
   EXPECT_EQ(body(c.Get("/sdapi/v1/schedulers")).size(), 2u);
   EXPECT_EQ(body(c.Get("/sdapi/v1/loras"))[0]["name"], "ink");
+  // A1111's Clip skip as a server option: requests that do not name one take it
+  EXPECT_EQ(body(c.Get("/sdapi/v1/options"))["CLIP_stop_at_last_layers"], 1);
+  ASSERT_EQ(c.Post("/sdapi/v1/options", R"({"CLIP_stop_at_last_layers": 2})", "application/json")->status, 200);
+  EXPECT_EQ(body(c.Get("/sdapi/v1/options"))["CLIP_stop_at_last_layers"], 2);
+  auto skipped = body(c.Post("/sdapi/v1/txt2img", kCat, "application/json"));
+  EXPECT_NE(skipped["info"].get<std::string>().find("Clip skip: 2"), std::string::npos) << skipped["info"];
+  EXPECT_FALSE(torch::equal(png_pixels(skipped["images"][0]), png_pixels(base)));
+  json named = json::parse(kCat);
+  named["override_settings"] = {{"CLIP_stop_at_last_layers", 1}};  // a request's own wins
+  EXPECT_TRUE(torch::equal(png_pixels(body(c.Post("/sdapi/v1/txt2img", named.dump(), "application/json"))["images"][0]),
+                           png_pixels(base)));
+  EXPECT_EQ(c.Post("/sdapi/v1/options", R"({"CLIP_stop_at_last_layers": 0})", "application/json")->status, 400);
+  ASSERT_EQ(c.Post("/sdapi/v1/options", R"({"CLIP_stop_at_last_layers": 1})", "application/json")->status, 200);
+  EXPECT_TRUE(torch::equal(png_pixels(body(c.Post("/sdapi/v1/txt2img", kCat, "application/json"))["images"][0]), png_pixels(base)));
   auto emb = body(c.Get("/sdapi/v1/embeddings"));
   EXPECT_EQ(emb["loaded"].size(), 1u) << emb;
   EXPECT_EQ(emb["loaded"]["cubey"]["shape"], 64);

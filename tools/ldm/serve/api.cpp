@@ -114,6 +114,12 @@ const std::map<std::string, std::pair<std::string, std::string>>& a1111_samplers
 }
 }  // namespace
 
+int64_t a1111_clip_skip(const json& options) {
+  const int64_t cs = get_int(options, "CLIP_stop_at_last_layers", 1);
+  if (cs < 1) throw bad("CLIP_stop_at_last_layers: expected >= 1 (1: no skip, 2: the penultimate layer), got " + std::to_string(cs));
+  return cs > 1 ? cs : 0;
+}
+
 std::vector<std::string> a1111_sampler_names() {
   std::vector<std::string> v;
   for (const auto& [k, s] : a1111_samplers()) v.push_back(k);
@@ -360,9 +366,8 @@ Job parse_a1111(const std::string& body, bool img2img, const Limits& lim) {
     if (!j["override_settings"].is_object()) throw bad("override_settings: expected an object");
     job.checkpoint = get_str(j["override_settings"], "sd_model_checkpoint", "");
     // A1111's Clip skip; its 1 (the default) is the model's own layer, as A1111 leaves SD 2.x's penultimate alone
-    const int64_t cs = get_int(j["override_settings"], "CLIP_stop_at_last_layers", 1);
-    if (cs < 1) throw bad("CLIP_stop_at_last_layers: expected >= 1 (1: no skip, 2: the penultimate layer), got " + std::to_string(cs));
-    r.clip_skip = cs > 1 ? cs : 0;
+    job.clip_skip_set = j["override_settings"].contains("CLIP_stop_at_last_layers");
+    r.clip_skip = a1111_clip_skip(j["override_settings"]);
   }
   if (img2img) {
     const int64_t mode = resize_mode(j);

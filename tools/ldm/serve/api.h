@@ -44,12 +44,16 @@ struct Job {
   std::string sampler_name;  // as the client named it (A1111 names)
   json parameters;         // the request with defaults filled (A1111's "parameters")
   std::optional<pipeline::HiresOptions> hires;  // enable_hr: a second pass at the larger size
+  bool clip_skip_set = false;  // override_settings named CLIP_stop_at_last_layers (else the server's option)
 };
 
 // A1111 sampler/scheduler names -> ours (also accepts ours). Unknown names
 // are a 400 listing the known ones.
 void set_sampler(pipeline::GenerateRequest& r, const std::string& sampler_name, const std::string& scheduler);
 std::vector<std::string> a1111_sampler_names();
+// A1111's CLIP_stop_at_last_layers in an options object -> GenerateRequest::clip_skip
+// (its 1, the default, is the model's own layer: 0); 400 below 1.
+int64_t a1111_clip_skip(const json& options);
 
 // POST /sdapi/v1/txt2img and /img2img bodies (img2img: init_images, mask ...).
 Job parse_a1111(const std::string& body, bool img2img, const Limits& lim);

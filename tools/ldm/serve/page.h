@@ -84,6 +84,7 @@ Promise.all([api('/sdapi/v1/latent-upscale-modes'), api('/sdapi/v1/upscalers')])
 let checkpoint = '';
 Promise.all([api('/sdapi/v1/sd-models'), api('/sdapi/v1/options')]).then(([models, opts]) => {
   checkpoint = opts.sd_model_checkpoint;
+  if (opts.CLIP_stop_at_last_layers) $('clip-skip').value = opts.CLIP_stop_at_last_layers;
   fill($('model'), models.map(m => m.title), models.some(m => m.title === checkpoint) ? checkpoint : undefined);
 });
 api('/sdapi/v1/loras').then(list => {

@@ -144,7 +144,9 @@ class Routes {
       w_.interrupt();
       send(r, 200, json::object());
     }));
-    s_.Get("/sdapi/v1/options", guarded([this](auto&, auto& r) { send(r, 200, {{"sd_model_checkpoint", w_.checkpoint()}}); }));
+    s_.Get("/sdapi/v1/options", guarded([this](auto&, auto& r) {
+      send(r, 200, {{"sd_model_checkpoint", w_.checkpoint()}, {"CLIP_stop_at_last_layers", std::max<int64_t>(1, clip_skip_)}});
+    }));
     s_.Post("/sdapi/v1/options", guarded([this](auto& q, auto& r) { options(q, r); }));
     s_.Get("/sdapi/v1/sd-models", guarded([this](auto&, auto& r) { models(r); }));
     s_.Get("/sdapi/v1/samplers", guarded([](auto&, auto& r) { samplers(r); }));
@@ -218,6 +220,7 @@ class Routes {
 
   void a1111(const httplib::Request& q, httplib::Response& r, bool img2img) {
     auto job = parse_a1111(q.body, img2img, o_.limits);
+    if (!job.clip_skip_set) job.req.clip_skip = clip_skip_;  // the server's option (POST /sdapi/v1/options)
     if (job.checkpoint.empty()) validate(job);
     auto t = w_.submit(job);
     auto out = wait(t, o_.port, q);
@@ -246,11 +249,13 @@ class Routes {
   void options(const httplib::Request& q, httplib::Response& r) {
     json j = json::parse(q.body, nullptr, false);
     if (j.is_discarded() || !j.is_object()) throw HttpError(400, "malformed JSON", "expected a JSON object");
+    const int64_t skip = a1111_clip_skip(j);  // checked before the checkpoint switch: all or nothing
     if (j.contains("sd_model_checkpoint")) {
       if (!j["sd_model_checkpoint"].is_string()) throw HttpError(400, "invalid request", "sd_model_checkpoint: expected a string");
       auto out = w_.switch_checkpoint(j["sd_model_checkpoint"].get<std::string>());
       if (out.status != 200) return send_error(r, out.status, out.error, out.detail);
     }
+    if (j.contains("CLIP_stop_at_last_layers")) clip_skip_ = skip;
     send(r, 200, json::object());
   }
 
@@ -281,6 +286,7 @@ class Routes {
   // Upscaling runs on the handler thread, outside the job queue; at most
   // kExtrasAtOnce at a time (each holds up to a few hundred MB), others 429.
   static constexpr int kExtrasAtOnce = 2;
+  std::atomic<int64_t> clip_skip_{0};  // A1111's CLIP_stop_at_last_layers option, for requests that do not name one
   std::atomic<int> extras_running_{0};
   void extras(const httplib::Request& q, httplib::Response& r) {
     struct Slot {
