@@ -278,13 +278,10 @@ GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& 
   const bool text = f.text && !r.cond.defined() && r.class_labels.empty();
   if (text)
     for (auto& note : attach_tokenizer()) res.notes.push_back(note);
-  Conditioning c;
-  if (auto te = std::dynamic_pointer_cast<TextEncoder>(m_->cond_stage()); te && text) {
-    ClipSkipScope skip(*te, r.clip_skip);
-    c = condition(*m_, req, n, r.cfg_scale != 1.0);
-  } else {
-    c = condition(*m_, req, n, r.cfg_scale != 1.0);
-  }
+  std::optional<ClipSkipScope> skip;  // this request's clip skip, while its text is encoded
+  if (auto te = std::dynamic_pointer_cast<TextEncoder>(m_->cond_stage()); te && text) skip.emplace(*te, r.clip_skip);
+  auto c = condition(*m_, req, n, r.cfg_scale != 1.0);
+  skip.reset();
   // the init image's posterior samples, as the reference's seed_everything(seed) draws them
   Encode encode;
   if (taesd_enc_) encode = [this](const torch::Tensor& x, torch::Generator) { return taesd_enc_->forward((x + 1) / 2); };
