@@ -84,7 +84,8 @@ torch::Tensor attention_fused_bf16(const torch::Tensor& q, const torch::Tensor& 
 }
 }  // namespace
 
-torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
+torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale,
+                              bool avx512) {
   TORCH_CHECK(attention_fused_supports(q, k, v),
               "attention_fused: needs [B, N, d] with d % 8 == 0, fp32 on an AVX2/FMA CPU or bf16 on an AVX512-BF16 one");
   RECORD_FUNCTION("ldm::attention_fused", std::vector<c10::IValue>{q, k});  // bench's profile: time and FLOPs
@@ -98,7 +99,8 @@ torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor& k, co
   auto vp = torch::constant_pad_nd(v, {0, 0, 0, Mp - M}).contiguous();
   auto out = torch::empty({B, N, d}, q.options());
   fused_rows<float>(qs.data_ptr<float>(), kt.data_ptr<float>(), vp.data_ptr<float>(), out.data_ptr<float>(), B, N, M, d,
-                    flash_attention_scratch(d), flash_attention_rows);
+                    flash_attention_scratch(d),
+                    avx512 && flash_attention_avx512_available() ? flash_attention_rows_avx512 : flash_attention_rows);
   return out;
 }
 

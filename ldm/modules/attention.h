@@ -25,8 +25,11 @@ torch::Tensor attention_chunked(const torch::Tensor& q, const torch::Tensor& k, 
 // The fused tiled kernel with an online softmax, no score matrix (no
 // autograd): CPU tensors with d % 8 == 0, fp32 on an AVX2/FMA machine or
 // bf16 on an AVX512-BF16 one (bf16 products, float32 softmax and sums).
+// fp32 runs the AVX-512 kernel where the CPU has AVX-512 unless avx512 is
+// false (the tests compare the two).
 bool attention_fused_supports(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
-torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale);
+torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale,
+                              bool avx512 = true);
 // Budget of score-matrix elements per chunk (default 32M floats = 128 MB),
 // per thread: a pipeline sets its own for the duration of a request.
 constexpr int64_t kDefaultAttentionChunkElements = 32ll << 20;

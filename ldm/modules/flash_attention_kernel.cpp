@@ -92,27 +92,7 @@ int64_t flash_attention_scratch(int64_t d) { return kQB * key_block(d) + kQB * d
 
 LDM_AVX2 void flash_attention_rows(const float* q, const float* kt, const float* v, float* out, int64_t r0, int64_t r1,
                                    int64_t M, int64_t Mp, int64_t d, float* scratch) {
-  const int64_t kb_max = key_block(d);
-  float* s = scratch;
-  float* o = s + kQB * kb_max;
-  float* m = o + kQB * d;
-  float* l = m + kQB;
-  for (int64_t i0 = r0; i0 < r1; i0 += kQB) {
-    const int64_t rows = r1 - i0 < kQB ? r1 - i0 : kQB;
-    for (int64_t i = 0; i < rows; ++i) m[i] = -INFINITY, l[i] = 0.0f;
-    for (int64_t c = 0; c < rows * d; ++c) o[c] = 0.0f;
-    for (int64_t j0 = 0; j0 < Mp; j0 += kb_max) {
-      const int64_t kb = Mp - j0 < kb_max ? Mp - j0 : kb_max;
-      qk_block(q + i0 * d, rows, d, kt + j0 * d, kb, s, kb_max);
-      online_softmax(s, rows, kb_max, kb, M - j0 < kb ? M - j0 : kb, m, l, o, d);
-      pv_block(s, rows, kb_max, v + j0 * d, d, kb, o);
-    }
-    for (int64_t i = 0; i < rows; ++i) {
-      const __m256 inv = _mm256_set1_ps(1.0f / l[i]);
-      for (int64_t c = 0; c < d; c += 8)
-        _mm256_storeu_ps(out + (i0 + i) * d + c, _mm256_mul_ps(_mm256_loadu_ps(o + i * d + c), inv));
-    }
-  }
+  attention_rows_f32(q, kt, v, out, r0, r1, M, Mp, d, scratch, qk_block, online_softmax, pv_block);
 }
 
 }  // namespace ldm

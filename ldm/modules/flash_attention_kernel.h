@@ -18,6 +18,12 @@ int64_t flash_attention_scratch(int64_t d);
 void flash_attention_rows(const float* q, const float* kt, const float* v, float* out, int64_t r0, int64_t r1,
                           int64_t M, int64_t Mp, int64_t d, float* scratch);
 
+// The same kernel in AVX-512 (flash_attention_avx512.cpp): the same layouts
+// and results within float32 rounding, fewer instructions per FLOP.
+bool flash_attention_avx512_available();
+void flash_attention_rows_avx512(const float* q, const float* kt, const float* v, float* out, int64_t r0, int64_t r1,
+                                 int64_t M, int64_t Mp, int64_t d, float* scratch);
+
 // The same in bf16 (flash_attention_bf16.cpp), where the CPU has AVX512-BF16:
 // q, out: [N, d]; kt: [Mp / 16, d / 2, 16, 2], key panels of 16 by dimension
 // pairs; v: [Mp / 2, d, 2], value rows by key pairs; bf16 as uint16_t. Scores,

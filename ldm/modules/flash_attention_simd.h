@@ -1,6 +1,7 @@
 // What the float32 and bf16 fused attention kernels share: the tiling
-// constants, AVX2 exp2/max/sum and the online softmax over float32 scores.
-// Internal to flash_attention_kernel.cpp and flash_attention_bf16.cpp, whose
+// constants, AVX2 exp2/max/sum, the online softmax over float32 scores and the
+// float32 kernels' loop. Internal to flash_attention_kernel.cpp,
+// flash_attention_avx512.cpp and flash_attention_bf16.cpp, whose
 // callers have checked the CPU (inline functions carry their own targets), and
 // to group_norm_kernel.cpp (exp2, hsum).
 #pragma once
@@ -101,6 +102,37 @@ LDM_AVX2 inline void online_softmax(float* s, int64_t rows, int64_t lds, int64_t
     l[i] = l[i] * alpha + hsum(sum);
     m[i] = m_new;
     rescale_row(o + i * d, d, alpha);
+  }
+}
+
+// The float32 kernels' outer loop (flash_attention_rows and its AVX-512 twin):
+// blocks of kQB query rows against blocks of keys (scores, online softmax,
+// p v), then each row divided by its sum. qk, softmax, pv: the block steps,
+// with the signatures of the AVX2 kernel's qk_block, online_softmax, pv_block.
+template <class Qk, class Softmax, class Pv>
+LDM_AVX2 inline void attention_rows_f32(const float* q, const float* kt, const float* v, float* out, int64_t r0,
+                                        int64_t r1, int64_t M, int64_t Mp, int64_t d, float* scratch, Qk qk,
+                                        Softmax softmax, Pv pv) {
+  const int64_t kb_max = key_block(d);
+  float* s = scratch;
+  float* o = s + kQB * kb_max;
+  float* m = o + kQB * d;
+  float* l = m + kQB;
+  for (int64_t i0 = r0; i0 < r1; i0 += kQB) {
+    const int64_t rows = r1 - i0 < kQB ? r1 - i0 : kQB;
+    for (int64_t i = 0; i < rows; ++i) m[i] = -INFINITY, l[i] = 0.0f;
+    for (int64_t c = 0; c < rows * d; ++c) o[c] = 0.0f;
+    for (int64_t j0 = 0; j0 < Mp; j0 += kb_max) {
+      const int64_t kb = Mp - j0 < kb_max ? Mp - j0 : kb_max;
+      qk(q + i0 * d, rows, d, kt + j0 * d, kb, s, kb_max);
+      softmax(s, rows, kb_max, kb, M - j0 < kb ? M - j0 : kb, m, l, o, d);
+      pv(s, rows, kb_max, v + j0 * d, d, kb, o);
+    }
+    for (int64_t i = 0; i < rows; ++i) {
+      const __m256 inv = _mm256_set1_ps(1.0f / l[i]);
+      for (int64_t c = 0; c < d; c += 8)
+        _mm256_storeu_ps(out + (i0 + i) * d + c, _mm256_mul_ps(_mm256_loadu_ps(o + i * d + c), inv));
+    }
   }
 }
 }  // namespace ldm::flash

@@ -1,0 +1,194 @@
+// The float32 fused attention kernel in AVX-512: flash_attention_kernel.cpp's
+// tiling, data layout and online softmax with 16 lanes and 32 registers, so a
+// score tile is 12 rows x 32 keys and an output tile 6 rows x 64 columns. A
+// CPU that splits 512-bit FMAs in two (Zen 4) gains in instructions per FLOP
+// (broadcasts, loads, the softmax's passes), not in FLOP rate.
+#include <array>
+#include <utility>
+
+#include "ldm/modules/flash_attention_kernel.h"
+#include "ldm/modules/flash_attention_simd.h"
+
+#define LDM_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
+
+namespace ldm {
+
+namespace {
+using namespace flash;
+
+constexpr int kQkRows = 12;  // score tile rows: 12 x 2 accumulators (32 keys)
+constexpr int kPvRows = 6;   // output tile rows: 6 x 4 accumulators (64 columns)
+
+// exp2_ps of flash_attention_simd.h in 16 lanes (the same polynomial, range
+// and NaN behaviour); VSCALEFPS puts 2^n in the exponent.
+LDM_AVX512 inline __m512 exp2_ps16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-126.0f), x);
+  x = _mm512_min_ps(_mm512_set1_ps(126.0f), x);
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// online_softmax of flash_attention_simd.h (kb a multiple of 16).
+LDM_AVX512 void online_softmax16(float* s, int64_t rows, int64_t lds, int64_t kb, int64_t valid, float* m, float* l,
+                                 float* o, int64_t d) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* row = s + i * lds;
+    for (int64_t j = valid; j < kb; ++j) row[j] = -INFINITY;
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < kb; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(row + j));
+    const float bm = _mm512_reduce_max_ps(mx);
+    const float m_new = bm > m[i] ? bm : m[i];
+    const float alpha = std::exp2(m[i] - m_new);
+    const __m512 mv = _mm512_set1_ps(m_new);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < kb; j += 16) {
+      const __m512 e = exp2_ps16(_mm512_sub_ps(_mm512_loadu_ps(row + j), mv));
+      _mm512_storeu_ps(row + j, e);
+      sum = _mm512_add_ps(sum, e);
+    }
+    l[i] = l[i] * alpha + _mm512_reduce_add_ps(sum);
+    m[i] = m_new;
+    rescale_row(o + i * d, d, alpha);
+  }
+}
+
+// s[R x 16P] = q[R x d] k^T for P consecutive 16-key panels ([d][16] each).
+template <int R, int P>
+LDM_AVX512 inline void qk_tile(const float* q, int64_t d, const float* kt, float* s, int64_t lds) {
+  __m512 acc[R][P];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int p = 0; p < P; ++p) acc[r][p] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < d; ++c) {
+    __m512 b[P];
+#pragma GCC unroll 2
+    for (int p = 0; p < P; ++p) b[p] = _mm512_loadu_ps(kt + p * 16 * d + c * 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      const __m512 a = _mm512_set1_ps(q[r * d + c]);
+#pragma GCC unroll 2
+      for (int p = 0; p < P; ++p) acc[r][p] = _mm512_fmadd_ps(a, b[p], acc[r][p]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int p = 0; p < P; ++p) _mm512_storeu_ps(s + r * lds + 16 * p, acc[r][p]);
+}
+
+// o[R x (16W + 8T)] += p[R x kb] v[kb x ...]: W columns of 16 and, when T, a
+// last 8 (head sizes are multiples of 8: 40 = 16 + 16 + 8).
+template <int R, int W, bool T>
+LDM_AVX512 inline void pv_tile(const float* p, int64_t ldp, const float* v, int64_t d, int64_t kb, float* o) {
+  __m512 acc[R][W > 0 ? W : 1];
+  __m256 tail[R];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int w = 0; w < W; ++w) acc[r][w] = _mm512_loadu_ps(o + r * d + 16 * w);
+    if (T) tail[r] = _mm256_loadu_ps(o + r * d + 16 * W);
+  }
+  for (int64_t j = 0; j < kb; ++j) {
+    __m512 b[W > 0 ? W : 1];
+#pragma GCC unroll 4
+    for (int w = 0; w < W; ++w) b[w] = _mm512_loadu_ps(v + j * d + 16 * w);
+    const __m256 bt = T ? _mm256_loadu_ps(v + j * d + 16 * W) : _mm256_setzero_ps();
+#pragma GCC unroll 6
+    for (int r = 0; r < R; ++r) {
+      const float pr = p[r * ldp + j];
+#pragma GCC unroll 4
+      for (int w = 0; w < W; ++w) acc[r][w] = _mm512_fmadd_ps(_mm512_set1_ps(pr), b[w], acc[r][w]);
+      if (T) tail[r] = _mm256_fmadd_ps(_mm256_set1_ps(pr), bt, tail[r]);
+    }
+  }
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int w = 0; w < W; ++w) _mm512_storeu_ps(o + r * d + 16 * w, acc[r][w]);
+    if (T) _mm256_storeu_ps(o + r * d + 16 * W, tail[r]);
+  }
+}
+
+// Row counts 1..N as template arguments: table[r - 1] is fn<r>.
+template <template <int> class F, int... Is>
+constexpr auto row_table(std::integer_sequence<int, Is...>) {
+  return std::array<decltype(&F<1>::run), sizeof...(Is)>{&F<Is + 1>::run...};
+}
+
+template <int P>
+struct Qk {
+  template <int R>
+  struct At {
+    LDM_AVX512 static void run(const float* q, int64_t d, const float* kt, float* s, int64_t lds) {
+      qk_tile<R, P>(q, d, kt, s, lds);
+    }
+  };
+};
+
+template <int W, bool T>
+struct Pv {
+  template <int R>
+  struct At {
+    LDM_AVX512 static void run(const float* p, int64_t ldp, const float* v, int64_t d, int64_t kb, float* o) {
+      pv_tile<R, W, T>(p, ldp, v, d, kb, o);
+    }
+  };
+};
+
+// s[rows x kb] = q[rows x d] k^T; kb a multiple of 16 (32 keys at a time, a
+// last panel of 16 alone).
+LDM_AVX512 void qk_block(const float* q, int64_t rows, int64_t d, const float* kt, int64_t kb, float* s, int64_t lds) {
+  static constexpr auto two = row_table<Qk<2>::At>(std::make_integer_sequence<int, kQkRows>());
+  static constexpr auto one = row_table<Qk<1>::At>(std::make_integer_sequence<int, kQkRows>());
+  for (int64_t i = 0; i < rows; i += kQkRows) {
+    const int64_t r = rows - i < kQkRows ? rows - i : kQkRows;
+    int64_t j = 0;
+    for (; j + 32 <= kb; j += 32) two[r - 1](q + i * d, d, kt + j * d, s + i * lds + j, lds);
+    if (j < kb) one[r - 1](q + i * d, d, kt + j * d, s + i * lds + j, lds);
+  }
+}
+
+// o[rows x d] += p[rows x kb] v[kb x d]: 64 columns at a time, then the rest
+// (8 to 56: W columns of 16 and maybe a last 8).
+LDM_AVX512 void pv_block(const float* p, int64_t rows, int64_t ldp, const float* v, int64_t d, int64_t kb, float* o) {
+  using Fn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*);
+  static constexpr auto w4 = row_table<Pv<4, false>::At>(std::make_integer_sequence<int, kPvRows>());
+  static constexpr std::array<std::array<Fn, kPvRows>, 8> rest = {
+      std::array<Fn, kPvRows>{},  // 0: nothing left
+      row_table<Pv<0, true>::At>(std::make_integer_sequence<int, kPvRows>()),
+      row_table<Pv<1, false>::At>(std::make_integer_sequence<int, kPvRows>()),
+      row_table<Pv<1, true>::At>(std::make_integer_sequence<int, kPvRows>()),
+      row_table<Pv<2, false>::At>(std::make_integer_sequence<int, kPvRows>()),
+      row_table<Pv<2, true>::At>(std::make_integer_sequence<int, kPvRows>()),
+      row_table<Pv<3, false>::At>(std::make_integer_sequence<int, kPvRows>()),
+      row_table<Pv<3, true>::At>(std::make_integer_sequence<int, kPvRows>())};
+  for (int64_t i = 0; i < rows; i += kPvRows) {
+    const int64_t r = rows - i < kPvRows ? rows - i : kPvRows;
+    int64_t c = 0;
+    for (; c + 64 <= d; c += 64) w4[r - 1](p + i * ldp, ldp, v + c, d, kb, o + i * d + c);
+    if (c < d) rest[(d - c) / 8][r - 1](p + i * ldp, ldp, v + c, d, kb, o + i * d + c);
+  }
+}
+
+}  // namespace
+
+bool flash_attention_avx512_available() {
+  return flash_attention_available() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
+}
+
+LDM_AVX512 void flash_attention_rows_avx512(const float* q, const float* kt, const float* v, float* out, int64_t r0,
+                                            int64_t r1, int64_t M, int64_t Mp, int64_t d, float* scratch) {
+  attention_rows_f32(q, kt, v, out, r0, r1, M, Mp, d, scratch, qk_block, online_softmax16, pv_block);
+}
+
+}  // namespace ldm
