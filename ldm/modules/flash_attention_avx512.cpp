@@ -3,9 +3,6 @@
 // score tile is 12 rows x 32 keys and an output tile 6 rows x 64 columns. A
 // CPU that splits 512-bit FMAs in two (Zen 4) gains in instructions per FLOP
 // (broadcasts, loads, the softmax's passes), not in FLOP rate.
-#include <array>
-#include <utility>
-
 #include "ldm/modules/flash_attention_kernel.h"
 #include "ldm/modules/flash_attention_simd.h"
 
@@ -26,13 +23,8 @@ LDM_AVX512 inline __m512 exp2_ps16(__m512 x) {
   x = _mm512_min_ps(_mm512_set1_ps(126.0f), x);
   const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m512 f = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(1.535336188319500e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.339887440266574e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.618437357674640e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.550332471162809e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.402264791363012e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.931472028550421e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  __m512 p = _mm512_set1_ps(kExp2Poly[0]);
+  for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[i]));
   return _mm512_scalef_ps(p, n);
 }
 
@@ -116,12 +108,6 @@ LDM_AVX512 inline void pv_tile(const float* p, int64_t ldp, const float* v, int6
     for (int w = 0; w < W; ++w) _mm512_storeu_ps(o + r * d + 16 * w, acc[r][w]);
     if (T) _mm256_storeu_ps(o + r * d + 16 * W, tail[r]);
   }
-}
-
-// Row counts 1..N as template arguments: table[r - 1] is fn<r>.
-template <template <int> class F, int... Is>
-constexpr auto row_table(std::integer_sequence<int, Is...>) {
-  return std::array<decltype(&F<1>::run), sizeof...(Is)>{&F<Is + 1>::run...};
 }
 
 template <int P>

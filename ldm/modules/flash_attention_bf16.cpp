@@ -1,9 +1,12 @@
-// The fused attention kernel in bf16: the float32 kernel's tiling and online
-// softmax (flash_attention_simd.h), with both products on AVX512-BF16's
-// VDPBF16PS (pairs of bf16 multiplied and summed into float32 lanes, twice
-// the FLOPs per instruction of an FMA). Scores, softmax and the output
-// accumulator stay float32; the probabilities are rounded to bf16 for p v.
+// The fused attention kernel in bf16: the float32 kernels' tiling and online
+// softmax (flash_attention_simd.h; the tiles of flash_attention_avx512.cpp),
+// with both products on AVX512-BF16's VDPBF16PS (pairs of bf16 multiplied and
+// summed into float32 lanes, twice the FLOPs per instruction of an FMA).
+// Scores, softmax and the output accumulator stay float32; the probabilities
+// are rounded to bf16 for p v.
+#include <array>
 #include <cstring>
+#include <utility>
 
 #include "ldm/modules/flash_attention_kernel.h"
 #include "ldm/modules/flash_attention_simd.h"
@@ -15,14 +18,20 @@ namespace ldm {
 namespace {
 using namespace flash;
 
-// Two bf16 at p as one 32-bit lane, repeated in all eight.
-LDM_BF16 inline __m256bh pair_bcast(const uint16_t* p) {
+constexpr int kQkRows = 12;  // score tile rows: 12 x 2 accumulators (32 keys)
+constexpr int kPvRows = 6;   // output tile rows: 6 x 4 accumulators (64 columns)
+
+// Two bf16 at p as one 32-bit lane, repeated in all lanes.
+LDM_BF16 inline __m512bh pair_bcast(const uint16_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return (__m512bh)_mm512_set1_epi32(v);
+}
+LDM_BF16 inline __m256bh pair_bcast8(const uint16_t* p) {
   int32_t v;
   std::memcpy(&v, p, 4);
   return (__m256bh)_mm256_set1_epi32(v);
 }
-
-LDM_BF16 inline __m256bh load_bh(const uint16_t* p) { return (__m256bh)_mm256_loadu_si256((const __m256i*)p); }
 
 // Eight float32 to bf16 (round to nearest even) at dst.
 LDM_BF16 inline void store_bf16(uint16_t* dst, __m256 v) {
@@ -33,116 +42,155 @@ LDM_BF16 inline void store_bf16(uint16_t* dst, __m256 v) {
 // towards minimax; Cephes' degree 6 in the float32 kernel): the
 // probabilities are rounded to bf16 (2^-9) anyway, and the exp is a third of
 // this kernel's time. Range and NaN handling as exp2_ps.
-LDM_BF16 inline __m256 exp2_ps_bf16(__m256 x) {
-  x = _mm256_max_ps(_mm256_set1_ps(-126.0f), x);
-  x = _mm256_min_ps(_mm256_set1_ps(126.0f), x);
-  const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m256 f = _mm256_sub_ps(x, n);
-  __m256 p = _mm256_set1_ps(0.05517027f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.24260795f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.69326093f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(0.99992828f));
-  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+LDM_BF16 inline __m512 exp2_ps_bf16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-126.0f), x);
+  x = _mm512_min_ps(_mm512_set1_ps(126.0f), x);
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(0.05517027f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.24260795f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.69326093f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(0.99992828f));
+  return _mm512_scalef_ps(p, n);
 }
 
-// The online softmax of flash_attention_simd.h, with the probabilities
-// written to p in bf16 by the exp pass itself (one pass over the scores less).
+// The online softmax of flash_attention_simd.h, 16 lanes at a time, with the
+// probabilities written to p in bf16 by the exp pass itself (one pass over
+// the scores less). kb a multiple of 16.
 LDM_BF16 void online_softmax_bf16(float* s, int64_t rows, int64_t lds, int64_t kb, int64_t valid, float* m, float* l,
                                   float* o, int64_t d, uint16_t* p) {
   for (int64_t i = 0; i < rows; ++i) {
     float* row = s + i * lds;
-    const float m_new = block_max(row, kb, valid, m[i]);
+    for (int64_t j = valid; j < kb; ++j) row[j] = -INFINITY;
+    __m512 mx = _mm512_set1_ps(-INFINITY);
+    for (int64_t j = 0; j < kb; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(row + j));
+    const float bm = _mm512_reduce_max_ps(mx);
+    const float m_new = bm > m[i] ? bm : m[i];
     const float alpha = std::exp2(m[i] - m_new);
-    const __m256 mv = _mm256_set1_ps(m_new);
-    __m256 sum = _mm256_setzero_ps();
-    for (int64_t j = 0; j < kb; j += 8) {
-      const __m256 e = exp2_ps_bf16(_mm256_sub_ps(_mm256_loadu_ps(row + j), mv));
-      store_bf16(p + i * lds + j, e);
-      sum = _mm256_add_ps(sum, e);
+    const __m512 mv = _mm512_set1_ps(m_new);
+    __m512 sum = _mm512_setzero_ps();
+    for (int64_t j = 0; j < kb; j += 16) {
+      const __m512 e = exp2_ps_bf16(_mm512_sub_ps(_mm512_loadu_ps(row + j), mv));
+      _mm256_storeu_si256((__m256i*)(p + i * lds + j), (__m256i)_mm512_cvtneps_pbh(e));
+      sum = _mm512_add_ps(sum, e);
     }
-    l[i] = l[i] * alpha + hsum(sum);
+    l[i] = l[i] * alpha + _mm512_reduce_add_ps(sum);
     m[i] = m_new;
     rescale_row(o + i * d, d, alpha);
   }
 }
 
-// s[R x 16] = q[R x d] k^T for a 16-key panel stored [d / 2][16][2]: a
-// dimension pair of 16 keys per 32 bf16.
-template <int R>
+// s[R x 16P] = q[R x d] k^T for P consecutive 16-key panels, each stored
+// [d / 2][16][2]: a dimension pair of 16 keys per 32 bf16 (one register).
+template <int R, int P>
 LDM_BF16 inline void qk_tile(const uint16_t* q, int64_t d, const uint16_t* kt, float* s, int64_t lds) {
-  __m256 a0[R], a1[R];
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r) a0[r] = a1[r] = _mm256_setzero_ps();
+  __m512 acc[R][P];
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int p = 0; p < P; ++p) acc[r][p] = _mm512_setzero_ps();
   for (int64_t c = 0; c < d; c += 2) {
-    const __m256bh b0 = load_bh(kt + c * 16), b1 = load_bh(kt + c * 16 + 16);
+    __m512bh b[P];
+#pragma GCC unroll 2
+    for (int p = 0; p < P; ++p) b[p] = (__m512bh)_mm512_loadu_si512(kt + p * 16 * d + c * 16);
+#pragma GCC unroll 12
+    for (int r = 0; r < R; ++r) {
+      const __m512bh a = pair_bcast(q + r * d + c);
+#pragma GCC unroll 2
+      for (int p = 0; p < P; ++p) acc[r][p] = _mm512_dpbf16_ps(acc[r][p], a, b[p]);
+    }
+  }
+#pragma GCC unroll 12
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 2
+    for (int p = 0; p < P; ++p) _mm512_storeu_ps(s + r * lds + 16 * p, acc[r][p]);
+}
+
+// o[R x (16W + 8T)] += p[R x kb] v for values stored in key pairs
+// [kb / 2][d][2] (v at this tile's first column pair; o's rows d apart): W
+// columns of 16 and, when T, a last 8.
+template <int R, int W, bool T>
+LDM_BF16 inline void pv_tile(const uint16_t* p, int64_t ldp, const uint16_t* v, int64_t d, int64_t kb, float* o) {
+  __m512 acc[R][W > 0 ? W : 1];
+  __m256 tail[R];
+#pragma GCC unroll 6
+  for (int r = 0; r < R; ++r) {
+#pragma GCC unroll 4
+    for (int w = 0; w < W; ++w) acc[r][w] = _mm512_loadu_ps(o + r * d + 16 * w);
+    if (T) tail[r] = _mm256_loadu_ps(o + r * d + 16 * W);
+  }
+  for (int64_t j = 0; j < kb; j += 2) {
+    __m512bh b[W > 0 ? W : 1];
+#pragma GCC unroll 4
+    for (int w = 0; w < W; ++w) b[w] = (__m512bh)_mm512_loadu_si512(v + j * d + 32 * w);
+    const __m256bh bt = T ? (__m256bh)_mm256_loadu_si256((const __m256i*)(v + j * d + 32 * W)) : __m256bh{};
 #pragma GCC unroll 6
     for (int r = 0; r < R; ++r) {
-      const __m256bh a = pair_bcast(q + r * d + c);
-      a0[r] = _mm256_dpbf16_ps(a0[r], a, b0);
-      a1[r] = _mm256_dpbf16_ps(a1[r], a, b1);
+#pragma GCC unroll 4
+      for (int w = 0; w < W; ++w) acc[r][w] = _mm512_dpbf16_ps(acc[r][w], pair_bcast(p + r * ldp + j), b[w]);
+      if (T) tail[r] = _mm256_dpbf16_ps(tail[r], pair_bcast8(p + r * ldp + j), bt);
     }
   }
 #pragma GCC unroll 6
   for (int r = 0; r < R; ++r) {
-    _mm256_storeu_ps(s + r * lds, a0[r]);
-    _mm256_storeu_ps(s + r * lds + 8, a1[r]);
+#pragma GCC unroll 4
+    for (int w = 0; w < W; ++w) _mm512_storeu_ps(o + r * d + 16 * w, acc[r][w]);
+    if (T) _mm256_storeu_ps(o + r * d + 16 * W, tail[r]);
   }
 }
 
-// o[R x 8W] += p[R x kb] v for values stored in key pairs [kb / 2][d][2]
-// (v points at this tile's first column pair; o's rows d apart).
-template <int R, int W>
-LDM_BF16 inline void pv_tile(const uint16_t* p, int64_t ldp, const uint16_t* v, int64_t d, int64_t kb, float* o) {
-  __m256 acc[R][W];
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 2
-    for (int w = 0; w < W; ++w) acc[r][w] = _mm256_loadu_ps(o + r * d + 8 * w);
-  for (int64_t j = 0; j < kb; j += 2) {
-    __m256bh b[W];
-#pragma GCC unroll 2
-    for (int w = 0; w < W; ++w) b[w] = load_bh(v + j * d + 16 * w);
-#pragma GCC unroll 6
-    for (int r = 0; r < R; ++r) {
-      const __m256bh a = pair_bcast(p + r * ldp + j);
-#pragma GCC unroll 2
-      for (int w = 0; w < W; ++w) acc[r][w] = _mm256_dpbf16_ps(acc[r][w], a, b[w]);
+template <int P>
+struct Qk {
+  template <int R>
+  struct At {
+    LDM_BF16 static void run(const uint16_t* q, int64_t d, const uint16_t* kt, float* s, int64_t lds) {
+      qk_tile<R, P>(q, d, kt, s, lds);
     }
-  }
-#pragma GCC unroll 6
-  for (int r = 0; r < R; ++r)
-#pragma GCC unroll 2
-    for (int w = 0; w < W; ++w) _mm256_storeu_ps(o + r * d + 8 * w, acc[r][w]);
-}
+  };
+};
 
+template <int W, bool T>
+struct Pv {
+  template <int R>
+  struct At {
+    LDM_BF16 static void run(const uint16_t* p, int64_t ldp, const uint16_t* v, int64_t d, int64_t kb, float* o) {
+      pv_tile<R, W, T>(p, ldp, v, d, kb, o);
+    }
+  };
+};
+
+// s[rows x kb] = q k^T, 32 keys at a time and a last panel of 16 alone.
 LDM_BF16 void qk_block(const uint16_t* q, int64_t rows, int64_t d, const uint16_t* kt, int64_t kb, float* s,
                        int64_t lds) {
-  for (int64_t i = 0; i < rows; i += kRows) {
-    const int64_t r = rows - i < kRows ? rows - i : kRows;
-    for (int64_t j = 0; j < kb; j += 16) {
-#define LDM_QK(R) qk_tile<R>(q + i * d, d, kt + j * d, s + i * lds + j, lds)
-      LDM_BY_ROWS(r, LDM_QK)
-#undef LDM_QK
-    }
+  static constexpr auto two = row_table<Qk<2>::At>(std::make_integer_sequence<int, kQkRows>());
+  static constexpr auto one = row_table<Qk<1>::At>(std::make_integer_sequence<int, kQkRows>());
+  for (int64_t i = 0; i < rows; i += kQkRows) {
+    const int64_t r = rows - i < kQkRows ? rows - i : kQkRows;
+    int64_t j = 0;
+    for (; j + 32 <= kb; j += 32) two[r - 1](q + i * d, d, kt + j * d, s + i * lds + j, lds);
+    if (j < kb) one[r - 1](q + i * d, d, kt + j * d, s + i * lds + j, lds);
   }
 }
 
+// o[rows x d] += p v: 64 columns at a time, then the rest (8 to 56).
 LDM_BF16 void pv_block(const uint16_t* p, int64_t rows, int64_t ldp, const uint16_t* v, int64_t d, int64_t kb,
                        float* o) {
-  for (int64_t i = 0; i < rows; i += kRows) {
-    const int64_t r = rows - i < kRows ? rows - i : kRows;
+  using Fn = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t, int64_t, float*);
+  static constexpr auto w4 = row_table<Pv<4, false>::At>(std::make_integer_sequence<int, kPvRows>());
+  static constexpr std::array<std::array<Fn, kPvRows>, 8> rest = {
+      std::array<Fn, kPvRows>{},  // 0: nothing left
+      row_table<Pv<0, true>::At>(std::make_integer_sequence<int, kPvRows>()),
+      row_table<Pv<1, false>::At>(std::make_integer_sequence<int, kPvRows>()),
+      row_table<Pv<1, true>::At>(std::make_integer_sequence<int, kPvRows>()),
+      row_table<Pv<2, false>::At>(std::make_integer_sequence<int, kPvRows>()),
+      row_table<Pv<2, true>::At>(std::make_integer_sequence<int, kPvRows>()),
+      row_table<Pv<3, false>::At>(std::make_integer_sequence<int, kPvRows>()),
+      row_table<Pv<3, true>::At>(std::make_integer_sequence<int, kPvRows>())};
+  for (int64_t i = 0; i < rows; i += kPvRows) {
+    const int64_t r = rows - i < kPvRows ? rows - i : kPvRows;
     int64_t c = 0;
-    for (; c + 16 <= d; c += 16) {
-#define LDM_PV2(R) pv_tile<R, 2>(p + i * ldp, ldp, v + 2 * c, d, kb, o + i * d + c)
-      LDM_BY_ROWS(r, LDM_PV2)
-#undef LDM_PV2
-    }
-    if (c < d) {
-#define LDM_PV1(R) pv_tile<R, 1>(p + i * ldp, ldp, v + 2 * c, d, kb, o + i * d + c)
-      LDM_BY_ROWS(r, LDM_PV1)
-#undef LDM_PV1
-    }
+    for (; c + 64 <= d; c += 64) w4[r - 1](p + i * ldp, ldp, v + 2 * c, d, kb, o + i * d + c);
+    if (c < d) rest[(d - c) / 8][r - 1](p + i * ldp, ldp, v + 2 * c, d, kb, o + i * d + c);
   }
 }
 }  // namespace

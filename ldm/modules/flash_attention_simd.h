@@ -7,8 +7,10 @@
 #pragma once
 #include <immintrin.h>
 
+#include <array>
 #include <cmath>
 #include <cstdint>
+#include <utility>
 
 // The build targets baseline x86-64: these functions carry AVX2/FMA
 // themselves and run only where the kernels' *_available() say so.
@@ -25,6 +27,12 @@ inline int64_t key_block(int64_t d) {
   return kb < 16 ? 16 : (kb > 256 ? 256 : kb);
 }
 
+// Row counts 1..N as template arguments: table[r - 1] is fn<r>.
+template <template <int> class F, int... Is>
+constexpr auto row_table(std::integer_sequence<int, Is...>) {
+  return std::array<decltype(&F<1>::run), sizeof...(Is)>{&F<Is + 1>::run...};
+}
+
 #define LDM_BY_ROWS(r, call) \
   switch (r) {               \
     case 6: call(6); break;  \
@@ -35,6 +43,10 @@ inline int64_t key_block(int64_t d) {
     default: call(1); break; \
   }
 
+// Cephes' exp2f polynomial for 2^f on [-0.5, 0.5], highest power first.
+constexpr float kExp2Poly[7] = {1.535336188319500e-4f, 1.339887440266574e-3f, 9.618437357674640e-3f,
+                                5.550332471162809e-2f, 2.402264791363012e-1f, 6.931472028550421e-1f, 1.0f};
+
 // 2^x: Cephes' exp2f polynomial on [-0.5, 0.5] (relative error ~1e-7) times
 // 2^round(x) built in the exponent bits. NaN passes through (max/min return
 // their second operand for NaN).
@@ -43,13 +55,8 @@ LDM_AVX2 inline __m256 exp2_ps(__m256 x) {
   x = _mm256_min_ps(_mm256_set1_ps(126.0f), x);
   const __m256 n = _mm256_round_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 f = _mm256_sub_ps(x, n);
-  __m256 p = _mm256_set1_ps(1.535336188319500e-4f);
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.339887440266574e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(9.618437357674640e-3f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(5.550332471162809e-2f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.402264791363012e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(6.931472028550421e-1f));
-  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.0f));
+  __m256 p = _mm256_set1_ps(kExp2Poly[0]);
+  for (int i = 1; i < 7; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2Poly[i]));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
