@@ -13,9 +13,6 @@ namespace ldm {
 namespace {
 using namespace flash;
 
-constexpr int kQkRows = 12;  // score tile rows: 12 x 2 accumulators (32 keys)
-constexpr int kPvRows = 6;   // output tile rows: 6 x 4 accumulators (64 columns)
-
 // exp2_ps of flash_attention_simd.h in 16 lanes (the same polynomial, range
 // and NaN behaviour); VSCALEFPS puts 2^n in the exponent.
 LDM_AVX512 inline __m512 exp2_ps16(__m512 x) {
@@ -110,60 +107,17 @@ LDM_AVX512 inline void pv_tile(const float* p, int64_t ldp, const float* v, int6
   }
 }
 
-template <int P>
-struct Qk {
-  template <int R>
-  struct At {
-    LDM_AVX512 static void run(const float* q, int64_t d, const float* kt, float* s, int64_t lds) {
-      qk_tile<R, P>(q, d, kt, s, lds);
-    }
-  };
-};
-
-template <int W, bool T>
-struct Pv {
-  template <int R>
-  struct At {
-    LDM_AVX512 static void run(const float* p, int64_t ldp, const float* v, int64_t d, int64_t kb, float* o) {
-      pv_tile<R, W, T>(p, ldp, v, d, kb, o);
-    }
-  };
-};
-
-// s[rows x kb] = q[rows x d] k^T; kb a multiple of 16 (32 keys at a time, a
-// last panel of 16 alone).
-LDM_AVX512 void qk_block(const float* q, int64_t rows, int64_t d, const float* kt, int64_t kb, float* s, int64_t lds) {
-  static constexpr auto two = row_table<Qk<2>::At>(std::make_integer_sequence<int, kQkRows>());
-  static constexpr auto one = row_table<Qk<1>::At>(std::make_integer_sequence<int, kQkRows>());
-  for (int64_t i = 0; i < rows; i += kQkRows) {
-    const int64_t r = rows - i < kQkRows ? rows - i : kQkRows;
-    int64_t j = 0;
-    for (; j + 32 <= kb; j += 32) two[r - 1](q + i * d, d, kt + j * d, s + i * lds + j, lds);
-    if (j < kb) one[r - 1](q + i * d, d, kt + j * d, s + i * lds + j, lds);
+struct Tiles {
+  template <int R, int P>
+  LDM_AVX512 static void qk(const float* q, int64_t d, const float* kt, float* s, int64_t lds) {
+    qk_tile<R, P>(q, d, kt, s, lds);
   }
-}
-
-// o[rows x d] += p[rows x kb] v[kb x d]: 64 columns at a time, then the rest
-// (8 to 56: W columns of 16 and maybe a last 8).
-LDM_AVX512 void pv_block(const float* p, int64_t rows, int64_t ldp, const float* v, int64_t d, int64_t kb, float* o) {
-  using Fn = void (*)(const float*, int64_t, const float*, int64_t, int64_t, float*);
-  static constexpr auto w4 = row_table<Pv<4, false>::At>(std::make_integer_sequence<int, kPvRows>());
-  static constexpr std::array<std::array<Fn, kPvRows>, 8> rest = {
-      std::array<Fn, kPvRows>{},  // 0: nothing left
-      row_table<Pv<0, true>::At>(std::make_integer_sequence<int, kPvRows>()),
-      row_table<Pv<1, false>::At>(std::make_integer_sequence<int, kPvRows>()),
-      row_table<Pv<1, true>::At>(std::make_integer_sequence<int, kPvRows>()),
-      row_table<Pv<2, false>::At>(std::make_integer_sequence<int, kPvRows>()),
-      row_table<Pv<2, true>::At>(std::make_integer_sequence<int, kPvRows>()),
-      row_table<Pv<3, false>::At>(std::make_integer_sequence<int, kPvRows>()),
-      row_table<Pv<3, true>::At>(std::make_integer_sequence<int, kPvRows>())};
-  for (int64_t i = 0; i < rows; i += kPvRows) {
-    const int64_t r = rows - i < kPvRows ? rows - i : kPvRows;
-    int64_t c = 0;
-    for (; c + 64 <= d; c += 64) w4[r - 1](p + i * ldp, ldp, v + c, d, kb, o + i * d + c);
-    if (c < d) rest[(d - c) / 8][r - 1](p + i * ldp, ldp, v + c, d, kb, o + i * d + c);
+  template <int R, int W, bool T>
+  LDM_AVX512 static void pv(const float* p, int64_t ldp, const float* v, int64_t d, int64_t kb, float* o) {
+    pv_tile<R, W, T>(p, ldp, v, d, kb, o);
   }
-}
+};
+using Blocks = Blocks16<Tiles, float, 1>;
 
 }  // namespace
 
@@ -174,7 +128,7 @@ bool flash_attention_avx512_available() {
 
 LDM_AVX512 void flash_attention_rows_avx512(const float* q, const float* kt, const float* v, float* out, int64_t r0,
                                             int64_t r1, int64_t M, int64_t Mp, int64_t d, float* scratch) {
-  attention_rows_f32(q, kt, v, out, r0, r1, M, Mp, d, scratch, qk_block, online_softmax16, pv_block);
+  attention_rows_f32(q, kt, v, out, r0, r1, M, Mp, d, scratch, Blocks::qk_block, online_softmax16, Blocks::pv_block);
 }
 
 }  // namespace ldm

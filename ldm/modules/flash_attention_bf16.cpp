@@ -4,9 +4,7 @@
 // summed into float32 lanes, twice the FLOPs per instruction of an FMA).
 // Scores, softmax and the output accumulator stay float32; the probabilities
 // are rounded to bf16 for p v.
-#include <array>
 #include <cstring>
-#include <utility>
 
 #include "ldm/modules/flash_attention_kernel.h"
 #include "ldm/modules/flash_attention_simd.h"
@@ -17,9 +15,6 @@ namespace ldm {
 
 namespace {
 using namespace flash;
-
-constexpr int kQkRows = 12;  // score tile rows: 12 x 2 accumulators (32 keys)
-constexpr int kPvRows = 6;   // output tile rows: 6 x 4 accumulators (64 columns)
 
 // Two bf16 at p as one 32-bit lane, repeated in all lanes.
 LDM_BF16 inline __m512bh pair_bcast(const uint16_t* p) {
@@ -139,60 +134,18 @@ LDM_BF16 inline void pv_tile(const uint16_t* p, int64_t ldp, const uint16_t* v, 
   }
 }
 
-template <int P>
-struct Qk {
-  template <int R>
-  struct At {
-    LDM_BF16 static void run(const uint16_t* q, int64_t d, const uint16_t* kt, float* s, int64_t lds) {
-      qk_tile<R, P>(q, d, kt, s, lds);
-    }
-  };
-};
-
-template <int W, bool T>
-struct Pv {
-  template <int R>
-  struct At {
-    LDM_BF16 static void run(const uint16_t* p, int64_t ldp, const uint16_t* v, int64_t d, int64_t kb, float* o) {
-      pv_tile<R, W, T>(p, ldp, v, d, kb, o);
-    }
-  };
-};
-
-// s[rows x kb] = q k^T, 32 keys at a time and a last panel of 16 alone.
-LDM_BF16 void qk_block(const uint16_t* q, int64_t rows, int64_t d, const uint16_t* kt, int64_t kb, float* s,
-                       int64_t lds) {
-  static constexpr auto two = row_table<Qk<2>::At>(std::make_integer_sequence<int, kQkRows>());
-  static constexpr auto one = row_table<Qk<1>::At>(std::make_integer_sequence<int, kQkRows>());
-  for (int64_t i = 0; i < rows; i += kQkRows) {
-    const int64_t r = rows - i < kQkRows ? rows - i : kQkRows;
-    int64_t j = 0;
-    for (; j + 32 <= kb; j += 32) two[r - 1](q + i * d, d, kt + j * d, s + i * lds + j, lds);
-    if (j < kb) one[r - 1](q + i * d, d, kt + j * d, s + i * lds + j, lds);
+struct Tiles {
+  template <int R, int P>
+  LDM_BF16 static void qk(const uint16_t* q, int64_t d, const uint16_t* kt, float* s, int64_t lds) {
+    qk_tile<R, P>(q, d, kt, s, lds);
   }
-}
-
-// o[rows x d] += p v: 64 columns at a time, then the rest (8 to 56).
-LDM_BF16 void pv_block(const uint16_t* p, int64_t rows, int64_t ldp, const uint16_t* v, int64_t d, int64_t kb,
-                       float* o) {
-  using Fn = void (*)(const uint16_t*, int64_t, const uint16_t*, int64_t, int64_t, float*);
-  static constexpr auto w4 = row_table<Pv<4, false>::At>(std::make_integer_sequence<int, kPvRows>());
-  static constexpr std::array<std::array<Fn, kPvRows>, 8> rest = {
-      std::array<Fn, kPvRows>{},  // 0: nothing left
-      row_table<Pv<0, true>::At>(std::make_integer_sequence<int, kPvRows>()),
-      row_table<Pv<1, false>::At>(std::make_integer_sequence<int, kPvRows>()),
-      row_table<Pv<1, true>::At>(std::make_integer_sequence<int, kPvRows>()),
-      row_table<Pv<2, false>::At>(std::make_integer_sequence<int, kPvRows>()),
-      row_table<Pv<2, true>::At>(std::make_integer_sequence<int, kPvRows>()),
-      row_table<Pv<3, false>::At>(std::make_integer_sequence<int, kPvRows>()),
-      row_table<Pv<3, true>::At>(std::make_integer_sequence<int, kPvRows>())};
-  for (int64_t i = 0; i < rows; i += kPvRows) {
-    const int64_t r = rows - i < kPvRows ? rows - i : kPvRows;
-    int64_t c = 0;
-    for (; c + 64 <= d; c += 64) w4[r - 1](p + i * ldp, ldp, v + 2 * c, d, kb, o + i * d + c);
-    if (c < d) rest[(d - c) / 8][r - 1](p + i * ldp, ldp, v + 2 * c, d, kb, o + i * d + c);
+  template <int R, int W, bool T>
+  LDM_BF16 static void pv(const uint16_t* p, int64_t ldp, const uint16_t* v, int64_t d, int64_t kb, float* o) {
+    pv_tile<R, W, T>(p, ldp, v, d, kb, o);
   }
-}
+};
+using Blocks = Blocks16<Tiles, uint16_t, 2>;
+
 }  // namespace
 
 bool flash_attention_bf16_available() {
@@ -218,9 +171,9 @@ LDM_BF16 void flash_attention_rows_bf16(const uint16_t* q, const uint16_t* kt, c
     for (int64_t c = 0; c < rows * d; ++c) o[c] = 0.0f;
     for (int64_t j0 = 0; j0 < Mp; j0 += kb_max) {
       const int64_t kb = Mp - j0 < kb_max ? Mp - j0 : kb_max;
-      qk_block(q + i0 * d, rows, d, kt + j0 * d, kb, s, kb_max);
+      Blocks::qk_block(q + i0 * d, rows, d, kt + j0 * d, kb, s, kb_max);
       online_softmax_bf16(s, rows, kb_max, kb, M - j0 < kb ? M - j0 : kb, m, l, o, d, p);
-      pv_block(p, rows, kb_max, v + j0 * d, d, kb, o);
+      Blocks::pv_block(p, rows, kb_max, v + j0 * d, d, kb, o);
     }
     for (int64_t i = 0; i < rows; ++i) {
       const __m256 inv = _mm256_set1_ps(1.0f / l[i]);

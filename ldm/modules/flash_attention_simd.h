@@ -27,11 +27,56 @@ inline int64_t key_block(int64_t d) {
   return kb < 16 ? 16 : (kb > 256 ? 256 : kb);
 }
 
-// Row counts 1..N as template arguments: table[r - 1] is fn<r>.
-template <template <int> class F, int... Is>
-constexpr auto row_table(std::integer_sequence<int, Is...>) {
-  return std::array<decltype(&F<1>::run), sizeof...(Is)>{&F<Is + 1>::run...};
-}
+// The 512-bit kernels' block loops (float32: flash_attention_avx512.cpp,
+// bf16: flash_attention_bf16.cpp), through tables of tile functions, one per
+// row count. Score tiles: up to 12 rows x 32 keys (a last 16-key panel
+// alone); output tiles: up to 6 rows x 64 columns, then the rest (8 to 56: W
+// columns of 16 and maybe a last 8). Tiles: static qk<R, P> (P panels of 16
+// keys) and pv<R, W, T>; E: the operands' element type; VS: v's elements per
+// column (bf16 key pairs: 2). The tiles carry their own CPU targets.
+template <class Tiles, class E, int VS>
+struct Blocks16 {
+  static constexpr int kQkRows = 12, kPvRows = 6;
+  using QkFn = void (*)(const E*, int64_t, const E*, float*, int64_t);
+  using PvFn = void (*)(const E*, int64_t, const E*, int64_t, int64_t, float*);
+  template <int P, int... Rs>
+  static constexpr std::array<QkFn, sizeof...(Rs)> qk_table(std::integer_sequence<int, Rs...>) {
+    return {&Tiles::template qk<Rs + 1, P>...};
+  }
+  template <int W, bool T, int... Rs>
+  static constexpr std::array<PvFn, sizeof...(Rs)> pv_table(std::integer_sequence<int, Rs...>) {
+    return {&Tiles::template pv<Rs + 1, W, T>...};
+  }
+
+  // s[rows x kb] = q[rows x d] k^T; kb a multiple of 16.
+  static void qk_block(const E* q, int64_t rows, int64_t d, const E* kt, int64_t kb, float* s, int64_t lds) {
+    static constexpr auto two = qk_table<2>(std::make_integer_sequence<int, kQkRows>());
+    static constexpr auto one = qk_table<1>(std::make_integer_sequence<int, kQkRows>());
+    for (int64_t i = 0; i < rows; i += kQkRows) {
+      const int64_t r = rows - i < kQkRows ? rows - i : kQkRows;
+      int64_t j = 0;
+      for (; j + 32 <= kb; j += 32) two[r - 1](q + i * d, d, kt + j * d, s + i * lds + j, lds);
+      if (j < kb) one[r - 1](q + i * d, d, kt + j * d, s + i * lds + j, lds);
+    }
+  }
+
+  // o[rows x d] += p[rows x kb] v[kb x d]
+  static void pv_block(const E* p, int64_t rows, int64_t ldp, const E* v, int64_t d, int64_t kb, float* o) {
+    using Rows = std::make_integer_sequence<int, kPvRows>;
+    static constexpr auto w4 = pv_table<4, false>(Rows());
+    static constexpr std::array<std::array<PvFn, kPvRows>, 8> rest = {
+        std::array<PvFn, kPvRows>{},  // 0: nothing left
+        pv_table<0, true>(Rows()),  pv_table<1, false>(Rows()), pv_table<1, true>(Rows()),
+        pv_table<2, false>(Rows()), pv_table<2, true>(Rows()),  pv_table<3, false>(Rows()),
+        pv_table<3, true>(Rows())};
+    for (int64_t i = 0; i < rows; i += kPvRows) {
+      const int64_t r = rows - i < kPvRows ? rows - i : kPvRows;
+      int64_t c = 0;
+      for (; c + 64 <= d; c += 64) w4[r - 1](p + i * ldp, ldp, v + VS * c, d, kb, o + i * d + c);
+      if (c < d) rest[(d - c) / 8][r - 1](p + i * ldp, ldp, v + VS * c, d, kb, o + i * d + c);
+    }
+  }
+};
 
 #define LDM_BY_ROWS(r, call) \
   switch (r) {               \
