@@ -7,6 +7,18 @@ namespace ldm {
 namespace {
 using namespace flash;
 
+constexpr int64_t kRows = 6;  // query rows per register tile (6 x 16 accumulators: 12 of 16 ymm)
+
+#define LDM_BY_ROWS(r, call) \
+  switch (r) {               \
+    case 6: call(6); break;  \
+    case 5: call(5); break;  \
+    case 4: call(4); break;  \
+    case 3: call(3); break;  \
+    case 2: call(2); break;  \
+    default: call(1); break; \
+  }
+
 // s[R x 16] = q[R x d] kt[d x 16] (a packed panel: rows of 16 in a row).
 template <int R>
 LDM_AVX2 inline void qk_tile(const float* q, int64_t d, const float* kt, float* s, int64_t lds) {

@@ -18,8 +18,7 @@
 
 namespace ldm::flash {
 
-constexpr int64_t kRows = 6;  // query rows per register tile (6 x 16 accumulators: 12 of 16 ymm)
-constexpr int64_t kQB = 48;   // query rows per block
+constexpr int64_t kQB = 48;  // query rows per block
 
 // Key columns per block: a block's keys and values (2 x kb x d floats) stay in L2.
 inline int64_t key_block(int64_t d) {
@@ -77,16 +76,6 @@ struct Blocks16 {
     }
   }
 };
-
-#define LDM_BY_ROWS(r, call) \
-  switch (r) {               \
-    case 6: call(6); break;  \
-    case 5: call(5); break;  \
-    case 4: call(4); break;  \
-    case 3: call(3); break;  \
-    case 2: call(2); break;  \
-    default: call(1); break; \
-  }
 
 // Cephes' exp2f polynomial for 2^f on [-0.5, 0.5], highest power first.
 constexpr float kExp2Poly[7] = {1.535336188319500e-4f, 1.339887440266574e-3f, 9.618437357674640e-3f,

@@ -71,7 +71,7 @@ Settings read_settings(const YAML::Node& cfg) {
   s.accumulate = L.get<int>("accumulate_grad_batches", 1);
   s.grad_clip = L.get<double>("gradient_clip_val", 0.0);
   s.log_every = L.get<int64_t>("log_every_n_steps", 50);
-  if (L.has("precision")) s.precision = L.node("precision").as<std::string>();
+  s.precision = L.get<std::string>("precision", s.precision);
   if (s.precision != "32" && s.precision != "bf16" && s.precision != "16")
     throw Error("lightning.trainer.precision: expected 32, 16 or bf16, got \"" + s.precision + "\"");
   Params T(cfg["training"], "training");

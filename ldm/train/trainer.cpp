@@ -142,7 +142,7 @@ class Run {
   void make_task() {
     auto model = cfg_["model"];
     if (!model) throw Error("config: model is required");
-    const double base_lr = model["base_learning_rate"] ? model["base_learning_rate"].as<double>() : 1e-4;
+    const double base_lr = Params(model, "model").get<double>("base_learning_rate", 1e-4);
     lr_ = s_.scale_lr ? base_lr * s_.batch_size * s_.accumulate * o_.world : base_lr;
     target_ = target_config(model, "model", {"base_learning_rate"}).target;
     task_ = ldm::make_task(cfg_, lr_, s_);

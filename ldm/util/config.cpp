@@ -45,6 +45,7 @@ template <> const char* type_name<std::vector<int>>() { return "a list of intege
 template <> const char* type_name<std::vector<int64_t>>() { return "a list of integers"; }
 template <> const char* type_name<std::vector<double>>() { return "a list of numbers"; }
 template <> const char* type_name<std::vector<std::string>>() { return "a list of strings"; }
+template <> const char* type_name<std::vector<bool>>() { return "a list of true/false"; }
 
 bool scalar_ok(const YAML::Node& n, const char* kind) {
   if (!n.IsScalar()) return false;
@@ -91,7 +92,10 @@ T Params::convert(const YAML::Node& n, const std::string& key) const {
     using E = typename T::value_type;
     T out;
     for (const auto& e : n) {
-      const char* k = std::is_integral_v<E> ? "int" : std::is_same_v<E, double> ? "num" : "str";
+      const char* k = std::is_same_v<E, bool>      ? "bool"
+                      : std::is_integral_v<E>      ? "int"
+                      : std::is_same_v<E, double> ? "num"
+                                                  : "str";
       if (!scalar_ok(e, k)) throw bad();
       out.push_back(e.as<E>());
     }
@@ -128,6 +132,7 @@ LDM_INST(bool)
 LDM_INST(std::string)
 LDM_INST(std::vector<int>)
 LDM_INST(std::vector<int64_t>)
+LDM_INST(std::vector<bool>)
 LDM_INST(std::vector<double>)
 LDM_INST(std::vector<std::string>)
 #undef LDM_INST

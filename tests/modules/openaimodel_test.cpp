@@ -118,6 +118,37 @@ TEST(UNet, ConfigErrorsNameTheKey) {
   EXPECT_THROW(instantiate_from_config(parse_yaml("target: ldm.Nope\nparams: {}", "t"), "model"), Error);
 }
 
+// SD 2's per-level lists: a level's disabled self-attention attends to the
+// context instead (its to_k reads context_dim); a list of the wrong length is
+// named rather than read past its end.
+TEST(UNet, PerLevelAttentionLists) {
+  auto unet = [](const std::string& extra) {
+    return parse_yaml(
+        "target: ldm.modules.diffusionmodules.openaimodel.UNetModel\n"
+        "params: {image_size: 8, in_channels: 4, out_channels: 4, model_channels: 32, attention_resolutions: [1, 2],"
+        " num_res_blocks: 1, channel_mult: [1, 2], num_head_channels: 16, use_spatial_transformer: true,"
+        " context_dim: 24, " + extra + "}",
+        "t");
+  };
+  auto m = instantiate_from_config(unet("disable_self_attentions: [true, false]"), "model");
+  auto sd = state_dict(*m);
+  EXPECT_EQ(sd.at("input_blocks.1.1.transformer_blocks.0.attn1.to_k.weight").sizes(), torch::IntArrayRef({32, 24}));
+  EXPECT_EQ(sd.at("input_blocks.3.1.transformer_blocks.0.attn1.to_k.weight").sizes(), torch::IntArrayRef({64, 64}));
+  const std::pair<const char*, const char*> bad[] = {
+      {"disable_self_attentions: [true]", "disable_self_attentions: expected one entry per level of channel_mult (2), got 1"},
+      {"disable_self_attentions: [yes, maybe]", "disable_self_attentions: expected a list of true/false"},
+      {"num_attention_blocks: [1, 1, 1]", "num_attention_blocks: expected one entry per level of channel_mult (2), got 3"},
+  };
+  for (const auto& [extra, want] : bad) {
+    try {
+      instantiate_from_config(unet(extra), "model");
+      ADD_FAILURE() << extra;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find(want), std::string::npos) << e.what();
+    }
+  }
+}
+
 TEST(UNet, Dims1And3AndNewAttentionOrder) {
   for (int dims : {1, 3}) {
     UNetOptions o;

@@ -118,6 +118,10 @@ TEST(RunDir, ConfigMistakesStopBeforeTheFirstStep) {
       {"training.sampler=euler_ancestral", "training.sampler/sample_steps (the preview images): sampler: unknown"},
       {"training.sample_steps=3", "the nearest counts that work: 2 or 4"},
       {"lightning.trainer.precision=16", "16 (fp16 autocast) needs a GPU; on the CPU use bf16"},
+      {"model.base_learning_rate=abc", "model.base_learning_rate: expected a number, got \"abc\""},
+      {"lightning.trainer.max_steps=many", "lightning.trainer.max_steps: expected an integer, got \"many\""},
+      {"model.params.unet_config.params.disable_self_attentions=[maybe]",
+       "disable_self_attentions: expected a list of true/false, got a list"},
   };
   for (const auto& [kv, want] : cases) {
     auto cfg = parse_yaml(ldm_config(folder, ""), "ldm");

@@ -60,8 +60,7 @@ UNetOptions UNetOptions::from_params(const Params& p) {
   }
   o.n_embed = p.get<int64_t>("n_embed", 0);
   o.legacy = p.get<bool>("legacy", true);
-  if (p.has("disable_self_attentions"))
-    for (auto b : p.node("disable_self_attentions")) o.disable_self_attentions.push_back(b.as<bool>());
+  o.disable_self_attentions = p.get<std::vector<bool>>("disable_self_attentions", {});
   o.num_attention_blocks = p.get<std::vector<int>>("num_attention_blocks", {});
   o.disable_middle_self_attn = p.get<bool>("disable_middle_self_attn", false);
   o.use_linear_in_transformer = p.get<bool>("use_linear_in_transformer", false);
@@ -73,6 +72,14 @@ UNetOptions UNetOptions::from_params(const Params& p) {
     throw Error(p.where() + ": context_dim needs use_spatial_transformer: true");
   if (o.num_heads == -1 && o.num_head_channels == -1)
     throw Error(p.where() + ": set num_heads or num_head_channels");
+  // per-level lists: one entry per channel_mult level, as the reference asserts
+  auto per_level = [&](const char* key, size_t n) {
+    if (n != 0 && n != o.channel_mult.size())
+      throw Error(p.where() + "." + key + ": expected one entry per level of channel_mult (" +
+                  std::to_string(o.channel_mult.size()) + "), got " + std::to_string(n));
+  };
+  per_level("disable_self_attentions", o.disable_self_attentions.size());
+  per_level("num_attention_blocks", o.num_attention_blocks.size());
   return o;
 }
 

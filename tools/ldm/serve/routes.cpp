@@ -106,9 +106,16 @@ std::vector<std::pair<std::string, std::string>> list_files(const std::string& d
 
 // The answer to a request no route saw: httplib refused it (unknown path, a
 // body too large, a POST whose body it could not read).
-json unrouted_error(const httplib::Request& req, int status) {
+json unrouted_error(const httplib::Request& req, int status, size_t max_body) {
   if (status == 404) return error_body("not found", "no such route (see /sdapi/v1/... and /v1/images/...)");
-  if (status == 413) return error_body("request body too large", "the body is larger than the server accepts");
+  // httplib caps form-urlencoded bodies at its own compile-time limit, far below ours
+  if (status == 413 && req.get_header_value("Content-Type").rfind("application/x-www-form-urlencoded", 0) == 0)
+    return error_body("request body too large",
+                      "form-urlencoded bodies over " + std::to_string(CPPHTTPLIB_FORM_URL_ENCODED_PAYLOAD_MAX_LENGTH) +
+                          " bytes are refused; send JSON (Content-Type: application/json)");
+  if (status == 413)
+    return error_body("request body too large",
+                      "the body is over the server's limit of " + std::to_string(max_body) + " bytes");
   const bool bodiless = (req.method == "POST" || req.method == "PUT") && !req.has_header("Content-Length") &&
                         req.get_header_value("Transfer-Encoding").find("chunked") == std::string::npos;
   if (status == 400 && bodiless)  // httplib 0.11 reads no body without a length and refuses the request
@@ -124,9 +131,9 @@ class Routes {
   void add() {
     s_.set_payload_max_length(o_.max_body);
     s_.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) { return gate(req, res); });
-    s_.set_error_handler([](const httplib::Request& req, httplib::Response& res) {
+    s_.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
       if (!res.body.empty()) return;
-      send(res, res.status, unrouted_error(req, res.status));
+      send(res, res.status, unrouted_error(req, res.status, o_.max_body));
     });
     s_.set_exception_handler([](const httplib::Request&, httplib::Response& res, std::exception_ptr ep) {
       try {
