@@ -92,7 +92,19 @@ ImageStart prepare_image(LatentDiffusion& m, const GenerateRequest& r, const tor
   auto img = model_range(with_channels(r.init_image, ch), H, W).expand({n, ch, H, W}).contiguous();
   const auto dev = noise.device();
   img = img.to(dev);
-  s.x0 = encode_rows(img);
+  const int64_t ih = r.init_image.size(-2), iw = r.init_image.size(-1);
+  if (r.init_resize_latent && (ih != H || iw != W)) {
+    const int64_t lh = std::max<int64_t>(1, (ih + f / 2) / f), lw = std::max<int64_t>(1, (iw + f / 2) / f);
+    auto own = model_range(with_channels(r.init_image, ch), lh * f, lw * f).expand({n, ch, lh * f, lw * f});
+    s.x0 = torch::nn::functional::interpolate(
+        encode_rows(own.contiguous().to(dev)),
+        torch::nn::functional::InterpolateFuncOptions()
+            .size(std::vector<int64_t>{noise.size(2), noise.size(3)})
+            .mode(torch::kBilinear)
+            .align_corners(false));
+  } else {
+    s.x0 = encode_rows(img);
+  }
   if (!r.mask.defined()) return s;
   auto mask_px = (model_range(r.mask, H, W) + 1) / 2;  // 1 = repaint
   mask_px = (mask_px >= 0.5).to(torch::kFloat32).expand({n, 1, H, W}).to(dev);

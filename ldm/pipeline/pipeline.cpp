@@ -268,7 +268,9 @@ GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& 
   res.notes = lora.notes;
   if (r.init_image.defined() && (r.init_image.size(-1) != w || r.init_image.size(-2) != h))
     res.notes.push_back("init image " + std::to_string(r.init_image.size(-1)) + "x" + std::to_string(r.init_image.size(-2)) +
-                        " resized to the output size " + std::to_string(w) + "x" + std::to_string(h) +
+                        (r.init_resize_latent ? " encoded at its own size, its latents resized to the output size "
+                                              : " resized to the output size ") +
+                        std::to_string(w) + "x" + std::to_string(h) +
                         " (-W/-H choose the output size)");
   if (const int64_t v = visited_timesteps(r.sampler, r.steps, r.discretize, f.timesteps); v != r.steps)
     res.notes.push_back(r.sampler + ": " + std::to_string(r.steps) + " steps visit " + std::to_string(v) +

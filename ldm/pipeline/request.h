@@ -43,6 +43,10 @@ struct GenerateRequest {
   // img2img: [C, H, W] float in [0, 1] (resized to the output size), or
   // [N, C, H, W] with one image per output image; strength 1 ignores it
   torch::Tensor init_image;
+  // an init image of another size: false stretches it to the output size in
+  // pixels; true encodes it at its own size (to whole latents) and stretches
+  // its latents bilinearly (A1111's img2img resize_mode 3, "latent upscale")
+  bool init_resize_latent = false;
   double strength = 0.75;
   // img2img from latents instead of an image: [1 or N, C, h, w] in the UNet's
   // scale (a result's `latents`, resized: the hires fix) for the output size

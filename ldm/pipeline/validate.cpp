@@ -149,6 +149,12 @@ void validate(const GenerateRequest& r, const ModelFacts& m) {
     if (!batch_ok || (x.size(-3) != 1 && x.size(-3) != 3) || x.numel() == 0)
       throw Error("init image: expected [C, H, W] or [" + std::to_string(image_count(r)) +
                   ", C, H, W] (one per image) with 1 or 3 channels, got " + c10::str(x.sizes()));
+    // encoded at its own size: bounded so the memory estimate (the output's) stays true
+    auto [w, h] = output_size(r, m);
+    if (r.init_resize_latent && x.size(-1) * x.size(-2) > 4 * w * h)
+      throw Error("init image: " + std::to_string(x.size(-1)) + "x" + std::to_string(x.size(-2)) +
+                  " is encoded at its own size when its latents are resized; expected at most 4x the output's " +
+                  std::to_string(w) + "x" + std::to_string(h) + " pixels (resize it in pixels instead)");
   }
   if (r.init_latents.defined()) {
     if (r.init_image.defined()) throw Error("init latents: give an init image or init latents, not both");

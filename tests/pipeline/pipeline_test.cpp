@@ -282,6 +282,39 @@ TEST(Pipeline, InitImagePerOutputImage) {
       << error_of(*p, r);
 }
 
+// An init image of another size with init_resize_latent (A1111's resize_mode
+// 3): its latents at its own size, stretched bilinearly to the output's; the
+// unmasked half keeps them exactly, which the pixel-resize path does not.
+TEST(Pipeline, InitImageLatentResize) {
+  LDM_REQUIRE_SHARED();
+  auto p = tiny_sd();
+  auto r = cat(11);
+  r.width = r.height = 64;
+  r.init_image = torch::rand({3, 96, 80}, torch::make_generator<at::CPUGeneratorImpl>(3));
+  r.init_resize_latent = true;
+  r.mask = torch::zeros({1, 64, 64});
+  r.mask.narrow(2, 32, 32).fill_(1);  // repaint the right half
+  auto res = p->generate(r);
+  ASSERT_EQ(res.status, pipeline::Status::Ok);
+  auto own = p->model().encode_first_stage(r.init_image.unsqueeze(0) * 2 - 1, torch::make_generator<at::CPUGeneratorImpl>(11));
+  ASSERT_EQ(own.sizes(), (std::vector<int64_t>{1, 4, 24, 20}));
+  namespace F = torch::nn::functional;
+  auto x0 = F::interpolate(own, F::InterpolateFuncOptions().size(std::vector<int64_t>{16, 16}).mode(torch::kBilinear).align_corners(false));
+  auto keep = torch::zeros({1, 1, 16, 16});
+  keep.narrow(3, 0, 8).fill_(1);
+  EXPECT_LT(((res.latents - x0) * keep).abs().max().item<double>(), 1e-5);
+  bool noted = false;
+  for (const auto& n : res.notes) noted = noted || n.find("init image 80x96 encoded at its own size") != std::string::npos;
+  EXPECT_TRUE(noted);
+  r.init_resize_latent = false;
+  EXPECT_GT(((p->generate(r).latents - x0) * keep).abs().max().item<double>(), 1e-2);
+  r.init_resize_latent = true;
+  r.init_image = torch::rand({3, 160, 160});
+  EXPECT_NE(error_of(*p, r).find("init image: 160x160 is encoded at its own size when its latents are resized; expected at most 4x"),
+            std::string::npos)
+      << error_of(*p, r);
+}
+
 // Clip skip (A1111's): the penultimate block's state through the final layer
 // norm, computed here from a full forward's hidden states and the checkpoint's
 // norm weights; 1 is the SD 1.x model's own; the setting lasts one request.

@@ -184,7 +184,8 @@ TEST(ServeApi, SeveralInitImagesSetTheBatch) {
 }
 
 // img2img inputs of another size, fitted as A1111's resize_mode says: 0 stretches
-// (Lanczos), 1 scales to cover and centre-crops; the mask the same way.
+// (Lanczos), 1 scales to cover and centre-crops, 2 scales to fit and fills, 3
+// leaves it to the pipeline (latent upscale); the mask the same way.
 TEST(ServeApi, Img2ImgResizeModes) {
   Limits lim;
   torch::manual_seed(5);
@@ -199,10 +200,29 @@ TEST(ServeApi, Img2ImgResizeModes) {
   EXPECT_LT(test::max_abs_err(crop.req.init_image, io::resize_lanczos(img, 64, 96).slice(2, 16, 80)), 1e-5);
   EXPECT_EQ(crop.req.mask.sizes(), (std::vector<int64_t>{1, 64, 64}));
   EXPECT_LT(test::max_abs_err(crop.req.mask, io::resize_lanczos(mask, 64, 96).slice(2, 16, 80)), 1e-5);
-  std::string detail;
+  // 2: fit inside at 64x42, centred 11 rows down, the edge rows stretched over the margins
   req["resize_mode"] = 2;
+  auto fill = parse_a1111(req.dump(), true, lim);
+  auto rows = (torch::arange(64) - 11).clamp(0, 41);
+  EXPECT_LT(test::max_abs_err(fill.req.init_image, io::resize_lanczos(img, 42, 64).index_select(1, rows)), 1e-5);
+  EXPECT_LT(test::max_abs_err(fill.req.mask, io::resize_lanczos(mask, 42, 64).index_select(1, rows)), 1e-5);
+  EXPECT_FALSE(fill.req.init_resize_latent);
+  // 3: the image as it came, for the pipeline to encode and stretch its latents; the mask stretched as they are
+  req["resize_mode"] = 3;
+  auto latent = parse_a1111(req.dump(), true, lim);
+  EXPECT_TRUE(latent.req.init_resize_latent);
+  EXPECT_TRUE(torch::equal(latent.req.init_image, img));
+  EXPECT_LT(test::max_abs_err(latent.req.mask, io::resize_lanczos(mask, 64, 64)), 1e-5);
+  std::string detail;
+  auto two = req;
+  two["init_images"] = {png_b64(img), png_b64(torch::rand({3, 32, 32}))};
+  two["batch_size"] = 2;
+  EXPECT_EQ(status_of([&] { parse_a1111(two.dump(), true, lim); }, &detail), 400);
+  EXPECT_NE(detail.find("init_images: resize_mode 3 encodes the images at their own size, so they must share one; got 48x32 and 32x32"),
+            std::string::npos) << detail;
+  req["resize_mode"] = 4;
   EXPECT_EQ(status_of([&] { parse_a1111(req.dump(), true, lim); }, &detail), 400);
-  EXPECT_NE(detail.find("resize_mode: expected 0 (just resize) or 1 (crop and resize), got 2 (resize and fill"),
+  EXPECT_NE(detail.find("resize_mode: expected 0 (just resize), 1 (crop and resize), 2 (resize and fill) or 3"),
             std::string::npos) << detail;
 }
 

@@ -63,6 +63,7 @@ struct Opts {
   int64_t vae_tile = 32, vae_overlap = 8;  // latent units (256 px tiles, 64 px overlap for SD)
   // img2img / inpaint (stable-diffusion.cpp's flags)
   std::string init_image, mask;
+  bool resize_latent = false;
   double strength = 0.75;
   pipeline::HiresOptions hires{0.0};  // txt2img --hires-scale (scale 0: off)
   std::string mode = "sample";  // sample | txt2img | img2img | inpaint: the last three write -o as a file
@@ -164,6 +165,7 @@ pipeline::GenerateRequest request(const Opts& o, pipeline::Pipeline& p) {
   if (!o.uncond.empty()) r.uncond = load_tensor_arg(o.uncond, "--uncond");
   if (!o.labels.empty()) r.class_labels = parse_labels(o.labels, r.init_noise.defined() ? r.init_noise.size(0) : r.batch);
   if (!o.init_image.empty()) r.init_image = io::load_image(o.init_image, static_cast<int>(p.image_channels()));
+  r.init_resize_latent = o.resize_latent;
   if (!o.mask.empty()) r.mask = io::load_image(o.mask, 1);
   for (const auto& spec : o.loras) {
     auto [file, mult] = parse_lora_arg(spec);
@@ -339,6 +341,9 @@ void add_generate(CLI::App& app, const std::string& mode) {
   if (mode == "img2img" || mode == "inpaint") {
     sub->add_option("-i,--init-img", o->init_image, "the image to start from")->required();
     sub->add_option("--strength", o->strength, "img2img: how much to change (1 = ignore the image)")->capture_default_str();
+    sub->add_flag("--resize-latent", o->resize_latent,
+                  "an init image of another size: encode it at its own size and resize its latents (A1111's latent "
+                  "upscale), not the image");
   }
   if (mode == "txt2img") {
     sub->add_option("--hires-scale", o->hires.scale,

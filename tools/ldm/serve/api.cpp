@@ -297,23 +297,46 @@ torch::Tensor centre_crop(const torch::Tensor& x, int64_t h, int64_t w) {
   return x.narrow(-2, top, h).narrow(-1, left, w).contiguous();
 }
 
+std::string size_text(const torch::Tensor& x) {
+  return std::to_string(x.size(-1)) + "x" + std::to_string(x.size(-2));
+}
+
+// The edge rows (or columns) of x stretched over `before` and `after` more.
+torch::Tensor extend_edges(const torch::Tensor& x, int64_t dim, int64_t before, int64_t after) {
+  const int64_t n = x.size(dim);
+  std::vector<torch::Tensor> parts;
+  if (before > 0) parts.push_back(x.narrow(dim, 0, 1).repeat_interleave(before, dim));
+  parts.push_back(x);
+  if (after > 0) parts.push_back(x.narrow(dim, n - 1, 1).repeat_interleave(after, dim));
+  return torch::cat(parts, dim).contiguous();
+}
+
 // A1111's img2img resize_mode for an input of another size: 0 "Just resize"
-// (stretched, Lanczos), 1 "Crop and resize" (scaled to cover, centre-cropped;
-// its resize_image's integer sizes).
+// (stretched, Lanczos), 1 "Crop and resize" (scaled to cover, centre-cropped),
+// 2 "Resize and fill" (scaled to fit, centred, its edge rows or columns
+// stretched over the margins), with its resize_image's integer sizes; 3
+// "Just resize (latent upscale)" leaves the image to the pipeline.
 torch::Tensor fit(const torch::Tensor& x, int64_t h, int64_t w, int64_t mode) {
   const int64_t H = x.size(-2), W = x.size(-1);
-  if (H == h && W == w) return x;
+  if ((H == h && W == w) || mode == 3) return x;
   if (mode == 0) return pipeline::upscale_image(x, h, w, "lanczos");
-  const bool wider = w * H > W * h;  // the output's aspect is wider than the input's: its width sets the scale
-  const int64_t sw = wider ? w : W * h / H, sh = wider ? H * w / W : h;
-  return centre_crop(pipeline::upscale_image(x, sh, sw, "lanczos"), h, w);
+  const bool wider = w * H > W * h;  // the output's aspect is wider than the input's
+  if (mode == 1) {  // cover: the output's width sets the scale where it is wider
+    const int64_t sw = wider ? w : W * h / H, sh = wider ? H * w / W : h;
+    return centre_crop(pipeline::upscale_image(x, sh, sw, "lanczos"), h, w);
+  }
+  const int64_t sw = wider ? W * h / H : w, sh = wider ? h : H * w / W;  // fit inside
+  auto y = pipeline::upscale_image(x, std::max<int64_t>(sh, 1), std::max<int64_t>(sw, 1), "lanczos");
+  const int64_t top = h / 2 - y.size(-2) / 2, left = w / 2 - y.size(-1) / 2;
+  y = extend_edges(y, y.dim() - 2, top, h - y.size(-2) - top);
+  return extend_edges(y, y.dim() - 1, left, w - y.size(-1) - left);
 }
 
 int64_t resize_mode(const json& j) {
   const int64_t m = get_int(j, "resize_mode", 0);
-  if (m != 0 && m != 1)
-    throw bad("resize_mode: expected 0 (just resize) or 1 (crop and resize), got " + std::to_string(m) +
-              (m == 2 ? " (resize and fill is not implemented here)" : m == 3 ? " (latent upscale is not implemented here)" : ""));
+  if (m < 0 || m > 3)
+    throw bad("resize_mode: expected 0 (just resize), 1 (crop and resize), 2 (resize and fill) or 3 (just resize, "
+              "latent upscale), got " + std::to_string(m));
   return m;
 }
 
@@ -332,7 +355,11 @@ torch::Tensor init_images(const json& j, pipeline::GenerateRequest& r, int64_t m
     const std::string what = "init_images[" + std::to_string(i) + "]";
     if (!list[i].is_string()) throw bad(what + ": expected a base64 image, got " + std::string(list[i].type_name()));
     imgs.push_back(fit(decode_b64_image(list[i].get<std::string>(), 3, what, lim), r.height, r.width, mode));
+    if (imgs.back().sizes() != imgs.front().sizes())  // resize_mode 3 keeps each image's own size
+      throw bad("init_images: resize_mode 3 encodes the images at their own size, so they must share one; got " +
+                size_text(imgs.front()) + " and " + size_text(imgs.back()));
   }
+  r.init_resize_latent = mode == 3;
   if (imgs.size() == 1) return imgs[0];
   r.batch = static_cast<int64_t>(imgs.size());
   return torch::stack(imgs);
@@ -376,7 +403,8 @@ Job parse_a1111(const std::string& body, bool img2img, const Limits& lim) {
     if (!(r.strength > 0 && r.strength <= 1)) throw bad("denoising_strength: expected in (0, 1]");
     const std::string mask = get_str(j, "mask", "");
     if (!mask.empty()) {
-      r.mask = fit(decode_b64_image(mask, 1, "mask", lim), r.height, r.width, mode);
+      // with latent upscale the latents are stretched, and so is the mask, to match them
+      r.mask = fit(decode_b64_image(mask, 1, "mask", lim), r.height, r.width, mode == 3 ? 0 : mode);
       if (get_int(j, "inpainting_mask_invert", 0)) r.mask = 1 - r.mask;
     }
   }
