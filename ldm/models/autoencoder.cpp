@@ -5,6 +5,7 @@
 #include "ldm/error.h"
 #include "ldm/io/state_dict.h"
 #include "ldm/util/config.h"
+#include "ldm/util/number.h"
 
 namespace ldm {
 
@@ -20,7 +21,14 @@ std::shared_ptr<AutoencoderKL> AutoencoderKL::from_params(const Params& p) {
   auto dd = DDConfig::from_params(p.sub("ddconfig"));
   int64_t e = p.req<int64_t>("embed_dim");
   // Training-only or bookkeeping keys of the reference; the loss is built by the trainer.
-  p.ignore({"lossconfig", "image_key", "colorize_nlabels", "monitor", "ema_decay", "learn_logvar"});
+  p.ignore({"lossconfig", "image_key", "colorize_nlabels", "monitor", "learn_logvar"});
+  double ema = 0;
+  if (p.has("ema_decay") && !p.node("ema_decay").IsNull()) {
+    ema = p.get<double>("ema_decay", 0);
+    if (!(ema > 0 && ema < 1))
+      throw Error(p.where() + ".ema_decay: expected a decay in (0, 1), e.g. 0.9999, or null (none); got " +
+                  format_number(ema));
+  }
   // The trainer's learning-rate schedule, as LatentDiffusion's (ours only: the
   // reference's AutoencoderKL trains at a constant rate).
   p.ignore({"scheduler_config"});
@@ -28,6 +36,8 @@ std::shared_ptr<AutoencoderKL> AutoencoderKL::from_params(const Params& p) {
   auto ignore = p.get<std::vector<std::string>>("ignore_keys", {});
   p.check_unused("ldm.models.autoencoder.AutoencoderKL");
   auto m = std::make_shared<AutoencoderKL>(dd, e);
+  m->ema_decay = ema;
+  m->make_ema();  // before the checkpoint, whose model_ema.* it then holds (as the reference)
   // Built to be filled from a whole checkpoint (Empty) or counted (Meta): no sub-model file needed.
   if (!ckpt.empty() && nn::init_mode() == nn::Init::Random) init_from_ckpt(*m, ckpt, ignore, p.where());
   return m;
@@ -63,13 +73,16 @@ std::shared_ptr<VQModel> VQModel::from_params(const Params& p, const std::string
   if (dd.double_z) throw Error(p.where() + ".ddconfig.double_z: a VQModel needs false");
   const int64_t e = p.req<int64_t>("embed_dim"), n = p.req<int64_t>("n_embed");
   p.ignore({"lossconfig", "image_key", "colorize_nlabels", "monitor", "batch_resize_range", "scheduler_config",
-            "lr_g_factor", "use_ema"});
+            "lr_g_factor"});
+  const bool use_ema = p.get<bool>("use_ema", false);
   if (p.has("remap") && !p.node("remap").IsNull()) throw Error(p.where() + ".remap: only null (no index remapping) is supported");
   const bool sane = p.get<bool>("sane_index_shape", false);
   auto ckpt = p.get<std::string>("ckpt_path", "");
   auto ignore = p.get<std::vector<std::string>>("ignore_keys", {});
   p.check_unused(target);
   auto m = std::make_shared<VQModel>(dd, n, e, sane);
+  m->ema_decay = use_ema ? 0.9999 : 0;  // LitEma's default, as the reference's VQModel
+  m->make_ema();
   if (!ckpt.empty() && nn::init_mode() == nn::Init::Random) init_from_ckpt(*m, ckpt, ignore, p.where());
   return m;
 }
@@ -80,6 +93,12 @@ torch::Tensor VQModel::decode_quant(const torch::Tensor& q) { return decoder->fo
 std::pair<torch::Tensor, VectorQuantizer2::Out> VQModel::forward(const torch::Tensor& x) {
   auto q = quantize->forward(encode_prequant(x));
   return {decode_quant(q.z_q), q};
+}
+
+void FirstStage::make_ema() {
+  if (ema_decay <= 0) return;
+  auto e = std::make_shared<LitEma>(*this, ema_decay);
+  model_ema = model_ema ? replace_module("model_ema", e) : register_module("model_ema", e);
 }
 
 AutoencoderOutput FirstStage::train_forward(const torch::Tensor&, torch::Generator&) {

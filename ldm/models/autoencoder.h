@@ -10,6 +10,7 @@
 
 #include "ldm/modules/diffusionmodules/model.h"
 #include "ldm/modules/distributions.h"
+#include "ldm/modules/ema.h"
 #include "ldm/modules/losses/discriminator.h"
 #include "ldm/modules/vqvae/quantize.h"
 
@@ -35,6 +36,15 @@ class FirstStage : public torch::nn::Module {
   virtual std::vector<torch::Tensor> autoencoder_parameters();
   virtual torch::Tensor last_layer();
   virtual torch::Tensor reconstruct(const torch::Tensor& x);
+
+  // The reference's EMA of the weights (AutoencoderKL's ema_decay, VQModel's
+  // use_ema): LitEma buffers model_ema.* over the trainable parameters there
+  // when made, so the trainer makes it again once the loss (its discriminator
+  // included, as the reference's) is registered. Updated after each training
+  // step; a LatentDiffusion decodes with the trained weights, as the reference.
+  double ema_decay = 0;  // 0: no EMA
+  std::shared_ptr<LitEma> model_ema;
+  void make_ema();
 };
 
 class AutoencoderKL : public FirstStage {

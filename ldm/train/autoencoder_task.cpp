@@ -25,6 +25,7 @@ class GANAutoencoderTask : public Task {
                   "(ldm.modules.losses.LPIPSWithDiscriminator or "
                   "taming.modules.losses.vqperceptual.VQLPIPSWithDiscriminator)");
     ae_->register_module("loss", loss_);  // checkpoint keys loss.* as the reference
+    ae_->make_ema();                      // over the loss's trainable weights too, as the reference's
     auto adam = [lr] { return torch::optim::AdamOptions(lr).betas({0.5, 0.9}); };
     opt_ae_ = std::make_unique<torch::optim::Adam>(params(0), adam());
     opt_disc_ = std::make_unique<torch::optim::Adam>(params(1), adam());
@@ -61,6 +62,10 @@ class GANAutoencoderTask : public Task {
     auto noise = my_rows(torch::randn(shape, g, p.mean.options().device(g.device()))).to(p.mean.device());
     a.recon = kl->decode(p.mean + p.std * noise);
     return a;
+  }
+  // the reference's on_train_batch_end: one EMA update per batch
+  void after_step() override {
+    if (ae_->model_ema) ae_->model_ema->update(*ae_);
   }
   void log_images(const std::string& path, const Batch& b, const Settings&) override {
     torch::NoGradGuard ng;

@@ -22,7 +22,10 @@
 #include "ldm/train/metrics.h"
 #include "ldm/util/config.h"
 #include "ldm/models/registry.h"
+#include "ldm/io/ckpt.h"
+#include "ldm/io/run_dir.h"
 #include "ldm/io/state_dict.h"
+#include "ldm/modules/ema.h"
 #include "tests/testing.h"
 #include "tests/train/train_helpers.h"
 
@@ -87,6 +90,48 @@ TEST(Trainer, AutoencoderFollowsItsLrSchedule) {
   ASSERT_EQ(lrs.size(), 4u);
   for (int i = 0; i < 4; ++i)  // linear decay over the cycle: 1, 3/4, 1/2, 1/4 of base_lr x batch
     EXPECT_NEAR(std::stod(lrs[i]), (4 - i) / 4.0 * 4e-4, 1e-12) << "step " << i + 1;
+}
+
+// ema_decay (the reference's AutoencoderKL EMA): model_ema.* shadows of the
+// trainable weights, the discriminator's included, updated after every step;
+// a tiny decay makes them the trained weights, a large one (LitEma's warm-up
+// 2/11, 3/12, ...) keeps them apart. The run still loads as a first stage.
+TEST(Trainer, AutoencoderEmaDecay) {
+  auto dir = test::temp_dir();
+  auto folder = make_folder(dir + "/data");
+  auto shadows_vs_weights = [&](double decay, const std::string& out) {
+    auto cfg = parse_yaml(ae_config(folder), "ae");
+    cfg["model"]["params"]["ema_decay"] = decay;
+    train(cfg, quiet(out));
+    auto w = io::load_weights(weights_file(out)).tensors;
+    EXPECT_EQ(w.at("model_ema.num_updates").item<int>(), 4);
+    double worst = 0;
+    int n = 0;
+    for (const auto& [k, v] : w) {
+      auto it = w.find("model_ema." + LitEma::shadow_name(k));
+      if (k.rfind("model_ema.", 0) == 0 || it == w.end()) continue;
+      worst = std::max(worst, (it->second - v).abs().max().item<double>());
+      ++n;
+    }
+    for (const char* k : {"model_ema.encoderconv_inweight", "model_ema.decoderconv_outbias",
+                          "model_ema.lossdiscriminatormain0weight"})
+      EXPECT_TRUE(w.count(k)) << k;
+    EXPECT_GE(n, 20);
+    return worst;
+  };
+  EXPECT_LT(shadows_vs_weights(1e-6, dir + "/tiny"), 1e-5);
+  EXPECT_GT(shadows_vs_weights(0.999, dir + "/slow"), 1e-4);
+  auto ldm = parse_yaml(ldm_config(folder, dir + "/slow"), "ldm");
+  EXPECT_NO_THROW(instantiate_as<LatentDiffusion>(model_node(ldm), "model"));
+  auto bad = parse_yaml(ae_config(folder), "ae");
+  bad["model"]["params"]["ema_decay"] = 1.5;
+  try {
+    instantiate_from_config(bad["model"], "model");
+    ADD_FAILURE() << "ema_decay 1.5 accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.params.ema_decay: expected a decay in (0, 1)"), std::string::npos)
+        << e.what();
+  }
 }
 
 // Stopped after 3 steps and resumed, the loss sequence equals the

@@ -136,10 +136,11 @@ struct Opts {
   std::string samples, classifier = "outputs/fashion/classifier.safetensors", grid, root = FashionMNIST::kDefaultRoot,
               json, autoencoder;
   int epochs = 4;
+  bool ae_ema = false;
 };
 
 // The run's first stage, built from its config.yaml and filled from its newest checkpoint.
-std::shared_ptr<FirstStage> load_first_stage(const std::string& run) {
+std::shared_ptr<FirstStage> load_first_stage(const std::string& run, bool ema) {
   const auto cfg_path = run_config_of(run);
   if (cfg_path.empty()) throw Error("--autoencoder " + run + ": not an ldm train run directory (no config.yaml)");
   auto cfg = load_yaml(cfg_path);
@@ -156,6 +157,11 @@ std::shared_ptr<FirstStage> load_first_stage(const std::string& run) {
     if (k.rfind("loss.", 0) != 0) bad.missing.push_back(k);
   bad.mismatched = rep.mismatched;
   if (!bad.ok()) throw Error("--autoencoder " + file + ": " + bad.summary());
+  if (ema) {
+    if (!ae->model_ema)
+      throw Error("--ae-ema: " + run + " kept no EMA (its config's model.params.ema_decay, or use_ema for a VQModel)");
+    ae->model_ema->copy_to(*ae);
+  }
   ae->eval();
   return ae;
 }
@@ -177,9 +183,9 @@ struct ReconFigures {
   torch::Tensor images;  // [N, 1, 28, 28] in [-1, 1]
 };
 
-ReconFigures measure_reconstruction(Classifier& net, const std::string& run, const torch::Tensor& xt,
+ReconFigures measure_reconstruction(Classifier& net, const std::string& run, bool ema, const torch::Tensor& xt,
                                     const torch::Tensor& labels, const torch::Tensor& ft) {
-  auto ae = load_first_stage(run);
+  auto ae = load_first_stage(run, ema);
   ReconFigures f;
   f.images = reconstruct_all(*ae, xt);
   f.accuracy = accuracy(net, f.images, labels);
@@ -268,6 +274,7 @@ void print_per_class(Classifier& net, const torch::Tensor& x, const torch::Tenso
 void run(const Opts& o) {
   if (o.samples.empty() && o.autoencoder.empty())
     throw Error("fashion-eval: give --samples DIR, --autoencoder RUN_DIR, or both");
+  if (o.ae_ema && o.autoencoder.empty()) throw Error("--ae-ema: needs --autoencoder RUN_DIR");
   // bad paths fail here, before minutes of classifier training
   if (!o.autoencoder.empty() && !fs::exists(o.autoencoder))
     throw Error("--autoencoder " + o.autoencoder + ": not found (expected an autoencoder's run directory)");
@@ -299,7 +306,7 @@ void run(const Opts& o) {
     }
   }
   if (!o.autoencoder.empty()) {
-    auto r = measure_reconstruction(net, o.autoencoder, xt, test.labels(), ft);
+    auto r = measure_reconstruction(net, o.autoencoder, o.ae_ema, xt, test.labels(), ft);
     const double floor = real_floor(net, train, xt.size(0), ft);
     print_per_class(net, r.images, test.labels(), "reconstructions of the test split");
     std::printf("\nreconstructions (%s): class accuracy %.2f%% (real test images %.2f%%), Frechet distance %.3f "
@@ -328,6 +335,7 @@ void add_fashion_eval(CLI::App& app) {
   sub->add_option("--autoencoder", o->autoencoder,
                   "an autoencoder's run directory: its reconstructions of the test split measured the same way "
                   "(with --samples and --grid, also GRID_compare.png: real | reconstruction | sample per class)");
+  sub->add_flag("--ae-ema", o->ae_ema, "measure the autoencoder's EMA weights (a run trained with ema_decay)");
   sub->add_option("--classifier", o->classifier, "classifier weights (trained and saved here when absent)")->capture_default_str();
   sub->add_option("--epochs", o->epochs, "classifier training epochs")->capture_default_str();
   sub->add_option("--grid", o->grid, "write a 10x10 grid (10 samples per class) to this PNG");
