@@ -231,6 +231,23 @@ void Distributed::allreduce_sum(torch::Tensor& t) {
   }
 }
 
+std::function<void()> Distributed::allreduce_sum_async(torch::Tensor& t) {
+  c10::intrusive_ptr<c10d::Work> work;
+  try {
+    std::vector<at::Tensor> v{t};
+    work = impl_->pg->allreduce(v);
+  } catch (const std::exception& e) {
+    fail("allreduce", e);
+  }
+  return [this, work] {
+    try {
+      work->wait(impl_->timeout);
+    } catch (const std::exception& e) {
+      fail("allreduce", e);
+    }
+  };
+}
+
 void Distributed::barrier() {
   try {
     impl_->pg->barrier()->wait(impl_->timeout);

@@ -6,6 +6,7 @@
 #include <torch/types.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -47,6 +48,10 @@ class Distributed {
   void broadcast(const std::vector<torch::Tensor>& tensors, int root = 0);
   // Elementwise sum over ranks, in place (small tensors: losses, statistics).
   void allreduce_sum(torch::Tensor& t);
+  // The same, started now and finished by calling the returned function (which
+  // fails as allreduce_sum does). Collectives pair by order on every rank, so
+  // one started before a backward goes ahead of that backward's gradients.
+  std::function<void()> allreduce_sum_async(torch::Tensor& t);
   void barrier();
 
  private:

@@ -218,17 +218,28 @@ class Run {
     dist_->broadcast(state);
   }
 
-  // The global batch's mean loss and logs on every rank (one NaN stops all ranks alike).
-  double reduce(double v, LossOut& L) {
-    if (!dist_) return v;
-    std::vector<double> vals{v};
+  // A micro-batch's loss and logs, summed over ranks while its backward runs.
+  struct PendingLoss {
+    torch::Tensor values;  // [loss, logs...] in float64
+    std::function<void()> wait;
+  };
+  PendingLoss start_reduce(LossOut& L) {
+    std::vector<double> vals{L.loss.item<double>()};
     for (auto& [k, val] : L.log) vals.push_back(val);
-    auto t = torch::tensor(vals, torch::kFloat64);
-    dist_->allreduce_sum(t);
-    t.div_(o_.world);
+    PendingLoss p{torch::tensor(vals, torch::kFloat64), {}};
+    if (dist_) p.wait = dist_->allreduce_sum_async(p.values);
+    return p;
+  }
+  // The global batch's mean loss, and its logs into L (one NaN stops all ranks alike).
+  double finish_reduce(PendingLoss& p, LossOut& L) {
+    if (p.wait) {
+      p.wait();
+      p.values.div_(o_.world);
+    }
+    auto v = p.values.accessor<double, 1>();
     int i = 1;
-    for (auto& [k, val] : L.log) val = t[i++].item<double>();
-    return t[0].item<double>();
+    for (auto& [k, val] : L.log) val = v[i++];
+    return v[0];
   }
 
   void optimizer_step(int idx, const std::vector<Batch>& bs, std::map<std::string, double>& logs) {
@@ -236,22 +247,27 @@ class Run {
     // to zeros (two passes over the weights' size saved; PyTorch 2's default)
     task_->module().zero_grad(/*set_to_none=*/true);
     if (dist_ && !syncs_.count(idx)) syncs_[idx] = std::make_unique<GradSync>(*dist_, task_->params(idx));
+    std::vector<LossOut> outs(bs.size());
+    std::vector<PendingLoss> pending;
     for (size_t mb = 0; mb < bs.size(); ++mb) {
       if (dist_ && mb + 1 == bs.size()) syncs_[idx]->arm();  // the last backward reduces while it runs
-      LossOut L;
       {
         Autocast ac(s_.precision, dev_);
-        L = task_->loss(bs[mb], idx, st_.step, gen_);
+        outs[mb] = task_->loss(bs[mb], idx, st_.step, gen_);
       }
-      const double v = reduce(L.loss.item<double>(), L);
-      if (!std::isfinite(v))
+      // the losses are summed while backward runs: no wait for the other ranks here
+      pending.push_back(start_reduce(outs[mb]));
+      (outs[mb].loss / s_.accumulate).backward();
+    }
+    if (dist_) syncs_[idx]->finish();
+    for (size_t mb = 0; mb < bs.size(); ++mb) {
+      const double v = finish_reduce(pending[mb], outs[mb]);
+      if (!std::isfinite(v))  // before the optimizer moves: the weights stay those of the last good step
         throw Error("step " + std::to_string(st_.step + 1) + ": loss is " + std::to_string(v) + " (optimizer " +
                     std::to_string(idx) + "); stopped. Last good checkpoint: " +
                     (res_.last_checkpoint.empty() ? std::string("none yet") : res_.last_checkpoint));
-      (L.loss / s_.accumulate).backward();
-      for (auto& [k, val] : L.log) logs["train/" + k] += val / s_.accumulate;
+      for (auto& [k, val] : outs[mb].log) logs["train/" + k] += val / s_.accumulate;
     }
-    if (dist_) syncs_[idx]->finish();
     if (s_.grad_clip > 0) torch::nn::utils::clip_grad_norm_(task_->params(idx), s_.grad_clip);
     opts_[idx].opt->step();
   }
