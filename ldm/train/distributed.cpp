@@ -222,14 +222,7 @@ void Distributed::broadcast(const std::vector<torch::Tensor>& tensors, int root)
   }
 }
 
-void Distributed::allreduce_sum(torch::Tensor& t) {
-  try {
-    std::vector<at::Tensor> v{t};
-    impl_->pg->allreduce(v)->wait(impl_->timeout);
-  } catch (const std::exception& e) {
-    fail("allreduce", e);
-  }
-}
+void Distributed::allreduce_sum(torch::Tensor& t) { allreduce_sum_async(t)(); }
 
 std::function<void()> Distributed::allreduce_sum_async(torch::Tensor& t) {
   c10::intrusive_ptr<c10d::Work> work;

@@ -301,16 +301,6 @@ std::string size_text(const torch::Tensor& x) {
   return std::to_string(x.size(-1)) + "x" + std::to_string(x.size(-2));
 }
 
-// The edge rows (or columns) of x stretched over `before` and `after` more.
-torch::Tensor extend_edges(const torch::Tensor& x, int64_t dim, int64_t before, int64_t after) {
-  const int64_t n = x.size(dim);
-  std::vector<torch::Tensor> parts;
-  if (before > 0) parts.push_back(x.narrow(dim, 0, 1).repeat_interleave(before, dim));
-  parts.push_back(x);
-  if (after > 0) parts.push_back(x.narrow(dim, n - 1, 1).repeat_interleave(after, dim));
-  return torch::cat(parts, dim).contiguous();
-}
-
 // A1111's img2img resize_mode for an input of another size: 0 "Just resize"
 // (stretched, Lanczos), 1 "Crop and resize" (scaled to cover, centre-cropped),
 // 2 "Resize and fill" (scaled to fit, centred, its edge rows or columns
@@ -328,8 +318,9 @@ torch::Tensor fit(const torch::Tensor& x, int64_t h, int64_t w, int64_t mode) {
   const int64_t sw = wider ? W * h / H : w, sh = wider ? h : H * w / W;  // fit inside
   auto y = pipeline::upscale_image(x, std::max<int64_t>(sh, 1), std::max<int64_t>(sw, 1), "lanczos");
   const int64_t top = h / 2 - y.size(-2) / 2, left = w / 2 - y.size(-1) / 2;
-  y = extend_edges(y, y.dim() - 2, top, h - y.size(-2) - top);
-  return extend_edges(y, y.dim() - 1, left, w - y.size(-1) - left);
+  namespace F = torch::nn::functional;  // replicate padding: the edge rows and columns stretched
+  auto pad = F::PadFuncOptions({left, w - y.size(-1) - left, top, h - y.size(-2) - top}).mode(torch::kReplicate);
+  return F::pad(y.unsqueeze(0), pad).squeeze(0);
 }
 
 int64_t resize_mode(const json& j) {
