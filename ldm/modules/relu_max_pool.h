@@ -1,8 +1,9 @@
 // max_pool2d(relu(x), 2) for a float32 NCHW tensor on the CPU, differentiable,
 // in one pass that keeps the argmax as a byte per output (libtorch 1.13's
 // keeps an int64 index per output and applies relu to the whole input first;
-// relu after the pooling is the same value on a quarter of the elements). The
-// Fashion-MNIST evaluation classifier's training step: 35.0 -> 32.4 ms.
+// relu after the pooling is the same value on a quarter of the elements).
+// Forward + backward on the evaluation classifier's 128x32x28x28: 11-14 ->
+// 7 ms on 2 threads; its training 22.3-23.8 -> 24.6-25.2 steps/s.
 #pragma once
 #include <torch/torch.h>
 
