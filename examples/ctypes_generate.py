@@ -31,7 +31,8 @@ class GenerateParams(C.Structure):
                 ("init_image", C.POINTER(Image)), ("mask", C.POINTER(Image)), ("progress", PROGRESS),
                 ("user", C.c_void_p), ("cfg_sigma_lo", C.c_float), ("cfg_sigma_hi", C.c_float),
                 ("cfg_rescale", C.c_float), ("hires_scale", C.c_float), ("hires_strength", C.c_float),
-                ("hires_steps", C.c_int), ("hires_upscaler", C.c_char_p), ("clip_skip", C.c_int)]
+                ("hires_steps", C.c_int), ("hires_upscaler", C.c_char_p), ("clip_skip", C.c_int),
+                ("init_resize_latent", C.c_int)]
 
 
 def load_library(path):

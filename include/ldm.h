@@ -20,7 +20,11 @@
  * different pipelines generate in parallel from different threads.
  * ldm_cancel may be called from any thread. No C++ exception crosses this
  * API: failures return NULL or a non-zero code, and ldm_last_error() (per
- * thread) gives the same one-line message the ldm command prints. */
+ * thread) gives the same one-line message the ldm command prints.
+ *
+ * The params structs gain members at their end between versions: build against
+ * the header of the libldm you load, and fill them through their _init
+ * functions (new members then start at their defaults). */
 #ifndef LDM_H
 #define LDM_H
 
@@ -80,6 +84,10 @@ typedef struct ldm_generate_params {
   int hires_steps;            /* of the second pass; 0 (default): steps */
   const char* hires_upscaler; /* latent (default, bilinear), latent-nearest, latent-bicubic; lanczos, nearest (the decoded image) */
   int clip_skip;              /* text models: 1 the last layer, 2 the penultimate (A1111's Clip skip); 0 (default): the model's own */
+  /* img2img: 1 encodes init_image at its own size (at most 4x the output's
+   * pixels) and resizes its latents to the output's (A1111's "latent upscale"
+   * resize mode); 0 (default): the image is resized to the output size first */
+  int init_resize_latent;
 } ldm_generate_params;
 
 LDM_API void ldm_load_params_init(ldm_load_params* p);

@@ -65,6 +65,9 @@ ldm::pipeline::GenerateRequest request(const ldm_generate_params& g) {
   r.schedule = str(g.schedule, "discrete");
   r.batch = g.batch_count;
   r.strength = g.strength;
+  if (g.init_resize_latent != 0 && g.init_resize_latent != 1)
+    throw ldm::Error("init_resize_latent: expected 0 or 1, got " + std::to_string(g.init_resize_latent));
+  r.init_resize_latent = g.init_resize_latent == 1;
   if (g.init_image) r.init_image = to_tensor(*g.init_image, "init_image");
   if (g.mask) r.mask = to_tensor(*g.mask, "mask").mean(0, true);
   return r;

@@ -91,6 +91,26 @@ int main(int argc, char** argv) {
   gp.hires_strength = 0.0f;
   if (ldm_generate(p, &gp, &big, &big_count) != 1 || strstr(ldm_last_error(), "hires strength") == NULL)
     return fail("a hires strength of 0 must be refused");
+  gp.hires_scale = 0.0f;
+  gp.hires_strength = 0.7f;
+  /* img2img with the init image's latents resized: a 48x40 image makes a 64x64 one;
+   * one over 4x the output's pixels is refused, and so is a flag other than 0 or 1 */
+  if (gp.init_resize_latent != 0) return fail("init_resize_latent is off by default");
+  static uint8_t pixels[160 * 160 * 3];
+  memset(pixels, 128, sizeof pixels);
+  ldm_image init = {48, 40, 3, pixels};
+  gp.init_image = &init;
+  gp.strength = 0.5f;
+  gp.init_resize_latent = 1;
+  if (ldm_generate(p, &gp, &big, &big_count) != 0 || big_count != 1 || big[0].width != 64 || big[0].height != 64)
+    return fail("img2img with latent resize: expected one 64x64 image");
+  ldm_free_images(big, big_count);
+  init.width = init.height = 160;
+  if (ldm_generate(p, &gp, &big, &big_count) != 1 || strstr(ldm_last_error(), "at most 4x the output") == NULL)
+    return fail("an init image over 4x the output's pixels must be refused when its latents are resized");
+  gp.init_resize_latent = 2;
+  if (ldm_generate(p, &gp, &big, &big_count) != 1 || strstr(ldm_last_error(), "init_resize_latent: expected 0 or 1") == NULL)
+    return fail("init_resize_latent 2 must be refused");
   FILE* f = fopen(argv[4], "wb");
   if (!f) return fail("cannot write the PPM");
   fprintf(f, "P6\n%u %u\n255\n", images[0].width, images[0].height);
