@@ -30,6 +30,20 @@ TEST(CliHygiene, UnknownCommandNamesTheCommands) {
   EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
 }
 
+// A forgotten value: the next option is not taken as the value; negative
+// numbers and values given with '=' still are.
+TEST(CliHygiene, AnOptionIsNotAnotherOptionsValue) {
+  auto r = ldm_run("img2img -i --resize-latent -p x");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.out.find("ldm: error: -i: expected a value, got the option --resize-latent"), std::string::npos) << r.out;
+  r = ldm_run("train x.yaml --nproc --resume");
+  EXPECT_NE(r.out.find("ldm: error: --nproc: expected a value, got the option --resume"), std::string::npos) << r.out;
+  auto dir = test::temp_dir();
+  r = ldm_run("txt2img" + tiny_base() + " --steps 1 --seed -1 --negative-prompt=--steps -o " + dir + "/a.png");
+  EXPECT_EQ(r.rc, 0) << r.out;
+  EXPECT_TRUE(fs::exists(dir + "/a.png"));
+}
+
 TEST(CliHygiene, BuiltInConfigNamesAndRunDirectoriesWhereFilesAreExpected) {
   auto r = ldm_run("info v1-inference.yaml");
   ASSERT_EQ(r.rc, 0) << r.out;

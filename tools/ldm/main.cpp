@@ -8,6 +8,32 @@
 #include "ldm/util/runtime.h"
 #include "tools/ldm/commands.h"
 
+namespace {
+// CLI11 takes the token after an option as its value even when that token is
+// another of the command's options (`-i --resize-latent` made the flag a file
+// name): refuse that, naming both.
+void check_values_are_not_options(CLI::App& app, int argc, char** argv) {
+  CLI::App* cmd = &app;
+  int i = 1;
+  for (; i < argc; ++i) {
+    CLI::App* sub = nullptr;
+    for (auto* s : cmd->get_subcommands({}))
+      if (s->check_name(argv[i])) sub = s;
+    if (!sub) break;
+    cmd = sub;
+  }
+  for (; i + 1 < argc; ++i) {
+    const std::string tok = argv[i], next = argv[i + 1];
+    if (tok == "--") return;
+    if (tok.size() < 2 || tok[0] != '-' || tok.find('=') != std::string::npos) continue;
+    const auto* opt = cmd->get_option_no_throw(tok);
+    if (!opt || opt->get_items_expected_min() == 0 || next.size() < 2 || next[0] != '-') continue;
+    if (cmd->get_option_no_throw(next.substr(0, next.find('='))))
+      throw ldm::Error(tok + ": expected a value, got the option " + next);
+  }
+}
+}  // namespace
+
 int main(int argc, char** argv) {
   ldm::reexec_with_runtime_env(argv);
   ldm::cli::argv_copy().assign(argv, argv + argc);
@@ -34,6 +60,7 @@ int main(int argc, char** argv) {
     }
   }
   try {
+    check_values_are_not_options(app, argc, argv);
     ldm::init_runtime();
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
