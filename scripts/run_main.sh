@@ -30,16 +30,21 @@ if [[ "$LDM_PRECISION" != 32 && "$LDM_PRECISION" != bf16 ]]; then
   exit 2
 fi
 t0=$(date +%s)
+phases=""  # "phase M min S s; ..." for the summary line
+mark() { local now; now=$(date +%s); phases+="$1 $(( (now - tp) / 60 )) min $(( (now - tp) % 60 )) s; "; tp=$now; }
+tp=$t0
 # this job's own run directories start fresh (the classifier cache is kept)
 rm -rf "$OUT/autoencoder" "$OUT/ldm" "$OUT/samples"
 mkdir -p "$OUT"
 
 echo "== 1/4 autoencoder ($AE_CFG, $NPROC ranks)"
 "$LDM" train "$AE_CFG" -o "$OUT/autoencoder" --nproc "$NPROC" "data.params.batch_size=$((AE_BATCH / NPROC))"
+mark autoencoder
 echo "== 2/4 latent diffusion ($LDM_CFG, $NPROC ranks, precision $LDM_PRECISION)"
 "$LDM" train "$LDM_CFG" -o "$OUT/ldm" --nproc "$NPROC" "data.params.batch_size=$((LDM_BATCH / NPROC))" \
   "lightning.trainer.precision=$LDM_PRECISION" \
   "model.params.first_stage_config.params.ckpt_path=$OUT/autoencoder"
+mark "latent diffusion (caching included)"
 echo "== 3/4 sampling 100 images per class (DPM++ 2M Karras, 25 steps, guidance 5 where 0.5 < sigma <= 3)"
 # Guidance only at mid-to-low noise (0.5 < sigma <= 3 of 0.04..84): the class details get
 # sharpened while the high-noise steps keep the data's variety and the last ones the
@@ -56,12 +61,14 @@ for ((lane = 0; lane < NPROC && lane < 10; ++lane)); do
   pids+=($!)
 done
 for p in "${pids[@]}"; do wait "$p"; done  # a failed lane stops the job (set -e)
+mark sampling
 echo "== 4/4 evaluation"
 "$LDM" fashion-eval --samples "$OUT/samples" --autoencoder "$OUT/autoencoder" --grid "$OUT/samples.png" \
   --json "$OUT/eval.json" --classifier "$OUT/classifier.safetensors"
+mark "evaluation (classifier training included when not cached)"
 t1=$(date +%s)
 echo
-echo "done in $(( (t1 - t0) / 60 )) min $(( (t1 - t0) % 60 )) s"
+echo "done in $(( (t1 - t0) / 60 )) min $(( (t1 - t0) % 60 )) s: ${phases%; }"
 echo "samples:   $OUT/samples/<label>/*.png"
 echo "grid:      $OUT/samples.png (one row per class), $OUT/samples_compare.png (real | reconstruction | sample)"
 echo "training:  $OUT/autoencoder, $OUT/ldm (metrics.csv, tensorboard/, images/, checkpoints/)"
