@@ -12,8 +12,9 @@ namespace ldm {
 // The same values and gradients as torch::max_pool2d(torch::relu(x), 2), bit
 // for bit: a window's first maximum in row-major order takes the gradient (as
 // libtorch's indices), NaN wins and passes it as there, and a window whose
-// maximum is 0 or below passes none (relu's gradient there is 0). Odd trailing rows and
-// columns are dropped (floor mode). Other inputs: a clear error.
+// maximum is 0 or below passes none (relu's gradient there is 0). Odd
+// trailing rows and columns are dropped (floor mode). Other inputs: a clear
+// error.
 torch::Tensor relu_max_pool2x2(const torch::Tensor& x);
 
 }  // namespace ldm
