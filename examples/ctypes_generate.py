@@ -76,14 +76,15 @@ def main():
     images, count = C.POINTER(Image)(), C.c_int()
     if lib.ldm_generate(pipe, C.byref(gp), C.byref(images), C.byref(count)) != 0:
         sys.exit("error: " + lib.ldm_last_error().decode())
-    im = images[0]
-    data = C.string_at(im.data, im.width * im.height * im.channels)
-    with open(a.output, "wb") as f:
-        f.write(b"P6\n%d %d\n255\n" % (im.width, im.height) if im.channels == 3 else b"P5\n%d %d\n255\n" % (im.width, im.height))
-        f.write(data)
+    # copied out: images[0] is a view of memory that ldm_free_images releases
+    w, h, ch = images[0].width, images[0].height, images[0].channels
+    data = C.string_at(images[0].data, w * h * ch)
     lib.ldm_free_images(images, count)
     lib.ldm_pipeline_free(pipe)
-    print(f"wrote {a.output} ({im.width}x{im.height})", file=sys.stderr)
+    with open(a.output, "wb") as f:
+        f.write(b"%s\n%d %d\n255\n" % (b"P6" if ch == 3 else b"P5", w, h))
+        f.write(data)
+    print(f"wrote {a.output} ({w}x{h})", file=sys.stderr)
 
 
 if __name__ == "__main__":
