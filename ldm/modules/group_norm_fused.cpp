@@ -20,6 +20,15 @@ float* data<float>(const Tensor& t) { return t.data_ptr<float>(); }
 template <>
 uint16_t* data<uint16_t>(const Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
 
+// x stored channels-last (a 4-d map that is not also plainly contiguous, as
+// one of a single channel or pixel is): the kernels run along its channels
+bool channels_last(const Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+Tensor contiguous_like(const Tensor& t, const Tensor& like) {
+  return channels_last(like) ? t.contiguous(at::MemoryFormat::ChannelsLast) : t.contiguous();
+}
+
 struct Shape {
   int64_t n, c, hw, groups, cg;
   Shape(const Tensor& x, int64_t g) : n(x.size(0)), c(x.size(1)), hw(x.numel() / (n * c)), groups(g), cg(c / g) {}
@@ -38,6 +47,16 @@ tensor_list forward_typed(const Tensor& x, const Tensor& w, const Tensor& b, int
   T* yp = data<T>(y);
   const float *wp = w.data_ptr<float>(), *bp = b.data_ptr<float>();
   float *mp = mean.data_ptr<float>(), *rp = rstd.data_ptr<float>();
+  if (channels_last(x)) {
+    at::parallel_for(0, s.n, 1, [&](int64_t n0, int64_t n1) {
+      for (int64_t n = n0; n < n1; ++n) {
+        const int64_t o = n * s.c * s.hw, k = w.size(0) == 1 ? 0 : n * s.c;
+        group_norm_kernel_forward_nhwc(xp + o, wp + k, bp + k, yp + o, s.hw, s.c, groups, float(eps), silu,
+                                       mp + n * groups, rp + n * groups);
+      }
+    });
+    return {y, mean, rstd};
+  }
   at::parallel_for(0, s.n * groups, 1, [&](int64_t i0, int64_t i1) {
     for (int64_t i = i0; i < i1; ++i) {
       const int64_t k = s.weight(i, w);
@@ -65,6 +84,17 @@ tensor_list backward_typed(const Tensor& x, const Tensor& dy, const Tensor& w, c
   const float *wp = w.data_ptr<float>(), *bp = b.data_ptr<float>(), *mp = mean.data_ptr<float>(),
               *rp = rstd.data_ptr<float>();
   float *dwp = dw.data_ptr<float>(), *dbp = db.data_ptr<float>();
+  if (channels_last(x)) {
+    at::parallel_for(0, s.n, 1, [&](int64_t n0, int64_t n1) {
+      std::vector<float> scratch(s.c * s.hw);
+      for (int64_t n = n0; n < n1; ++n) {
+        const int64_t o = n * s.c * s.hw, k = w.size(0) == 1 ? 0 : n * s.c;
+        group_norm_kernel_backward_nhwc(xp + o, dyp + o, wp + k, bp + k, s.hw, s.c, groups, mp + n * groups,
+                                        rp + n * groups, silu, dxp + o, dwp + n * s.c, dbp + n * s.c, scratch.data());
+      }
+    });
+    return {dx, dw, db};
+  }
   at::parallel_for(0, s.n * s.groups, 1, [&](int64_t i0, int64_t i1) {
     std::vector<float> scratch(s.cg * s.hw);
     for (int64_t i = i0; i < i1; ++i) {
@@ -121,7 +151,7 @@ struct GroupNormFused : torch::autograd::Function<GroupNormFused> {
     const bool silu = ctx->saved_data["silu"].toBool();
     const auto types = ctx->saved_data["types"].toIntVector();
     auto type = [&](int k) { return static_cast<torch::ScalarType>(types[k]); };
-    auto dy = grads[0].to(x.scalar_type()).contiguous();
+    auto dy = contiguous_like(grads[0].to(x.scalar_type()), x);
     auto g = x.scalar_type() == torch::kBFloat16 ? backward_typed<uint16_t>(x, dy, we, be, mean, rstd, groups, silu)
                                                   : backward_typed<float>(x, dy, we, be, mean, rstd, groups, silu);
     const Tensor &dwe = g[1], &dbe = g[2];
@@ -160,7 +190,7 @@ Tensor group_norm_fused(const Tensor& x, int64_t groups, const Tensor& weight, c
   const int64_t nc = x.size(0) * x.size(1);
   TORCH_CHECK(!scale.defined() || (scale.numel() == nc && shift.numel() == nc), "group_norm_fused: expected ", nc,
               " scale and shift values (N x C), got ", scale.numel(), " and ", shift.numel());
-  auto xc = x.contiguous();
+  auto xc = channels_last(x) ? x : x.contiguous();
   auto needs = [](const Tensor& t) { return t.defined() && t.requires_grad(); };
   const bool grad = torch::GradMode::is_enabled() &&
                     (needs(x) || needs(weight) || needs(bias) || needs(scale) || needs(shift));

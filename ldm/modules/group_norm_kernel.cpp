@@ -6,7 +6,9 @@
 #include "ldm/modules/group_norm_kernel.h"
 
 #include <cmath>
+#include <algorithm>
 #include <cstring>
+#include <vector>
 
 #include "ldm/modules/flash_attention_simd.h"  // LDM_AVX2, exp2_ps, hsum
 
@@ -186,6 +188,159 @@ LDM_AVX2 void backward_avx2(const T* x, const T* dy, const float* w, const float
   }
 }
 
+// Channels-last: one sample's hw rows of c channels. Statistics come from
+// per-channel sums (float within kRows pixels, double across them), so every
+// loop runs along the contiguous channels.
+constexpr int64_t kRows = 256;
+
+// acc[k] += f(x[p, k]) over the rows; f = x (p = 1) or (x - center[k])^2.
+template <typename T>
+LDM_AVX2 void channel_sums(const T* x, int64_t hw, int64_t c, const float* center, int p, double* out) {
+  std::vector<float> acc(c);
+  for (int64_t k = 0; k < c; ++k) out[k] = 0;
+  for (int64_t r0 = 0; r0 < hw; r0 += kRows) {
+    std::fill(acc.begin(), acc.end(), 0.0f);
+    const int64_t r1 = r0 + kRows < hw ? r0 + kRows : hw;
+    for (int64_t r = r0; r < r1; ++r) {
+      const T* xr = x + r * c;
+      int64_t k = 0;
+      for (; k + 8 <= c; k += 8) {
+        __m256 v = load8(xr + k);
+        if (p == 2) v = _mm256_sub_ps(v, _mm256_loadu_ps(center + k));
+        _mm256_storeu_ps(acc.data() + k, p == 1 ? _mm256_add_ps(_mm256_loadu_ps(acc.data() + k), v)
+                                                : _mm256_fmadd_ps(v, v, _mm256_loadu_ps(acc.data() + k)));
+      }
+      for (; k < c; ++k) {
+        const float v = to_f(xr[k]) - (p == 2 ? center[k] : 0.0f);
+        acc[k] += p == 1 ? v : v * v;
+      }
+    }
+    for (int64_t k = 0; k < c; ++k) out[k] += acc[k];
+  }
+}
+
+// per-channel copies of the groups' mean and rstd
+struct ChannelStats {
+  std::vector<float> mean, rstd;
+};
+
+template <typename T>
+LDM_AVX2 ChannelStats nhwc_stats(const T* x, int64_t hw, int64_t c, int64_t groups, float eps, float* mean,
+                                 float* rstd) {
+  const int64_t cg = c / groups;
+  const double m = double(cg * hw);
+  std::vector<double> sums(c);
+  ChannelStats st{std::vector<float>(c), std::vector<float>(c)};
+  channel_sums(x, hw, c, nullptr, 1, sums.data());
+  for (int64_t g = 0; g < groups; ++g) {
+    double s = 0;
+    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) s += sums[k];
+    mean[g] = float(s / m);
+    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) st.mean[k] = mean[g];
+  }
+  channel_sums(x, hw, c, st.mean.data(), 2, sums.data());
+  for (int64_t g = 0; g < groups; ++g) {
+    double s = 0;
+    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) s += sums[k];
+    rstd[g] = float(1.0 / std::sqrt(s / m + double(eps)));
+    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) st.rstd[k] = rstd[g];
+  }
+  return st;
+}
+
+template <typename T>
+LDM_AVX2 void forward_nhwc_avx2(const T* x, const float* w, const float* b, T* y, int64_t hw, int64_t c,
+                                int64_t groups, float eps, bool silu, float* mean, float* rstd) {
+  const ChannelStats st = nhwc_stats(x, hw, c, groups, eps, mean, rstd);
+  std::vector<float> scale(c), shift(c);
+  for (int64_t k = 0; k < c; ++k) scale[k] = st.rstd[k] * w[k], shift[k] = b[k] - st.mean[k] * scale[k];
+  for (int64_t r = 0; r < hw; ++r) {
+    const T* xr = x + r * c;
+    T* yr = y + r * c;
+    int64_t k = 0;
+    for (; k + 8 <= c; k += 8) {
+      __m256 v = _mm256_fmadd_ps(load8(xr + k), _mm256_loadu_ps(scale.data() + k), _mm256_loadu_ps(shift.data() + k));
+      if (silu) v = _mm256_mul_ps(v, sigmoid8(v));
+      store8(yr + k, v);
+    }
+    for (; k < c; ++k) {
+      const float v = to_f(xr[k]) * scale[k] + shift[k];
+      yr[k] = from_f<T>(silu ? v * sigmoid(v) : v);
+    }
+  }
+}
+
+template <typename T>
+LDM_AVX2 void backward_nhwc_avx2(const T* x, const T* dy, const float* w, const float* b, int64_t hw, int64_t c,
+                                 int64_t groups, const float* mean, const float* rstd, bool silu, T* dx, float* dw,
+                                 float* db, float* scratch) {
+  const int64_t cg = c / groups;
+  std::vector<float> mc(c), rc(c), scale(c), shift(c), a1(c), a2(c);
+  for (int64_t k = 0; k < c; ++k) {
+    mc[k] = mean[k / cg], rc[k] = rstd[k / cg];
+    scale[k] = rc[k] * w[k], shift[k] = b[k] - mc[k] * scale[k];
+  }
+  std::vector<double> sg(c, 0.0), sgx(c, 0.0);
+  // g (through the SiLU) into scratch, and per channel sum(g), sum(g xhat)
+  for (int64_t r0 = 0; r0 < hw; r0 += kRows) {
+    std::fill(a1.begin(), a1.end(), 0.0f);
+    std::fill(a2.begin(), a2.end(), 0.0f);
+    const int64_t r1 = r0 + kRows < hw ? r0 + kRows : hw;
+    for (int64_t r = r0; r < r1; ++r) {
+      const T *xr = x + r * c, *dr = dy + r * c;
+      float* gr = scratch + r * c;
+      int64_t k = 0;
+      for (; k + 8 <= c; k += 8) {
+        const __m256 xv = load8(xr + k);
+        __m256 g = load8(dr + k);
+        if (silu) g = silu_grad8(g, _mm256_fmadd_ps(xv, _mm256_loadu_ps(&scale[k]), _mm256_loadu_ps(&shift[k])));
+        _mm256_storeu_ps(gr + k, g);
+        const __m256 xhat = _mm256_mul_ps(_mm256_sub_ps(xv, _mm256_loadu_ps(&mc[k])), _mm256_loadu_ps(&rc[k]));
+        _mm256_storeu_ps(&a1[k], _mm256_add_ps(_mm256_loadu_ps(&a1[k]), g));
+        _mm256_storeu_ps(&a2[k], _mm256_fmadd_ps(g, xhat, _mm256_loadu_ps(&a2[k])));
+      }
+      for (; k < c; ++k) {
+        const float xv = to_f(xr[k]), yv = xv * scale[k] + shift[k];
+        float g = to_f(dr[k]);
+        if (silu) {
+          const float s = sigmoid(yv);
+          g *= s * (1.0f + yv * (1.0f - s));
+        }
+        gr[k] = g;
+        a1[k] += g;
+        a2[k] += g * (xv - mc[k]) * rc[k];
+      }
+    }
+    for (int64_t k = 0; k < c; ++k) sg[k] += a1[k], sgx[k] += a2[k];
+  }
+  // dx = rstd (w g - (A + xhat B) / m) per group, as backward_avx2
+  std::vector<float> am(c), bm(c);
+  const double m = double(cg * hw);
+  for (int64_t g = 0; g < groups; ++g) {
+    double a = 0, bsum = 0;
+    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) a += w[k] * sg[k], bsum += w[k] * sgx[k];
+    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) am[k] = float(a / m), bm[k] = float(bsum / m);
+  }
+  for (int64_t k = 0; k < c; ++k) db[k] = float(sg[k]), dw[k] = float(sgx[k]);
+  for (int64_t r = 0; r < hw; ++r) {
+    const T* xr = x + r * c;
+    const float* gr = scratch + r * c;
+    T* o = dx + r * c;
+    int64_t k = 0;
+    for (; k + 8 <= c; k += 8) {
+      const __m256 rv = _mm256_loadu_ps(&rc[k]);
+      const __m256 xhat = _mm256_mul_ps(_mm256_sub_ps(load8(xr + k), _mm256_loadu_ps(&mc[k])), rv);
+      const __m256 inner = _mm256_sub_ps(_mm256_mul_ps(_mm256_loadu_ps(w + k), _mm256_loadu_ps(gr + k)),
+                                         _mm256_fmadd_ps(xhat, _mm256_loadu_ps(&bm[k]), _mm256_loadu_ps(&am[k])));
+      store8(o + k, _mm256_mul_ps(rv, inner));
+    }
+    for (; k < c; ++k) {
+      const float xhat = (to_f(xr[k]) - mc[k]) * rc[k];
+      o[k] = from_f<T>(rc[k] * (w[k] * gr[k] - (am[k] + xhat * bm[k])));
+    }
+  }
+}
+
 }  // namespace
 
 bool group_norm_kernel_available() {
@@ -211,6 +366,26 @@ void group_norm_kernel_backward(const float* x, const float* dy, const float* w,
                                 int64_t hw, float mean, float rstd, bool silu, float* dx, float* dw, float* db,
                                 float* scratch) {
   backward_avx2(x, dy, w, b, channels, hw, mean, rstd, silu, dx, dw, db, scratch);
+}
+
+void group_norm_kernel_forward_nhwc(const uint16_t* x, const float* w, const float* b, uint16_t* y, int64_t hw,
+                                    int64_t c, int64_t groups, float eps, bool silu, float* mean, float* rstd) {
+  forward_nhwc_avx2(x, w, b, y, hw, c, groups, eps, silu, mean, rstd);
+}
+void group_norm_kernel_forward_nhwc(const float* x, const float* w, const float* b, float* y, int64_t hw, int64_t c,
+                                    int64_t groups, float eps, bool silu, float* mean, float* rstd) {
+  forward_nhwc_avx2(x, w, b, y, hw, c, groups, eps, silu, mean, rstd);
+}
+
+void group_norm_kernel_backward_nhwc(const uint16_t* x, const uint16_t* dy, const float* w, const float* b,
+                                     int64_t hw, int64_t c, int64_t groups, const float* mean, const float* rstd,
+                                     bool silu, uint16_t* dx, float* dw, float* db, float* scratch) {
+  backward_nhwc_avx2(x, dy, w, b, hw, c, groups, mean, rstd, silu, dx, dw, db, scratch);
+}
+void group_norm_kernel_backward_nhwc(const float* x, const float* dy, const float* w, const float* b, int64_t hw,
+                                     int64_t c, int64_t groups, const float* mean, const float* rstd, bool silu,
+                                     float* dx, float* dw, float* db, float* scratch) {
+  backward_nhwc_avx2(x, dy, w, b, hw, c, groups, mean, rstd, silu, dx, dw, db, scratch);
 }
 
 }  // namespace ldm

@@ -31,4 +31,18 @@ void group_norm_kernel_backward(const float* x, const float* dy, const float* w,
                                 int64_t hw, float mean, float rstd, bool silu, float* dx, float* dw, float* db,
                                 float* scratch);
 
+// The same for one sample stored channels-last: x, y, dy, dx hold hw rows of
+// c channels; w, b the sample's c weights; mean, rstd its `groups` values;
+// dw, db its c per-channel sums. scratch: hw * c floats.
+void group_norm_kernel_forward_nhwc(const uint16_t* x, const float* w, const float* b, uint16_t* y, int64_t hw,
+                                    int64_t c, int64_t groups, float eps, bool silu, float* mean, float* rstd);
+void group_norm_kernel_forward_nhwc(const float* x, const float* w, const float* b, float* y, int64_t hw, int64_t c,
+                                    int64_t groups, float eps, bool silu, float* mean, float* rstd);
+void group_norm_kernel_backward_nhwc(const uint16_t* x, const uint16_t* dy, const float* w, const float* b,
+                                     int64_t hw, int64_t c, int64_t groups, const float* mean, const float* rstd,
+                                     bool silu, uint16_t* dx, float* dw, float* db, float* scratch);
+void group_norm_kernel_backward_nhwc(const float* x, const float* dy, const float* w, const float* b, int64_t hw,
+                                     int64_t c, int64_t groups, const float* mean, const float* rstd, bool silu,
+                                     float* dx, float* dw, float* db, float* scratch);
+
 }  // namespace ldm

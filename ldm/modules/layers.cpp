@@ -174,6 +174,10 @@ torch::Tensor GroupNorm::norm(const torch::Tensor& x, bool silu) {
   return (silu ? torch::silu(y) : y).to(dt);
 }
 
+bool channels_last_training(const torch::Tensor& x) {
+  return x.dim() == 4 && x.is_cpu() && torch::GradMode::is_enabled() && group_norm_fused_applies(x);
+}
+
 LayerNorm::LayerNorm(int64_t d, double e) : dim(d), eps(e) {
   weight = register_parameter("weight", make_const({d}, 1.0));
   bias = register_parameter("bias", make_const({d}, 0.0));

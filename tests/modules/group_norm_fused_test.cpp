@@ -29,10 +29,14 @@ const std::vector<Case> kCases = {{{4, 32, 16, 16}, 32}, {{3, 64, 4, 4}, 32}, {{
                                   {{1, 8, 70, 70}, 2},   {{2, 16, 9}, 4}};
 
 // One case in one dtype, with or without the SiLU and the per-sample scale/shift.
-void check(const Case& cs, torch::ScalarType dt, bool silu, bool scale_shift, torch::Generator& gen) {
+// channels_last: x stored so (4-d cases), which takes the channels-last kernels.
+void check(const Case& cs, torch::ScalarType dt, bool silu, bool scale_shift, torch::Generator& gen,
+           bool channels_last = false) {
   const int64_t n = cs.shape[0], c = cs.shape[1];
   const bool bf16 = dt == torch::kBFloat16;
-  auto x = (torch::randn(cs.shape, gen) * 3 + 1).to(dt).requires_grad_();
+  auto x = (torch::randn(cs.shape, gen) * 3 + 1).to(dt);
+  if (channels_last) x = x.contiguous(at::MemoryFormat::ChannelsLast);
+  x.requires_grad_();
   auto w = (torch::randn({c}, gen) + 1).requires_grad_(), b = torch::randn({c}, gen).requires_grad_();
   torch::Tensor s, t;
   if (scale_shift) {
@@ -57,8 +61,13 @@ void check(const Case& cs, torch::ScalarType dt, bool silu, bool scale_shift, to
   y64.backward(up.to(torch::kFloat64));
 
   const std::string what = c10::str(cs.shape, " groups ", cs.groups, silu ? " +silu" : "",
-                                    scale_shift ? " +scale/shift" : "", bf16 ? " bf16" : " float32");
+                                    scale_shift ? " +scale/shift" : "", bf16 ? " bf16" : " float32",
+                                    channels_last ? " channels-last" : "");
   EXPECT_EQ(y.scalar_type(), dt) << what;
+  if (channels_last) {  // the layout carries through, both ways
+    EXPECT_TRUE(y.is_contiguous(at::MemoryFormat::ChannelsLast)) << what;
+    EXPECT_TRUE(x.grad().is_contiguous(at::MemoryFormat::ChannelsLast)) << what;
+  }
   EXPECT_EQ(x.grad().scalar_type(), dt) << what;
   // bf16 outputs: one rounding (2^-8 relative) over float32 arithmetic; float32: sums of up to 20k terms
   const double rel = bf16 ? 4e-3 : 2e-5;
@@ -96,6 +105,19 @@ TEST(GroupNormFused, ScaleShiftMatchesFloat64WithGradients) {
   auto gen = torch::make_generator<at::CPUGeneratorImpl>(7);
   for (const auto& cs : kCases)
     for (auto dt : {torch::kBFloat16, torch::kFloat32}) check(cs, dt, true, true, gen);
+}
+
+// Channels-last maps (training's layout for oneDNN's convolutions): the same
+// results by the per-sample kernels that run along the channels, with channel
+// counts that leave vector tails (12) and groups of one channel (32 of 32).
+TEST(GroupNormFused, ChannelsLastMatchesFloat64WithGradients) {
+  if (kernel_missing()) GTEST_SKIP() << "this CPU lacks AVX2/FMA";
+  auto gen = torch::make_generator<at::CPUGeneratorImpl>(8);
+  for (const auto& cs : kCases) {
+    if (cs.shape.size() != 4) continue;
+    for (auto dt : {torch::kBFloat16, torch::kFloat32})
+      for (int v = 0; v < 3; ++v) check(cs, dt, v > 0, v == 2, gen, true);
+  }
 }
 
 // GroupNorm's module paths on bf16 inputs (autocast, bf16 inference) give what

@@ -5,6 +5,7 @@
 #include "ldm/util/config.h"
 #include "ldm/models/registry.h"
 #include "ldm/io/state_dict.h"
+#include "ldm/modules/group_norm_fused.h"
 #include "tests/testing.h"
 
 using namespace ldm;
@@ -167,4 +168,43 @@ TEST(UNet, Dims1And3AndNewAttentionOrder) {
     auto y = u.forward(x, torch::tensor({1, 500}));
     EXPECT_EQ(y.sizes(), x.sizes());
   }
+}
+
+// CPU training runs the UNet channels-last (float32 and bf16, with grad); the
+// same model in float64 runs it NCHW. Output and every parameter's gradient
+// agree, and the output comes back in the input's layout. A fashion-shaped
+// UNet: scale-shift norms, cross-attention, skip concatenations, up/down.
+TEST(UNet, ChannelsLastTrainingMatchesFloat64) {
+  if (!group_norm_fused_applies(torch::zeros({1, 1}))) GTEST_SKIP() << "this CPU lacks AVX2/FMA";
+  UNetOptions o;
+  o.model_channels = 32;
+  o.channel_mult = {1, 2};
+  o.num_res_blocks = {1};
+  o.attention_resolutions = {2};
+  o.num_head_channels = 16;
+  o.use_spatial_transformer = true;
+  o.context_dim = {24};
+  o.use_scale_shift_norm = true;
+  auto make = [&] {  // the same weights each time
+    torch::manual_seed(3);
+    auto m = std::make_shared<UNetModel>(o);
+    torch::NoGradGuard ng;  // zero-initialised output layers would hide their inputs' gradients
+    for (auto& p : m->parameters()) p.add_(torch::randn_like(p) * 0.05);
+    return m;
+  };
+  auto u = make(), u64 = make();
+  u64->to(torch::kFloat64);
+  auto x = torch::randn({3, 4, 8, 8}), t = torch::tensor({3, 400, 999}), c = torch::randn({3, 5, 24});
+  auto y = u->forward(x, t, c);
+  auto y64 = u64->forward(x.to(torch::kFloat64), t, c.to(torch::kFloat64));
+  EXPECT_TRUE(y.is_contiguous());
+  test::expect_close(y, y64, 1e-4, 1e-4, "output");
+  y.pow(2).sum().backward();
+  y64.pow(2).sum().backward();
+  // float32 rounding against the largest gradient (some, a conv bias before a norm, are ~0 exactly)
+  auto p64 = u64->named_parameters();
+  double scale = 0;
+  for (const auto& p : p64) scale = std::max(scale, p.value().grad().abs().max().item<double>());
+  for (const auto& p : u->named_parameters())
+    test::expect_close(p.value().grad(), p64[p.key()].grad(), 1e-5 * scale, 1e-3, p.key());
 }

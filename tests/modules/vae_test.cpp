@@ -4,6 +4,8 @@
 #include "ldm/util/config.h"
 #include "ldm/models/registry.h"
 #include "ldm/io/state_dict.h"
+#include "ldm/modules/diffusionmodules/model.h"
+#include "ldm/modules/layers.h"
 #include "tests/testing.h"
 
 using namespace ldm;
@@ -54,4 +56,37 @@ TEST(Distributions, KlAndNllAgainstFormulas) {
   // logvar clamp
   auto big = torch::full({1, 2, 1, 1}, 100.0);
   EXPECT_DOUBLE_EQ(DiagonalGaussianDistribution(big).logvar.max().item<double>(), 20.0);
+}
+
+// CPU training runs the encoder and decoder channels-last (float32 with grad);
+// the same layers in float64 run NCHW. Outputs and every parameter's gradient
+// agree, and the outputs come back NCHW. Attention, down- and upsampling included.
+TEST(Vae, ChannelsLastTrainingMatchesFloat64) {
+  if (!nn::channels_last_training(torch::zeros({1, 1, 2, 2}))) GTEST_SKIP() << "this CPU lacks AVX2/FMA";
+  DDConfig c;
+  c.ch = 32, c.ch_mult = {1, 2}, c.num_res_blocks = 1, c.attn_resolutions = {8};
+  c.in_channels = 1, c.out_ch = 1, c.resolution = 16;
+  auto make = [&] {  // the same weights each time
+    torch::manual_seed(4);
+    return std::make_pair(std::make_shared<Encoder>(c), std::make_shared<Decoder>(c));
+  };
+  auto [enc, dec] = make();
+  auto [enc64, dec64] = make();
+  enc64->to(torch::kFloat64), dec64->to(torch::kFloat64);
+  auto x = torch::randn({2, 1, 16, 16});
+  auto z = enc->forward(x), z64 = enc64->forward(x.to(torch::kFloat64));
+  auto y = dec->forward(z.narrow(1, 0, 4)), y64 = dec64->forward(z64.narrow(1, 0, 4));
+  EXPECT_TRUE(z.is_contiguous() && y.is_contiguous());
+  test::expect_close(z, z64, 1e-4, 1e-4, "latents");
+  test::expect_close(y, y64, 1e-4, 1e-4, "decoded");
+  y.pow(2).sum().backward();
+  y64.pow(2).sum().backward();
+  for (auto [m, m64] : {std::make_pair<torch::nn::Module*, torch::nn::Module*>(enc.get(), enc64.get()),
+                        std::make_pair<torch::nn::Module*, torch::nn::Module*>(dec.get(), dec64.get())}) {
+    auto p64 = m64->named_parameters();
+    double scale = 0;
+    for (const auto& p : p64) scale = std::max(scale, p.value().grad().abs().max().item<double>());
+    for (const auto& p : m->named_parameters())
+      test::expect_close(p.value().grad(), p64[p.key()].grad(), 1e-5 * scale, 1e-3, p.key());
+  }
 }

@@ -117,7 +117,7 @@ Encoder::Encoder(const DDConfig& c) : c_(c) {
 }
 
 torch::Tensor Encoder::forward(const torch::Tensor& x) {
-  auto h = conv_in->forward(x);
+  auto h = conv_in->forward(nn::channels_last_training(x) ? x.contiguous(at::MemoryFormat::ChannelsLast) : x);
   const size_t L = c_.ch_mult.size();
   for (size_t i = 0; i < L; ++i) {
     for (size_t b = 0; b < blocks[i].size(); ++b) {
@@ -134,7 +134,7 @@ torch::Tensor Encoder::forward(const torch::Tensor& x) {
     }
   }
   h = mid2->forward(mid_attn.fn(mid1->forward(h)));
-  return conv_out->forward(norm_out->forward_silu(h));
+  return conv_out->forward(norm_out->forward_silu(h)).contiguous(x.suggest_memory_format());
 }
 
 Decoder::Decoder(const DDConfig& c) : c_(c) {
@@ -179,7 +179,7 @@ Decoder::Decoder(const DDConfig& c) : c_(c) {
 }
 
 torch::Tensor Decoder::forward(const torch::Tensor& z) {
-  auto h = conv_in->forward(z);
+  auto h = conv_in->forward(nn::channels_last_training(z) ? z.contiguous(at::MemoryFormat::ChannelsLast) : z);
   h = mid2->forward(mid_attn.fn(mid1->forward(h)));
   for (size_t i = c_.ch_mult.size(); i-- > 0;) {
     for (size_t b = 0; b < blocks[i].size(); ++b) {
@@ -191,9 +191,9 @@ torch::Tensor Decoder::forward(const torch::Tensor& z) {
       if (ups[i]) h = ups[i]->forward(h);
     }
   }
-  if (c_.give_pre_end) return h;
+  if (c_.give_pre_end) return h.contiguous(z.suggest_memory_format());
   h = conv_out->forward(norm_out->forward_silu(h));
-  return c_.tanh_out ? torch::tanh(h) : h;
+  return (c_.tanh_out ? torch::tanh(h) : h).contiguous(z.suggest_memory_format());
 }
 
 }  // namespace ldm

@@ -363,7 +363,9 @@ torch::Tensor UNetModel::forward(const torch::Tensor& x, const torch::Tensor& ti
   if (o_.use_spatial_transformer && !context.defined())
     throw Error("UNetModel: this model uses cross-attention; pass a context");
   auto t = timesteps.dim() == 0 ? timesteps.expand({x.size(0)}) : timesteps;
-  auto emb = time_embed2->forward(torch::silu(time_embed0->forward(timestep_embedding(t, o_.model_channels))));
+  // the sinusoids in the weights' dtype (float32 otherwise; a float64 copy of the model is a test's reference)
+  auto t_emb = timestep_embedding(t, o_.model_channels).to(time_embed0->weight.scalar_type());
+  auto emb = time_embed2->forward(torch::silu(time_embed0->forward(t_emb)));
   if (label_emb) {
     if (y.dim() != 1 || y.size(0) != x.size(0)) throw Error("UNetModel: y must be [N] labels");
     emb = emb + label_emb->forward(y.to(torch::kInt64));
@@ -373,7 +375,8 @@ torch::Tensor UNetModel::forward(const torch::Tensor& x, const torch::Tensor& ti
     emb = emb + label_lin0->forward(y);
   }
   std::vector<torch::Tensor> hs;
-  torch::Tensor h = x;
+  const bool channels_last = nn::channels_last_training(x);  // the output goes back to x's layout
+  torch::Tensor h = channels_last ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
   for (auto& b : input_blocks) {
     h = b->forward(h, emb, context);
     hs.push_back(h);
@@ -384,8 +387,8 @@ torch::Tensor UNetModel::forward(const torch::Tensor& x, const torch::Tensor& ti
     hs.pop_back();
     h = b->forward(h, emb, context);
   }
-  if (id_conv) return id_conv->forward(id_norm->forward(h));
-  return out_conv->forward(out_norm->forward_silu(h));
+  h = id_conv ? id_conv->forward(id_norm->forward(h)) : out_conv->forward(out_norm->forward_silu(h));
+  return channels_last ? h.contiguous(x.suggest_memory_format()) : h;
 }
 
 }  // namespace ldm
