@@ -150,15 +150,23 @@ TEST(UNet, PerLevelAttentionLists) {
   }
 }
 
+namespace {
+// two levels of 32 and 64 channels, one block each, attention at the second
+UNetOptions two_level_unet() {
+  UNetOptions o;
+  o.model_channels = 32;
+  o.channel_mult = {1, 2};
+  o.num_res_blocks = {1};
+  o.attention_resolutions = {2};
+  return o;
+}
+}  // namespace
+
 TEST(UNet, Dims1And3AndNewAttentionOrder) {
   for (int dims : {1, 3}) {
-    UNetOptions o;
+    UNetOptions o = two_level_unet();
     o.in_channels = 2;
     o.out_channels = 2;
-    o.model_channels = 32;
-    o.channel_mult = {1, 2};
-    o.num_res_blocks = {1};
-    o.attention_resolutions = {2};
     o.num_heads = 2;
     o.dims = dims;
     o.use_new_attention_order = true;
@@ -176,11 +184,7 @@ TEST(UNet, Dims1And3AndNewAttentionOrder) {
 // UNet: scale-shift norms, cross-attention, skip concatenations, up/down.
 TEST(UNet, ChannelsLastTrainingMatchesFloat64) {
   if (!group_norm_fused_applies(torch::zeros({1, 1}))) GTEST_SKIP() << "this CPU lacks AVX2/FMA";
-  UNetOptions o;
-  o.model_channels = 32;
-  o.channel_mult = {1, 2};
-  o.num_res_blocks = {1};
-  o.attention_resolutions = {2};
+  UNetOptions o = two_level_unet();
   o.num_head_channels = 16;
   o.use_spatial_transformer = true;
   o.context_dim = {24};
