@@ -1,7 +1,8 @@
 // GroupNorm (+ a per-sample scale and shift, + SiLU) on the CPU through the
 // fused kernel of group_norm_kernel.h, differentiable in every tensor input.
 // One pass per group instead of libtorch's norm, multiply, add and SiLU each
-// with its own tensor and backward (and, for bf16, its float32 copies).
+// with its own tensor and backward (and, for bf16, its float32 copies). A 4-d
+// x stored channels-last is normalised in place of its layout (CPU training's).
 #pragma once
 #include <torch/torch.h>
 
