@@ -231,20 +231,19 @@ LDM_AVX2 ChannelStats nhwc_stats(const T* x, int64_t hw, int64_t c, int64_t grou
   const double m = double(cg * hw);
   std::vector<double> sums(c);
   ChannelStats st{std::vector<float>(c), std::vector<float>(c)};
+  // per group: out[g] = f(sum of its channels' sums), copied to each of its channels
+  auto per_group = [&](float* out, std::vector<float>& per_channel, auto f) {
+    for (int64_t g = 0; g < groups; ++g) {
+      double s = 0;
+      for (int64_t k = g * cg; k < (g + 1) * cg; ++k) s += sums[k];
+      out[g] = f(s);
+      std::fill(per_channel.begin() + g * cg, per_channel.begin() + (g + 1) * cg, out[g]);
+    }
+  };
   channel_sums(x, hw, c, nullptr, 1, sums.data());
-  for (int64_t g = 0; g < groups; ++g) {
-    double s = 0;
-    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) s += sums[k];
-    mean[g] = float(s / m);
-    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) st.mean[k] = mean[g];
-  }
+  per_group(mean, st.mean, [&](double s) { return float(s / m); });
   channel_sums(x, hw, c, st.mean.data(), 2, sums.data());
-  for (int64_t g = 0; g < groups; ++g) {
-    double s = 0;
-    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) s += sums[k];
-    rstd[g] = float(1.0 / std::sqrt(s / m + double(eps)));
-    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) st.rstd[k] = rstd[g];
-  }
+  per_group(rstd, st.rstd, [&](double s) { return float(1.0 / std::sqrt(s / m + double(eps))); });
   return st;
 }
 

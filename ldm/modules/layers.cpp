@@ -174,8 +174,9 @@ torch::Tensor GroupNorm::norm(const torch::Tensor& x, bool silu) {
   return (silu ? torch::silu(y) : y).to(dt);
 }
 
-bool channels_last_training(const torch::Tensor& x) {
-  return x.dim() == 4 && x.is_cpu() && torch::GradMode::is_enabled() && group_norm_fused_applies(x);
+torch::Tensor training_layout(const torch::Tensor& x) {
+  const bool cl = x.dim() == 4 && x.is_cpu() && torch::GradMode::is_enabled() && group_norm_fused_applies(x);
+  return cl ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
 }
 
 LayerNorm::LayerNorm(int64_t d, double e) : dim(d), eps(e) {

@@ -121,11 +121,13 @@ class GroupNorm : public torch::nn::Module {
   torch::Tensor norm(const torch::Tensor& x, bool silu);
 };
 
-// Whether a network stores x's maps channels-last: CPU training (grad mode) of
-// 4-d float32/bf16 maps where the fused GroupNorm runs. oneDNN's convolutions,
-// forward and backward, then skip the reorders libtorch adds around NCHW (a
-// fifth of the fashion UNet's convolution time); norms and attention follow.
-bool channels_last_training(const torch::Tensor& x);
+// x in the layout a network keeps its maps in: channels-last for CPU training
+// (grad mode) of 4-d float32/bf16 maps where the fused GroupNorm runs, x as is
+// otherwise. oneDNN's convolutions, forward and backward, then skip the
+// reorders libtorch adds around NCHW (a fifth of the fashion UNet's
+// convolution time); norms and attention follow. Networks hand their output
+// back in their input's layout.
+torch::Tensor training_layout(const torch::Tensor& x);
 
 class LayerNorm : public torch::nn::Module {
  public:

@@ -375,8 +375,7 @@ torch::Tensor UNetModel::forward(const torch::Tensor& x, const torch::Tensor& ti
     emb = emb + label_lin0->forward(y);
   }
   std::vector<torch::Tensor> hs;
-  const bool channels_last = nn::channels_last_training(x);  // the output goes back to x's layout
-  torch::Tensor h = channels_last ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
+  torch::Tensor h = nn::training_layout(x);
   for (auto& b : input_blocks) {
     h = b->forward(h, emb, context);
     hs.push_back(h);
@@ -388,7 +387,7 @@ torch::Tensor UNetModel::forward(const torch::Tensor& x, const torch::Tensor& ti
     h = b->forward(h, emb, context);
   }
   h = id_conv ? id_conv->forward(id_norm->forward(h)) : out_conv->forward(out_norm->forward_silu(h));
-  return channels_last ? h.contiguous(x.suggest_memory_format()) : h;
+  return h.contiguous(x.suggest_memory_format());
 }
 
 }  // namespace ldm
