@@ -143,10 +143,36 @@ def forward_autocast(bf16):
     return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
 
 
+def training_step_module(m):
+    """What Lightning's DDP wraps: a module whose forward is the LightningModule's training_step."""
+    import torch
+
+    class TrainingStep(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, batch, optimizer_idx):
+            return self.m.training_step(batch, 0, optimizer_idx)
+
+    return TrainingStep(m)
+
+
+def data_parallel(module, find_unused):
+    """DistributedDataParallel over Gloo when this process is one of --ranks (Lightning's strategy="ddp")."""
+    import torch
+
+    if not torch.distributed.is_initialized():
+        return module
+    return torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=find_unused)
+
+
 def fashion_ae_step(config, runs, bf16=False):
     """The reference's AutoencoderKL and LPIPSWithDiscriminator built from our YAML, one training step as
     Lightning runs it with two optimizers: training_step for the autoencoder's Adam, then for the
-    discriminator's (its loss is 0 times the hinge before disc_start, as the reference computes it)."""
+    discriminator's (its loss is 0 times the hinge before disc_start, as the reference computes it).
+    As ranks: Lightning 1.x's DDP (find_unused_parameters=True: each optimizer's step leaves the other's
+    parameters without a gradient), each rank on its share of the batch."""
     import torch
     from ldm.util import instantiate_from_config
 
@@ -159,13 +185,15 @@ def fashion_ae_step(config, runs, bf16=False):
     m.train()
     opts, _ = m.configure_optimizers()
     res = m.encoder.resolution
-    batch = {m.image_key: torch.rand(bs, res, res, m.encoder.conv_in.in_channels) * 2 - 1}
+    local = bs // world_size()
+    batch = {m.image_key: torch.rand(local, res, res, m.encoder.conv_in.in_channels) * 2 - 1}
+    train_step = data_parallel(training_step_module(m), find_unused=True)
 
     def step():
         for i, opt in enumerate(opts):
             opt.zero_grad(set_to_none=True)
             with forward_autocast(bf16):
-                loss = m.training_step(batch, 0, i)
+                loss = train_step(batch, i)
             loss.backward()
             opt.step()
 
@@ -176,7 +204,8 @@ def fashion_ae_step(config, runs, bf16=False):
 
 def fashion_ldm_step(config, runs, bf16=False):
     """The reference's LatentDiffusion built from our YAML (first stage random), one training step:
-    conditioning, p_losses (with its VLB term), backward, AdamW over the UNet, on one latent batch."""
+    conditioning, p_losses (with its VLB term), backward, AdamW over the UNet, on one latent batch.
+    As ranks: the UNet in DistributedDataParallel (its gradients only, as ours), each rank on its share."""
     import torch
     from ldm.util import instantiate_from_config
 
@@ -189,16 +218,18 @@ def fashion_ldm_step(config, runs, bf16=False):
     m = instantiate_from_config(model)
     m.train()
     opt = torch.optim.AdamW(m.model.parameters(), lr=1e-4)
+    m.model.diffusion_model = data_parallel(m.model.diffusion_model, find_unused=False)
     bs = cfg["data"]["params"]["batch_size"]
+    local = bs // world_size()
     p = model["params"]
-    z = torch.randn(bs, p["channels"], p["image_size"], p["image_size"])
-    batch = {p["cond_stage_key"]: torch.randint(0, 10, (bs,))}
+    z = torch.randn(local, p["channels"], p["image_size"], p["image_size"])
+    batch = {p["cond_stage_key"]: torch.randint(0, 10, (local,))}
 
     def step():
         opt.zero_grad(set_to_none=True)
         with forward_autocast(bf16):
             c = m.get_learned_conditioning(batch)
-            t = torch.randint(0, m.num_timesteps, (bs,))
+            t = torch.randint(0, m.num_timesteps, (local,))
             loss, _ = m.p_losses(z, c, t)
         loss.backward()
         opt.step()
@@ -206,6 +237,34 @@ def fashion_ldm_step(config, runs, bf16=False):
     r = median_time(step, max(5, runs * 3))
     r["samples_per_s"] = bs / r["median_s"]
     return r
+
+
+def world_size():
+    import torch
+
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
+def start_ranks(a):
+    """--ranks N: this process is rank 0 of N on loopback; ranks 1..N-1 are this script again with --rank.
+    Threads split between them (as ldm's launcher: cores / N each). Returns the other ranks' processes."""
+    import socket
+    import subprocess
+    import torch
+
+    if a.rank == 0:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            a.port = s.getsockname()[1]
+    others = []
+    if a.rank == 0:
+        for r in range(1, a.ranks):
+            others.append(subprocess.Popen([sys.executable] + sys.argv + ["--rank", str(r), "--port", str(a.port)],
+                                           stdout=subprocess.DEVNULL))
+    torch.set_num_threads(max(1, (a.threads or os.cpu_count()) // a.ranks))
+    torch.distributed.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{a.port}", rank=a.rank,
+                                         world_size=a.ranks)
+    return others
 
 
 def median_time(fn, runs):
@@ -230,6 +289,9 @@ def main():
                                                              "ldm.yaml"))
     ap.add_argument("--fashion-ae-config", default=os.path.join(os.path.dirname(__file__), "..", "configs", "fashion",
                                                                 "autoencoder.yaml"))
+    ap.add_argument("--ranks", type=int, default=1, help="training works: N data-parallel ranks (DDP over Gloo)")
+    ap.add_argument("--rank", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     a = ap.parse_args()
     sys.path.insert(0, a.repo)
     try:
@@ -240,6 +302,7 @@ def main():
 
     if a.threads > 0:
         torch.set_num_threads(a.threads)
+    others = start_ranks(a) if a.ranks > 1 and a.work.startswith("train_fashion") else []
     torch.manual_seed(0)
     params = yaml.safe_load(open(a.config))["model"]["params"]
     install_stand_ins()
@@ -285,7 +348,12 @@ def main():
     else:
         raise SystemExit(f"unknown work {a.work}")
     r["threads"] = torch.get_num_threads()
-    print("RESULT " + json.dumps(r), flush=True)
+    r["ranks"] = world_size()
+    for p in others:
+        if p.wait() != 0:
+            raise SystemExit(f"rank {others.index(p) + 1} exited with status {p.returncode}")
+    if a.rank == 0:
+        print("RESULT " + json.dumps(r), flush=True)
 
 
 if __name__ == "__main__":

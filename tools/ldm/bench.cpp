@@ -7,6 +7,7 @@
 // is and with tcmalloc preloaded), diffusers on PyTorch 2.x (--peers-venv DIR)
 // and a stable-diffusion.cpp binary (--sdcpp).
 #include <torch/csrc/autograd/profiler_legacy.h>
+#include <sys/resource.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -31,6 +32,7 @@
 #include "ldm/modules/encoders/clip_text.h"
 #include "ldm/modules/fast_conv.h"
 #include "ldm/modules/layers.h"
+#include "ldm/train/distributed.h"
 #include "ldm/train/optim.h"
 #include "ldm/train/task.h"
 #include "ldm/util/config.h"
@@ -51,6 +53,32 @@ struct Opts {
   std::string only, child, weights, weights16, vocab, reference, sdcpp, json_out, python = "/usr/bin/python3", peers_venv;
   std::string fashion_config = "configs/fashion/ldm.yaml", fashion_ae_config = "configs/fashion/autoencoder.yaml";
   int runs = 3;
+  int ranks = 1;  // training works: data-parallel ranks of cores/ranks threads, as `make run` trains
+};
+
+// The training works as `ldm train --nproc N` runs them when this process is
+// one of N ranks (launch_local's environment): each rank takes its share of
+// the batch and the gradients are averaged by GradSync, as the trainer does.
+class DataParallel {
+ public:
+  DataParallel() {
+    const auto e = dist_env_from_environment();
+    if (e.world > 1) dist_ = std::make_unique<Distributed>(e, std::chrono::seconds(120));
+  }
+  int world() const { return dist_ ? dist_->world() : 1; }
+  // the backward around `backward` averages the gradients of optimizer i's parameters
+  void backward(size_t i, const std::vector<torch::Tensor>& params, const std::function<void()>& backward) {
+    if (!dist_) return backward();
+    if (syncs_.size() <= i) syncs_.resize(i + 1);
+    if (!syncs_[i]) syncs_[i] = std::make_unique<GradSync>(*dist_, params);
+    syncs_[i]->arm();
+    backward();
+    syncs_[i]->finish();
+  }
+
+ private:
+  std::unique_ptr<Distributed> dist_;
+  std::vector<std::unique_ptr<GradSync>> syncs_;
 };
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
@@ -113,7 +141,15 @@ Profile profile(const std::function<void()>& fn) {
         stack.pop_back();
         if (stack.empty()) p.ms[group(start->name())] += start->cpuElapsedUs(e) / 1e3;
         if (std::getenv("LDM_BENCH_OPS")) {  // every op's self-inclusive time and count, for digging
-          auto& [ms, n] = p.ops[start->name()];
+          std::string key = start->name();
+          if (std::string(std::getenv("LDM_BENCH_OPS")) == "shapes") {  // split each op by its input shapes
+            for (const auto& sh : start->shapes()) {
+              key += " [";
+              for (size_t i = 0; i < sh.size(); ++i) key += (i ? "," : "") + std::to_string(sh[i]);
+              key += "]";
+            }
+          }
+          auto& [ms, n] = p.ops[key];
           ms += start->cpuElapsedUs(e) / 1e3;
           ++n;
         }
@@ -253,10 +289,11 @@ json run_child_work(const Opts& o) {
     auto m = instantiate_as<LatentDiffusion>(model, o.fashion_config + ": model");
     m->train();
     FusedAdamW opt(m->unet()->parameters(), torch::optim::AdamWOptions(1e-4));
-    const int64_t bs = cfg["data"]["params"]["batch_size"].as<int64_t>();
+    DataParallel dp;
+    const int64_t bs = cfg["data"]["params"]["batch_size"].as<int64_t>(), local = bs / dp.world();
     const auto& mo = m->options();
-    auto z = torch::randn({bs, mo.channels, mo.image_size, mo.image_size});
-    auto labels = torch::randint(0, 10, {bs}, torch::kInt64);
+    auto z = torch::randn({local, mo.channels, mo.image_size, mo.image_size});
+    auto labels = torch::randint(0, 10, {local}, torch::kInt64);
     auto gen = torch::make_generator<at::CPUGeneratorImpl>(0);
     auto step = [&] {
       m->zero_grad(/*set_to_none=*/true);
@@ -265,7 +302,7 @@ json run_child_work(const Opts& o) {
         Autocast fwd(bf16 ? "bf16" : "32", torch::kCPU);
         loss = m->training_loss(z, m->make_cond(m->get_learned_conditioning(labels)), gen);
       }
-      loss.backward();
+      dp.backward(0, m->unet()->parameters(), [&] { loss.backward(); });
       opt.step();
     };
     auto r = time_work(step, std::max(5, o.runs * 3));
@@ -274,13 +311,14 @@ json run_child_work(const Opts& o) {
   }
   if (w == "train_fashion_ae" || w == "train_fashion_ae_bf16") {  // the trainer's autoencoder task: both optimizers' steps as the trainer runs them
     auto cfg = load_yaml(o.fashion_ae_config);
-    const int64_t bs = cfg["data"]["params"]["batch_size"].as<int64_t>();
+    DataParallel dp;
+    const int64_t bs = cfg["data"]["params"]["batch_size"].as<int64_t>(), local = bs / dp.world();
     auto task = make_autoencoder_task(cfg["model"], cfg["model"]["base_learning_rate"].as<double>() * bs);
     task->module().train();
     const auto& dd = cfg["model"]["params"]["ddconfig"];
     const int64_t res = dd["resolution"].as<int64_t>();
     Batch b;
-    b.image = torch::rand({bs, dd["in_channels"].as<int64_t>(), res, res}) * 2 - 1;
+    b.image = torch::rand({local, dd["in_channels"].as<int64_t>(), res, res}) * 2 - 1;
     auto gen = torch::make_generator<at::CPUGeneratorImpl>(0);
     auto opts = task->optimizers();
     auto step = [&] {
@@ -292,7 +330,7 @@ json run_child_work(const Opts& o) {
           Autocast fwd(bf16 ? "bf16" : "32", torch::kCPU);
           loss = task->loss(b, static_cast<int>(i), 1, gen).loss;
         }
-        loss.backward();
+        dp.backward(i, task->params(static_cast<int>(i)), [&] { loss.backward(); });
         opts[i].opt->step();
       }
     };
@@ -302,6 +340,8 @@ json run_child_work(const Opts& o) {
   }
   throw Error("bench: unknown work \"" + w + "\"");
 }
+
+bool is_fashion_training(const std::string& work) { return work.rfind("train_fashion", 0) == 0; }
 
 // The JSON line a child printed after "RESULT ".
 json result_of(const Spawned& s, const std::string& what) {
@@ -462,6 +502,7 @@ void run_bench(const Opts& o) {
       std::vector<std::string> args = {self_exe(), "bench", "--child", name, "--runs", std::to_string(o.runs),
                                        "--fashion-config", o.fashion_config, "--fashion-ae-config",
                                        o.fashion_ae_config};
+      if (is_fashion_training(name)) args.insert(args.end(), {"--ranks", std::to_string(o.ranks)});
       r = result_of(spawn(args), name);
     }
     std::string peers;
@@ -471,10 +512,11 @@ void run_bench(const Opts& o) {
         if (with_tcm && tcm.empty()) continue;
         std::vector<std::string> env;
         if (with_tcm) env.push_back("LD_PRELOAD=" + tcm);
-        auto s = spawn({o.python, script.string(), "--repo", o.reference, "--work", name, "--runs", std::to_string(o.runs),
-                        "--threads", std::to_string(torch::get_num_threads()), "--fashion-config", o.fashion_config,
-                        "--fashion-ae-config", o.fashion_ae_config},
-                       env);
+        std::vector<std::string> args = {o.python, script.string(), "--repo", o.reference, "--work", name, "--runs",
+                                         std::to_string(o.runs), "--threads", std::to_string(torch::get_num_threads()),
+                                         "--fashion-config", o.fashion_config, "--fashion-ae-config", o.fashion_ae_config};
+        if (is_fashion_training(name)) args.insert(args.end(), {"--ranks", std::to_string(o.ranks)});
+        auto s = spawn(args, env);
         const std::string key = with_tcm ? "reference_tcmalloc" : "reference";
         try {
           auto pr = result_of(s, "the reference (" + key + ")");
@@ -544,10 +586,25 @@ void add_bench(CLI::App& app) {
   sub->add_option("--fashion-config", o->fashion_config, "config of the train_fashion work")->capture_default_str();
   sub->add_option("--fashion-ae-config", o->fashion_ae_config, "config of the train_fashion_ae work")->capture_default_str();
   sub->add_option("--json", o->json_out, "write all figures to this JSON file");
+  sub->add_option("--ranks", o->ranks,
+                  "training works (train_fashion*): N data-parallel ranks of cores/N threads at the config's batch, "
+                  "as make run trains; the reference runs as N DDP ranks too")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
   sub->add_option("--child", o->child)->group("");  // internal: run one work in this process
   sub->callback([o] {
     if (!o->child.empty()) {
+      if (o->ranks > 1 && !std::getenv("WORLD_SIZE")) {  // this child becomes the launcher of its ranks
+        if (int rc = launch_local(o->ranks, free_local_port(), 30)) std::exit(rc);
+        return;
+      }
       auto r = run_child_work(*o);
+      const char* rank = std::getenv("RANK");
+      if (rank && std::string(rank) != "0") return;  // rank 0 reports
+      r["ranks"] = o->ranks;
+      for (const char* k : {"gflop", "gflops_per_s"})  // rank 0 counted its share of the batch
+        if (r.contains(k)) r[k] = r[k].get<double>() * o->ranks;
+      r["threads"] = torch::get_num_threads();
       std::printf("RESULT %s\n", r.dump().c_str());
       return;
     }
