@@ -2,6 +2,7 @@
 
 #include "ldm/modules/fast_conv.h"
 #include "ldm/modules/group_norm_fused.h"
+#include "ldm/modules/train_conv.h"
 
 #include <torch/torch.h>
 
@@ -72,7 +73,8 @@ torch::Tensor Conv::forward(const torch::Tensor& x) {
   // conv2d whose padding and dilation are not both of size 2
   std::vector<int64_t> pad(dims, padding), dil(dims, 1);
   torch::Tensor y;
-  if (dims == 2) y = fast_conv2d(x, weight, bias, stride, padding, fast);
+  if (dims == 2) y = train_conv2d(x, weight, bias, stride, padding, train);
+  if (dims == 2 && !y.defined()) y = fast_conv2d(x, weight, bias, stride, padding, fast);
   if (!y.defined())
     y = dims == 1 ? torch::conv1d(x, weight, bias, stride, pad, dil)
                   : dims == 2 ? torch::conv2d(x, weight, bias, stride, pad, dil)

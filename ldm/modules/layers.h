@@ -45,6 +45,7 @@ class Holder : public torch::nn::Module {
 void set_conv_flop_counter(std::atomic<double>* counter);
 
 struct FastConvCache;  // fast_conv.h
+struct TrainConvCache;  // train_conv.h
 
 // A low-rank adapter beside a Linear or Conv (LoRA, Hu et al. 2021; LoCon for
 // k x k convs): the layer's output gains scale x up(down(x)), scale = alpha /
@@ -81,6 +82,8 @@ class Conv : public torch::nn::Module {
   int64_t padding;
   // inference: the oneDNN primitive and packed weights of fast_conv2d
   std::shared_ptr<FastConvCache> fast;
+  // training: the cached oneDNN primitives of train_conv2d
+  std::shared_ptr<TrainConvCache> train;
   std::shared_ptr<LoraAdapter> lora;  // set while a LoRA trains
 };
 

@@ -231,7 +231,11 @@ TEST(Trainer, KillDuringCheckpointingLeavesALoadableCheckpoint) {
             (trial ? "--resume" : "--max-steps"), (trial ? (dir + "/run").c_str() : "1000"), (char*)nullptr);
       _exit(127);
     }
-    usleep(1500000 + trial * 350000);
+    // the first trial waits for a first checkpoint (a loaded machine starts
+    // slowly), then each kill lands at a different moment of the saving loop
+    for (int waited = 0; trial == 0 && waited < 1200 && !fs::exists(dir + "/run/checkpoints/latest"); ++waited)
+      usleep(50000);
+    usleep(300000 + trial * 350000);
     kill(pid, SIGKILL);
     int st;
     waitpid(pid, &st, 0);

@@ -1,0 +1,226 @@
+#include "ldm/modules/train_conv.h"
+
+#include <ATen/autocast_mode.h>
+#include <ATen/record_function.h>
+#include <torch/torch.h>
+
+#include <mutex>
+
+#include "ldm/modules/dnnl_context.h"
+#include "ldm/modules/fast_conv.h"
+
+namespace ldm::nn {
+
+#ifdef LDM_DNNL
+namespace {
+using dt = dnnl::memory::data_type;
+using tag = dnnl::memory::format_tag;
+using torch::Tensor;
+using torch::autograd::AutogradContext;
+using torch::autograd::tensor_list;
+
+// One layer's primitives for one input shape and compute dtype. Maps are
+// NHWC in the compute dtype; weights in whatever layout each kernel wants,
+// reached from (and, for the gradient, back to) the float32 OIHW parameter.
+struct Primitives : torch::CustomClassHolder {
+  std::vector<int64_t> in_sizes, out_sizes;
+  dt type = dt::f32;
+  bool has_bias = false;
+  dnnl::memory::desc src, dst, w_plain, w_fwd, w_bwd, dw, bias;
+  dnnl::convolution_forward fwd;
+  dnnl::convolution_backward_data bwd_data;
+  dnnl::convolution_backward_weights bwd_weights;
+  dnnl::memory::desc scratch_fwd, scratch_data, scratch_weights;
+  dnnl::reorder to_w_fwd, to_w_bwd, from_dw;  // empty where the layouts agree
+};
+
+dnnl::memory::dims dims_of(at::IntArrayRef s) { return dnnl::memory::dims(s.begin(), s.end()); }
+
+dnnl::reorder reorder_between(const dnnl::memory::desc& from, const dnnl::memory::desc& to) {
+  if (from == to) return {};
+  return dnnl::reorder(dnnl::reorder::primitive_desc(dnnl_engine(), from, dnnl_engine(), to));
+}
+
+c10::intrusive_ptr<Primitives> build(const Tensor& x, const Tensor& w, bool has_bias, dt type,
+                                     const std::vector<int64_t>& stride, int64_t padding) {
+  auto p = c10::make_intrusive<Primitives>();
+  const int64_t oh = (x.size(2) + 2 * padding - w.size(2)) / stride[0] + 1;
+  const int64_t ow = (x.size(3) + 2 * padding - w.size(3)) / stride[1] + 1;
+  p->in_sizes = x.sizes().vec();
+  p->out_sizes = {x.size(0), w.size(0), oh, ow};
+  p->type = type;
+  p->has_bias = has_bias;
+  p->src = dnnl::memory::desc(dims_of(x.sizes()), type, tag::nhwc);
+  p->dst = dnnl::memory::desc(dims_of(p->out_sizes), type, tag::nhwc);
+  p->w_plain = dnnl::memory::desc(dims_of(w.sizes()), dt::f32, tag::oihw);
+  const dnnl::memory::desc w_any(dims_of(w.sizes()), type, tag::any), dw_any(dims_of(w.sizes()), dt::f32, tag::any);
+  if (has_bias) p->bias = dnnl::memory::desc({w.size(0)}, dt::f32, tag::x);
+  const dnnl::memory::dims st{stride[0], stride[1]}, pad{padding, padding};
+  const auto direct = dnnl::algorithm::convolution_direct;
+  dnnl::primitive_attr attr;
+  attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);  // from libtorch's allocator per call
+  using F = dnnl::convolution_forward;
+  auto fd = has_bias ? F::desc(dnnl::prop_kind::forward_training, direct, p->src, w_any, p->bias, p->dst, st, pad, pad)
+                     : F::desc(dnnl::prop_kind::forward_training, direct, p->src, w_any, p->dst, st, pad, pad);
+  F::primitive_desc fpd(fd, attr, dnnl_engine());
+  using D = dnnl::convolution_backward_data;
+  D::primitive_desc dpd(D::desc(direct, p->src, w_any, p->dst, st, pad, pad), attr, dnnl_engine(), fpd);
+  using W = dnnl::convolution_backward_weights;
+  auto wd = has_bias ? W::desc(direct, p->src, dw_any, p->bias, p->dst, st, pad, pad)
+                     : W::desc(direct, p->src, dw_any, p->dst, st, pad, pad);
+  W::primitive_desc wpd(wd, attr, dnnl_engine(), fpd);
+  p->fwd = F(fpd);
+  p->bwd_data = D(dpd);
+  p->bwd_weights = W(wpd);
+  p->w_fwd = fpd.weights_desc();
+  p->w_bwd = dpd.weights_desc();
+  p->dw = wpd.diff_weights_desc();
+  p->scratch_fwd = fpd.scratchpad_desc();
+  p->scratch_data = dpd.scratchpad_desc();
+  p->scratch_weights = wpd.scratchpad_desc();
+  p->to_w_fwd = reorder_between(p->w_plain, p->w_fwd);
+  p->to_w_bwd = reorder_between(p->w_plain, p->w_bwd);
+  p->from_dw = reorder_between(p->dw, p->w_plain);
+  return p;
+}
+
+Tensor bytes(const dnnl::memory::desc& d) {
+  return torch::empty({static_cast<int64_t>(d.get_size())}, torch::TensorOptions().dtype(torch::kUInt8));
+}
+dnnl::memory mem(const dnnl::memory::desc& d, const Tensor& t) { return dnnl::memory(d, dnnl_engine(), t.data_ptr()); }
+
+// The float32 OIHW weights in the layout and dtype `want`: a copy by `r`, or
+// the parameter itself where they agree. `keep` holds the copy's storage.
+dnnl::memory weights_as(const dnnl::reorder& r, const dnnl::memory::desc& plain, const dnnl::memory::desc& want,
+                        const Tensor& w, Tensor& keep) {
+  dnnl::memory user = mem(plain, w);
+  if (!r) return user;
+  keep = bytes(want);
+  dnnl::memory out = mem(want, keep);
+  r.execute(dnnl_stream(), user, out);
+  return out;
+}
+
+at::ScalarType scalar_of(dt t) { return t == dt::bf16 ? torch::kBFloat16 : torch::kFloat32; }
+
+struct TrainConvFn : torch::autograd::Function<TrainConvFn> {
+  // b: nullopt without a bias (autograd refuses an undefined tensor input)
+  static Tensor forward(AutogradContext* ctx, const Tensor& x, const Tensor& w, const c10::optional<Tensor>& b,
+                        const c10::intrusive_ptr<Primitives>& p) {
+    RECORD_FUNCTION("ldm::train_conv", std::vector<c10::IValue>{x, w});
+    auto y = torch::empty(p->out_sizes, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+    Tensor w_buf, scratch = bytes(p->scratch_fwd);
+    dnnl::memory wm = weights_as(p->to_w_fwd, p->w_plain, p->w_fwd, w, w_buf);
+    std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, mem(p->src, x)},
+                                               {DNNL_ARG_WEIGHTS, wm},
+                                               {DNNL_ARG_DST, mem(p->dst, y)},
+                                               {DNNL_ARG_SCRATCHPAD, mem(p->scratch_fwd, scratch)}};
+    if (p->has_bias) args.emplace(DNNL_ARG_BIAS, mem(p->bias, *b));
+    p->fwd.execute(dnnl_stream(), args);
+    dnnl_stream().wait();
+    ctx->save_for_backward({x, w});
+    ctx->saved_data["p"] = c10::IValue::make_capsule(p);
+    return y;
+  }
+
+  static tensor_list backward(AutogradContext* ctx, tensor_list grads) {
+    auto p = c10::static_intrusive_pointer_cast<Primitives>(ctx->saved_data["p"].toCapsule());
+    const auto saved = ctx->get_saved_variables();
+    const Tensor &x = saved[0], &w = saved[1];
+    const Tensor g = grads[0].to(scalar_of(p->type)).contiguous(at::MemoryFormat::ChannelsLast);
+    auto& s = dnnl_stream();
+    Tensor dx, dw, db;
+    if (ctx->needs_input_grad(0)) {
+      dx = torch::empty_like(x, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+      Tensor w_buf, scratch = bytes(p->scratch_data);
+      dnnl::memory wm = weights_as(p->to_w_bwd, p->w_plain, p->w_bwd, w, w_buf);
+      p->bwd_data.execute(s, {{DNNL_ARG_DIFF_DST, mem(p->dst, g)},
+                              {DNNL_ARG_WEIGHTS, wm},
+                              {DNNL_ARG_DIFF_SRC, mem(p->src, dx)},
+                              {DNNL_ARG_SCRATCHPAD, mem(p->scratch_data, scratch)}});
+    }
+    if (ctx->needs_input_grad(1) || (p->has_bias && ctx->needs_input_grad(2))) {
+      dw = torch::empty(w.sizes(), w.options());
+      Tensor dw_buf = p->from_dw ? bytes(p->dw) : dw, scratch = bytes(p->scratch_weights);
+      std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, mem(p->src, x)},
+                                                 {DNNL_ARG_DIFF_DST, mem(p->dst, g)},
+                                                 {DNNL_ARG_DIFF_WEIGHTS, mem(p->dw, dw_buf)},
+                                                 {DNNL_ARG_SCRATCHPAD, mem(p->scratch_weights, scratch)}};
+      if (p->has_bias) {
+        db = torch::empty({w.size(0)}, w.options());
+        args.emplace(DNNL_ARG_DIFF_BIAS, mem(p->bias, db));
+      }
+      p->bwd_weights.execute(s, args);
+      if (p->from_dw) {
+        dnnl::memory from = mem(p->dw, dw_buf), to = mem(p->w_plain, dw);
+        p->from_dw.execute(s, from, to);
+      }
+    }
+    s.wait();
+    return {dx, dw, db, Tensor()};
+  }
+};
+
+// The compute dtype, or none where this path does not apply.
+c10::optional<dt> compute_type(const Tensor& x, const Tensor& w, const Tensor& b, const std::vector<int64_t>& stride) {
+  if (fast_conv() == FastConv::Aten || !torch::GradMode::is_enabled()) return {};
+  if (x.dim() != 4 || w.dim() != 4 || stride.size() != 2 || !x.device().is_cpu() || !w.device().is_cpu()) return {};
+  if (!(x.requires_grad() || w.requires_grad() || (b.defined() && b.requires_grad()))) return {};
+  if (w.scalar_type() != torch::kFloat32 || !w.is_contiguous() || x.size(1) != w.size(1) || x.numel() == 0) return {};
+  if (b.defined() && (b.scalar_type() != torch::kFloat32 || !b.is_contiguous())) return {};
+  if (!x.is_contiguous(at::MemoryFormat::ChannelsLast)) return {};
+  if (at::autocast::is_cpu_enabled()) {
+    if (at::autocast::get_autocast_cpu_dtype() != torch::kBFloat16) return {};
+    if (x.scalar_type() != torch::kFloat32 && x.scalar_type() != torch::kBFloat16) return {};
+    return dt::bf16;
+  }
+  if (x.scalar_type() != torch::kFloat32) return {};
+  return dt::f32;
+}
+}  // namespace
+
+struct TrainConvCache {
+  std::mutex mu;
+  bool refused = false;  // oneDNN had no kernel for this layer: libtorch's from now on
+  std::vector<c10::intrusive_ptr<Primitives>> entries;
+};
+
+torch::Tensor train_conv2d(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
+                           const std::vector<int64_t>& stride, int64_t padding,
+                           std::shared_ptr<TrainConvCache>& cache) {
+  const auto type = compute_type(x, w, b, stride);
+  if (!type) return {};
+  if (!cache) cache = std::make_shared<TrainConvCache>();
+  c10::intrusive_ptr<Primitives> p;
+  {
+    std::lock_guard<std::mutex> lock(cache->mu);
+    if (cache->refused) return {};
+    for (auto& e : cache->entries)
+      if (e->in_sizes == x.sizes() && e->type == *type) p = e;
+    if (!p) {
+      try {
+        p = build(x, w, b.defined(), *type, stride, padding);
+      } catch (const dnnl::error&) {
+        cache->refused = true;
+        return {};
+      }
+      if (cache->entries.size() >= 4) cache->entries.erase(cache->entries.begin());  // e.g. a last, smaller batch
+      cache->entries.push_back(p);
+    }
+  }
+  // the cast autocast would make, differentiable (its backward casts the gradient back)
+  const Tensor xc = x.scalar_type() == scalar_of(*type) ? x : x.to(scalar_of(*type));
+  return TrainConvFn::apply(xc, w, b.defined() ? c10::optional<Tensor>(b) : c10::nullopt, p);
+}
+
+#else  // no oneDNN 2.x headers at build time: libtorch's conv
+
+struct TrainConvCache {};
+torch::Tensor train_conv2d(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                           const std::vector<int64_t>&, int64_t, std::shared_ptr<TrainConvCache>&) {
+  return {};
+}
+
+#endif
+
+}  // namespace ldm::nn
