@@ -9,6 +9,7 @@ einops is not installed, a small stand-in below covers the patterns the referenc
 Prints one line: RESULT {"median_s": ..., "runs_s": [...]}.
 """
 import argparse
+import importlib.machinery
 import json
 import os
 import statistics
@@ -105,6 +106,8 @@ def install_stand_ins():
             sub = ".".join(parts[:i])
             if sub not in sys.modules:
                 sys.modules[sub] = types.ModuleType(sub)
+                # a spec, as real modules have: PyTorch 2's dynamo (imported by DDP) looks one up
+                sys.modules[sub].__spec__ = importlib.machinery.ModuleSpec(sub, None)
                 if i > 1:
                     setattr(sys.modules[".".join(parts[:i - 1])], parts[i - 1], sys.modules[sub])
         for k, v in attrs.items():
