@@ -6,8 +6,8 @@
 // against 150-200 with packed weights), and it never uses Winograd F(4x4, 3x3),
 // 2-3x faster on the 3x3 convolutions of large maps: oneDNN's kernels where
 // the CPU has AVX-512 (same result to ~5e-6 of the output's range), ours
-// (winograd_conv.h, ~1e-5) elsewhere. Training (autograd) keeps libtorch's
-// path: weights change every step there.
+// (winograd_conv.h, ~1e-5) elsewhere. Training (autograd) has its own
+// primitives (train_conv.h): weights change every step there.
 #pragma once
 #include <torch/types.h>
 

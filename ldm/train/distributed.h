@@ -31,6 +31,9 @@ struct GlooInterface {
 };
 GlooInterface choose_gloo_interface(const std::string& master_addr, int master_port);
 
+// Processes that use it must ignore SIGPIPE (the `ldm` CLI does, as Python
+// does for PyTorch): Gloo writes to peers' sockets, and a peer's death would
+// otherwise end this process silently instead of with the error below.
 class Distributed {
  public:
   // Blocks until all `e.world` ranks joined (or `timeout`). Every collective

@@ -2,6 +2,7 @@
 // exit non-zero; nothing here aborts on user input.
 #include <torch/torch.h>
 
+#include <csignal>
 #include <iostream>
 
 #include "ldm/error.h"
@@ -37,6 +38,10 @@ void check_values_are_not_options(CLI::App& app, int argc, char** argv) {
 int main(int argc, char** argv) {
   ldm::reexec_with_runtime_env(argv);
   ldm::cli::argv_copy().assign(argv, argv + argc);
+  // A write to a socket whose peer died (Gloo's, when another rank is killed;
+  // a server's client gone) must be an error we report, not a silent SIGPIPE
+  // death: Python ignores SIGPIPE at startup, and PyTorch's c10d relies on it.
+  std::signal(SIGPIPE, SIG_IGN);
   CLI::App app{"ldm: latent diffusion models in C++ (train, sample, convert, inspect)"};
   app.require_subcommand(1);
   app.set_help_all_flag("--help-all", "help for every subcommand");
