@@ -124,6 +124,14 @@ TEST(Cli, BadInputGivesOneLineError) {
     EXPECT_NE(r.out.find(want), std::string::npos) << r.out;
     EXPECT_EQ(r.out.find("sgemm"), std::string::npos) << r.out;  // no work ran
   }
+  // ranks that do not split a training config's batch, refused before any work runs
+  r = run("bench --ranks 3 --only peak_gemm,train_fashion_ae --fashion-ae-config " + std::string(LDM_SOURCE_DIR) +
+          "/configs/fashion/autoencoder.yaml");
+  EXPECT_EQ(r.rc, 1);
+  EXPECT_NE(r.out.find("--ranks 3: " + std::string(LDM_SOURCE_DIR) +
+                       "/configs/fashion/autoencoder.yaml's batch of 8 does not split evenly"),
+            std::string::npos) << r.out;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
 }
 
 // ldm bench prints each work's share of the peaks measured in the same run;

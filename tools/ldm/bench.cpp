@@ -66,6 +66,12 @@ class DataParallel {
     if (e.world > 1) dist_ = std::make_unique<Distributed>(e, std::chrono::seconds(120));
   }
   int world() const { return dist_ ? dist_->world() : 1; }
+  // this rank's rows of a global batch of `bs`
+  int64_t share(int64_t bs) const {
+    if (bs % world()) throw Error("--ranks " + std::to_string(world()) + ": the batch of " + std::to_string(bs) +
+                                  " does not split evenly between the ranks");
+    return bs / world();
+  }
   // the backward around `backward` averages the gradients of optimizer i's parameters
   void backward(size_t i, const std::vector<torch::Tensor>& params, const std::function<void()>& backward) {
     if (!dist_) return backward();
@@ -290,7 +296,7 @@ json run_child_work(const Opts& o) {
     m->train();
     FusedAdamW opt(m->unet()->parameters(), torch::optim::AdamWOptions(1e-4));
     DataParallel dp;
-    const int64_t bs = cfg["data"]["params"]["batch_size"].as<int64_t>(), local = bs / dp.world();
+    const int64_t bs = cfg["data"]["params"]["batch_size"].as<int64_t>(), local = dp.share(bs);
     const auto& mo = m->options();
     auto z = torch::randn({local, mo.channels, mo.image_size, mo.image_size});
     auto labels = torch::randint(0, 10, {local}, torch::kInt64);
@@ -312,7 +318,7 @@ json run_child_work(const Opts& o) {
   if (w == "train_fashion_ae" || w == "train_fashion_ae_bf16") {  // the trainer's autoencoder task: both optimizers' steps as the trainer runs them
     auto cfg = load_yaml(o.fashion_ae_config);
     DataParallel dp;
-    const int64_t bs = cfg["data"]["params"]["batch_size"].as<int64_t>(), local = bs / dp.world();
+    const int64_t bs = cfg["data"]["params"]["batch_size"].as<int64_t>(), local = dp.share(bs);
     auto task = make_autoencoder_task(cfg["model"], cfg["model"]["base_learning_rate"].as<double>() * bs);
     task->module().train();
     const auto& dd = cfg["model"]["params"]["ddconfig"];
@@ -478,6 +484,14 @@ void run_bench(const Opts& o) {
     }
   }
   check_peer_paths(o);
+  for (auto& w : works)  // before any work runs: the ranks split each training config's batch
+    if (is_fashion_training(w) && o.ranks > 1) {
+      const std::string& cfg = w.find("_ae") != std::string::npos ? o.fashion_ae_config : o.fashion_config;
+      const auto bs = load_yaml(cfg)["data"]["params"]["batch_size"].as<int64_t>();
+      if (bs % o.ranks)
+        throw Error("--ranks " + std::to_string(o.ranks) + ": " + cfg + "'s batch of " + std::to_string(bs) +
+                    " does not split evenly between the ranks");
+    }
   const std::string tcm = find_tcmalloc();
   std::unique_ptr<SdcppPeer> sdcpp;
   if (!o.sdcpp.empty()) sdcpp = std::make_unique<SdcppPeer>(o.sdcpp, ensure_weights(o.weights, "fp32"), torch::get_num_threads());
