@@ -255,12 +255,11 @@ def start_ranks(a):
     import subprocess
     import torch
 
+    others = []
     if a.rank == 0:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             a.port = s.getsockname()[1]
-    others = []
-    if a.rank == 0:
         for r in range(1, a.ranks):
             others.append(subprocess.Popen([sys.executable] + sys.argv + ["--rank", str(r), "--port", str(a.port)],
                                            stdout=subprocess.DEVNULL))
@@ -352,9 +351,9 @@ def main():
         raise SystemExit(f"unknown work {a.work}")
     r["threads"] = torch.get_num_threads()
     r["ranks"] = world_size()
-    for p in others:
+    for rank, p in enumerate(others, start=1):
         if p.wait() != 0:
-            raise SystemExit(f"rank {others.index(p) + 1} exited with status {p.returncode}")
+            raise SystemExit(f"rank {rank} exited with status {p.returncode}")
     if a.rank == 0:
         print("RESULT " + json.dumps(r), flush=True)
 

@@ -11,6 +11,11 @@
 #endif
 
 #ifdef LDM_DNNL
+#include <ATen/core/Tensor.h>
+
+#include <utility>
+#include <vector>
+
 namespace ldm::nn {
 inline dnnl::engine& dnnl_engine() {
   static dnnl::engine e(dnnl::engine::kind::cpu, 0);
@@ -19,6 +24,12 @@ inline dnnl::engine& dnnl_engine() {
 inline dnnl::stream& dnnl_stream() {
   thread_local dnnl::stream s(dnnl_engine());
   return s;
+}
+inline dnnl::memory::dims dims_of(at::IntArrayRef s) { return dnnl::memory::dims(s.begin(), s.end()); }
+// Output height and width of a 2-d conv on x with weight w.
+inline std::pair<int64_t, int64_t> conv_out_hw(const at::Tensor& x, const at::Tensor& w,
+                                               const std::vector<int64_t>& stride, int64_t padding) {
+  return {(x.size(2) + 2 * padding - w.size(2)) / stride[0] + 1, (x.size(3) + 2 * padding - w.size(3)) / stride[1] + 1};
 }
 }  // namespace ldm::nn
 #endif

@@ -71,12 +71,6 @@ const int64_t kWinoMinChannels =
 // larger maps libtorch's per-call reorder is amortised and its kernel the same.
 const int64_t kDirectMaxPixels = std::getenv("LDM_DIRECT_MAX") ? std::atoll(std::getenv("LDM_DIRECT_MAX")) : 512;
 
-// Output height and width of a conv on x with weight w.
-std::pair<int64_t, int64_t> out_hw(const torch::Tensor& x, const torch::Tensor& w, const std::vector<int64_t>& stride,
-                                   int64_t padding) {
-  return {(x.size(2) + 2 * padding - w.size(2)) / stride[0] + 1, (x.size(3) + 2 * padding - w.size(3)) / stride[1] + 1};
-}
-
 struct Entry {
   std::vector<int64_t> in_sizes;
   bool wino = false;
@@ -100,8 +94,6 @@ struct FastConvCache {
 };
 
 namespace {
-dnnl::memory::dims dims_of(at::IntArrayRef s) { return dnnl::memory::dims(s.begin(), s.end()); }
-
 std::shared_ptr<dnnl::memory> pack_weights(FastConvCache& c, const dnnl::memory::desc& want, const torch::Tensor& w) {
   for (auto& p : c.packed)
     if (p->get_desc() == want) return p;
@@ -118,7 +110,7 @@ std::shared_ptr<dnnl::memory> pack_weights(FastConvCache& c, const dnnl::memory:
 Entry build(FastConvCache& c, const torch::Tensor& x, const torch::Tensor& w, bool has_bias,
             const std::vector<int64_t>& stride, int64_t padding, bool wino) {
   const int64_t n = x.size(0), co = w.size(0);
-  const auto [oh, ow] = out_hw(x, w, stride, padding);
+  const auto [oh, ow] = conv_out_hw(x, w, stride, padding);
   Entry e;
   e.in_sizes = x.sizes().vec();
   e.wino = wino;
@@ -184,7 +176,7 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
                             padding == 1 && w.size(0) * w.size(1) <= kWinoMaxInOut && pixels >= kWinoMinPixels &&
                             std::min(w.size(0), w.size(1)) >= kWinoMinChannels;
     wino = wino_shape;
-    const auto [oh, ow] = out_hw(x, w, stride, padding);
+    const auto [oh, ow] = conv_out_hw(x, w, stride, padding);
     if (!wino && x.size(0) * oh * ow > kDirectMaxPixels) return {};
   }
   if (wino && c.no_wino) {

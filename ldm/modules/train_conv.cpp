@@ -34,8 +34,6 @@ struct Primitives : torch::CustomClassHolder {
   dnnl::reorder to_w_fwd, to_w_bwd, from_dw;  // empty where the layouts agree
 };
 
-dnnl::memory::dims dims_of(at::IntArrayRef s) { return dnnl::memory::dims(s.begin(), s.end()); }
-
 dnnl::reorder reorder_between(const dnnl::memory::desc& from, const dnnl::memory::desc& to) {
   if (from == to) return {};
   return dnnl::reorder(dnnl::reorder::primitive_desc(dnnl_engine(), from, dnnl_engine(), to));
@@ -44,8 +42,7 @@ dnnl::reorder reorder_between(const dnnl::memory::desc& from, const dnnl::memory
 c10::intrusive_ptr<Primitives> build(const Tensor& x, const Tensor& w, bool has_bias, dt type,
                                      const std::vector<int64_t>& stride, int64_t padding) {
   auto p = c10::make_intrusive<Primitives>();
-  const int64_t oh = (x.size(2) + 2 * padding - w.size(2)) / stride[0] + 1;
-  const int64_t ow = (x.size(3) + 2 * padding - w.size(3)) / stride[1] + 1;
+  const auto [oh, ow] = conv_out_hw(x, w, stride, padding);
   p->in_sizes = x.sizes().vec();
   p->out_sizes = {x.size(0), w.size(0), oh, ow};
   p->type = type;

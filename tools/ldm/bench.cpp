@@ -7,7 +7,6 @@
 // is and with tcmalloc preloaded), diffusers on PyTorch 2.x (--peers-venv DIR)
 // and a stable-diffusion.cpp binary (--sdcpp).
 #include <torch/csrc/autograd/profiler_legacy.h>
-#include <sys/resource.h>
 #include <torch/torch.h>
 #include <unistd.h>
 
@@ -66,12 +65,8 @@ class DataParallel {
     if (e.world > 1) dist_ = std::make_unique<Distributed>(e, std::chrono::seconds(120));
   }
   int world() const { return dist_ ? dist_->world() : 1; }
-  // this rank's rows of a global batch of `bs`
-  int64_t share(int64_t bs) const {
-    if (bs % world()) throw Error("--ranks " + std::to_string(world()) + ": the batch of " + std::to_string(bs) +
-                                  " does not split evenly between the ranks");
-    return bs / world();
-  }
+  // this rank's rows of a global batch of `bs` (run_bench refused counts that do not split it)
+  int64_t share(int64_t bs) const { return bs / world(); }
   // the backward around `backward` averages the gradients of optimizer i's parameters
   void backward(size_t i, const std::vector<torch::Tensor>& params, const std::function<void()>& backward) {
     if (!dist_) return backward();
@@ -116,6 +111,8 @@ Profile profile(const std::function<void()>& fn) {
   nn::set_conv_flop_counter(nullptr);
   Profile p;
   p.gflop = conv_flops.load() / 1e9;
+  const char* ops_env = std::getenv("LDM_BENCH_OPS");  // every op's time and count, for digging
+  const bool by_shapes = ops_env && std::string(ops_env) == "shapes";  // ... split by input shapes
   // backward nodes count with their forward op's family (ConvolutionBackward0 is conv time)
   auto group = [](std::string n) -> std::string {
     std::transform(n.begin(), n.end(), n.begin(), [](unsigned char ch) { return std::tolower(ch); });
@@ -146,9 +143,9 @@ Profile profile(const std::function<void()>& fn) {
         const auto* start = stack.back();
         stack.pop_back();
         if (stack.empty()) p.ms[group(start->name())] += start->cpuElapsedUs(e) / 1e3;
-        if (std::getenv("LDM_BENCH_OPS")) {  // every op's self-inclusive time and count, for digging
+        if (ops_env) {  // self-inclusive times
           std::string key = start->name();
-          if (std::string(std::getenv("LDM_BENCH_OPS")) == "shapes") {  // split each op by its input shapes
+          if (by_shapes) {
             for (const auto& sh : start->shapes()) {
               key += " [";
               for (size_t i = 0; i < sh.size(); ++i) key += (i ? "," : "") + std::to_string(sh[i]);
@@ -202,6 +199,8 @@ json time_work(const std::function<void()>& fn, int runs, bool with_profile = tr
   return r;
 }
 
+bool is_fashion_training(const std::string& work) { return work.rfind("train_fashion", 0) == 0; }
+
 YAML::Node sd15(const std::string& key) { return YAML::Load(builtin_config("v1-inference.yaml"))["model"]["params"][key]; }
 
 std::shared_ptr<UNetModel> sd15_unet(bool checkpointing = false) {
@@ -239,7 +238,7 @@ json run_child_work(const Opts& o) {
   }
   const bool bf16 = w.size() > 5 && w.substr(w.size() - 5) == "_bf16";
   // the training works autocast their forward only, as the trainer does
-  Autocast ac(bf16 && w.rfind("train_fashion", 0) != 0 ? "bf16" : "32", torch::kCPU);
+  Autocast ac(bf16 && !is_fashion_training(w) ? "bf16" : "32", torch::kCPU);
   if (w == "attn4096" || w == "attn4096_bf16") {  // the UNet's largest self-attention at 512x512: 16 heads x 4096 tokens
     auto dt = bf16 ? torch::kBFloat16 : torch::kFloat32;
     auto q = torch::randn({16, 4096, 40}).to(dt), k = torch::randn({16, 4096, 40}).to(dt), v = torch::randn({16, 4096, 40}).to(dt);
@@ -346,8 +345,6 @@ json run_child_work(const Opts& o) {
   }
   throw Error("bench: unknown work \"" + w + "\"");
 }
-
-bool is_fashion_training(const std::string& work) { return work.rfind("train_fashion", 0) == 0; }
 
 // The JSON line a child printed after "RESULT ".
 json result_of(const Spawned& s, const std::string& what) {
