@@ -110,7 +110,7 @@ int launch_local(int nproc, int port, double grace) {
     std::this_thread::sleep_for(std::chrono::milliseconds(50));
   }
   if (forwarded) {
-    std::cerr << "ldm train --nproc: stopped by signal " << forwarded << "; the ranks were stopped\n";
+    std::cerr << "ldm --nproc: stopped by signal " << forwarded << "; the ranks were stopped\n";
     return 128 + forwarded;
   }
   if (rc) throw Error("distributed run failed: " + first_failure);
