@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
 """The same work as `ldm bench` in diffusers on PyTorch 2.x (the peer CPU users
 pick today): SD 1.5's UNet and VAE built from their config dicts with random
-weights (no hub access), timed with the same warm-up/median rule. Run by
-`ldm bench --peers-venv DIR` with DIR/bin/python; bench/setup_peers.sh makes
-that environment (outside the repository). Prints one line: RESULT {json}.
+weights (no hub access), timed with the same warm-up/median rule. With
+--runtime openvino the same modules run in OpenVINO instead (converted from
+the diffusers module, compiled for the CPU with the same threads, fp32 or bf16
+inference precision); its first call counts the compile, not the conversion
+(an OpenVINO user converts once, offline). Run by `ldm bench --peers-venv DIR`
+with DIR/bin/python; bench/setup_peers.sh makes that environment (outside the
+repository). Prints one line: RESULT {json}.
 """
 import argparse
 import json
@@ -26,24 +30,68 @@ VAE = dict(
     up_block_types=["UpDecoderBlock2D"] * 4)
 
 
-def work_fn(work):
+class UNetStep(torch.nn.Module):  # one UNet call on the cond + uncond batch, tensors in and out
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x, t, ctx):
+        return self.m(x, t, encoder_hidden_states=ctx).sample
+
+
+class Decode(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, z):
+        return self.m.decode(z).sample
+
+
+def module_and_inputs(work):
+    """The work as a torch module and its inputs, or None for a kernel-level work."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     torch.manual_seed(0)
     base = work.replace("_bf16", "")
     side = 32 if base.endswith("256") else 64
-    if base == "attn4096":  # torch 2's fused scaled_dot_product_attention, as diffusers calls it
+    if base.startswith("unet"):
+        m = UNetStep(UNet2DConditionModel(**UNET).eval())
+        return m, (torch.randn(2, 4, side, side), torch.tensor([500.0, 500.0]), torch.randn(2, 77, 768))
+    if base.startswith("vae"):
+        return Decode(AutoencoderKL(**VAE).eval()), (torch.randn(1, 4, side, side),)
+    return None
+
+
+def work_fn(work):
+    if work.replace("_bf16", "") == "attn4096":  # torch 2's fused scaled_dot_product_attention, as diffusers calls it
+        torch.manual_seed(0)
         dt = torch.bfloat16 if work.endswith("_bf16") else torch.float32  # bf16 inputs, as ours
         q, k, v = (torch.randn(16, 4096, 40).to(dt) for _ in range(3))
         return lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    if base.startswith("unet"):
-        m = UNet2DConditionModel(**UNET).eval()
-        x, ctx, t = torch.randn(2, 4, side, side), torch.randn(2, 77, 768), torch.tensor([500.0, 500.0])
-        return lambda: m(x, t, encoder_hidden_states=ctx).sample
-    if base.startswith("vae"):
-        m = AutoencoderKL(**VAE).eval()
-        z = torch.randn(1, 4, side, side)
-        return lambda: m.decode(z).sample
-    raise SystemExit(f"peers_bench: unknown work {work}")
+    mi = module_and_inputs(work)
+    if mi is None:
+        raise SystemExit(f"peers_bench: unknown work {work}")
+    m, inputs = mi
+    return lambda: m(*inputs)
+
+
+def openvino_fn(work, threads):
+    """(compile, call): the work compiled by OpenVINO for the CPU; compile returns the call."""
+    import openvino as ov
+    mi = module_and_inputs(work)
+    if mi is None:
+        raise SystemExit(f"peers_bench: {work} has no OpenVINO form (a kernel-level work)")
+    m, inputs = mi
+    with torch.no_grad():
+        model = ov.convert_model(m, example_input=inputs)
+    arrays = [t.numpy() for t in inputs]
+    config = {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_PRECISION_HINT": "bf16" if work.endswith("_bf16") else "f32"}
+
+    def compile_():
+        request = ov.Core().compile_model(model, "CPU", config).create_infer_request()
+        return lambda: request.infer(arrays)
+    return compile_
 
 
 def main():
@@ -51,17 +99,23 @@ def main():
     ap.add_argument("--work", required=True)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runtime", choices=["diffusers", "openvino"], default="diffusers")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    fn = work_fn(a.work)
     bf16 = a.work.endswith("_bf16")
+    if a.runtime == "openvino":
+        compile_ = openvino_fn(a.work, a.threads)
+        t0 = time.perf_counter()
+        call = compile_()
+        call()
+    else:
+        fn = work_fn(a.work)
 
-    def call():
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            fn()
-
-    t0 = time.perf_counter()
-    call()
+        def call():
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                fn()
+        t0 = time.perf_counter()
+        call()
     first = time.perf_counter() - t0
     times = []
     for _ in range(a.runs):
@@ -69,9 +123,12 @@ def main():
         call()
         times.append(time.perf_counter() - t0)
     import diffusers
-    print("RESULT " + json.dumps({"median_s": statistics.median(times), "runs_s": times, "first_s": first,
-                                  "torch": torch.__version__, "diffusers": diffusers.__version__,
-                                  "sdpa": hasattr(torch.nn.functional, "scaled_dot_product_attention")}))
+    info = {"median_s": statistics.median(times), "runs_s": times, "first_s": first, "torch": torch.__version__,
+            "diffusers": diffusers.__version__, "sdpa": hasattr(torch.nn.functional, "scaled_dot_product_attention")}
+    if a.runtime == "openvino":
+        import openvino
+        info["openvino"] = openvino.__version__
+    print("RESULT " + json.dumps(info))
     sys.stdout.flush()
 
 

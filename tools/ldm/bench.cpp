@@ -4,8 +4,8 @@
 // FLOPs counted by libtorch's profiler), peak RSS, and the machine's practical
 // peak (sgemm, 3x3 conv) measured in the same run. Peers run in the same
 // invocation when given: the original PyTorch code (--reference CHECKOUT, as
-// is and with tcmalloc preloaded), diffusers on PyTorch 2.x (--peers-venv DIR)
-// and a stable-diffusion.cpp binary (--sdcpp).
+// is and with tcmalloc preloaded), diffusers on PyTorch 2.x and OpenVINO
+// (--peers-venv DIR) and a stable-diffusion.cpp binary (--sdcpp).
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -414,22 +414,36 @@ const std::vector<std::string> kPeerWork = {"attn4096",     "unet256",       "un
                                             "vae512",       "attn4096_bf16", "unet256_bf16", "unet512_bf16",
                                             "vae256_bf16",  "vae512_bf16"};
 
-// diffusers on PyTorch 2.x from the --peers-venv environment, same work, threads and runs.
-void run_peer(const Opts& o, const std::string& name, json& r, std::string& peers) {
-  if (o.peers_venv.empty() || !std::count(kPeerWork.begin(), kPeerWork.end(), name)) return;
+// The runtimes bench/peers_bench.py runs in the --peers-venv environment:
+// diffusers (PyTorch 2.x) always, OpenVINO where setup_peers.sh installed it.
+std::vector<std::string> peer_runtimes(const Opts& o) {
+  if (o.peers_venv.empty()) return {};
+  const auto python = (fs::path(o.peers_venv) / "bin" / "python").string();
+  if (ok(spawn({python, "-c", "import openvino"}))) return {"diffusers", "openvino"};
+  return {"diffusers"};
+}
+
+// The work in each peer runtime, same threads and runs; a runtime that fails
+// is reported and the bench goes on.
+void run_peer(const Opts& o, const std::vector<std::string>& runtimes, const std::string& name, json& r,
+              std::string& peers) {
+  if (!std::count(kPeerWork.begin(), kPeerWork.end(), name)) return;
   fs::path script = fs::path(LDM_SOURCE_DIR) / "bench" / "peers_bench.py";
-  auto s = spawn({(fs::path(o.peers_venv) / "bin" / "python").string(), script.string(), "--work", name, "--runs",
-                  std::to_string(o.runs), "--threads", std::to_string(torch::get_num_threads())});
-  try {
-    auto pr = result_of(s, "diffusers (" + o.peers_venv + ")");
-    r["diffusers"] = pr;
-    char b[96];
-    std::snprintf(b, sizeof b, "diffusers %.2f (x%.2f) ", pr["median_s"].get<double>(),
-                  r["median_s"].get<double>() / pr["median_s"].get<double>());
-    peers += b;
-  } catch (const Error& e) {
-    peers += "diffusers failed ";
-    r["diffusers"] = {{"error", e.what()}};
+  for (const auto& rt : runtimes) {
+    if (rt == "openvino" && name.rfind("attn", 0) == 0) continue;  // a kernel, not a model OpenVINO compiles
+    auto s = spawn({(fs::path(o.peers_venv) / "bin" / "python").string(), script.string(), "--work", name, "--runs",
+                    std::to_string(o.runs), "--threads", std::to_string(torch::get_num_threads()), "--runtime", rt});
+    try {
+      auto pr = result_of(s, rt + " (" + o.peers_venv + ")");
+      r[rt] = pr;
+      char b[96];
+      std::snprintf(b, sizeof b, "%s %.2f (x%.2f) ", rt.c_str(), pr["median_s"].get<double>(),
+                    r["median_s"].get<double>() / pr["median_s"].get<double>());
+      peers += b;
+    } catch (const Error& e) {
+      peers += rt + " failed ";
+      r[rt] = {{"error", e.what()}};
+    }
   }
 }
 
@@ -490,6 +504,7 @@ void run_bench(const Opts& o) {
                     " does not split evenly between the ranks");
     }
   const std::string tcm = find_tcmalloc();
+  const auto runtimes = peer_runtimes(o);
   std::unique_ptr<SdcppPeer> sdcpp;
   if (!o.sdcpp.empty()) sdcpp = std::make_unique<SdcppPeer>(o.sdcpp, ensure_weights(o.weights, "fp32"), torch::get_num_threads());
   json all = json::object();
@@ -542,7 +557,7 @@ void run_bench(const Opts& o) {
         }
       }
     }
-    run_peer(o, name, r, peers);
+    run_peer(o, runtimes, name, r, peers);
     if (sdcpp) sdcpp->add(name, r, peers);
     char gf[32] = "-";
     if (r.contains("gflops_per_s")) std::snprintf(gf, sizeof gf, "%.1f", r["gflops_per_s"].get<double>());
@@ -593,7 +608,8 @@ void add_bench(CLI::App& app) {
   sub->add_option("--python", o->python, "python with torch for --reference")->capture_default_str();
   sub->add_option("--sdcpp", o->sdcpp, "stable-diffusion.cpp's CLI (sd or sd-cli): its UNet step, VAE decode and txt2img on the same weights");
   sub->add_option("--peers-venv", o->peers_venv,
-                  "virtual environment with PyTorch 2.x and diffusers (bench/setup_peers.sh): the same works in diffusers");
+                  "virtual environment with PyTorch 2.x and diffusers (bench/setup_peers.sh): the same works in diffusers, "
+                  "and in OpenVINO where it is installed there");
   sub->add_option("--fashion-config", o->fashion_config, "config of the train_fashion work")->capture_default_str();
   sub->add_option("--fashion-ae-config", o->fashion_ae_config, "config of the train_fashion_ae work")->capture_default_str();
   sub->add_option("--json", o->json_out, "write all figures to this JSON file");
