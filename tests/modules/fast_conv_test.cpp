@@ -47,8 +47,8 @@ TEST(FastConv, MatchesLibtorchOnEveryKernelKind) {
             << "mode " << static_cast<int>(mode) << " in " << k.in << " k " << k.k << " call " << call;
       }
       // Auto sends 3x3 convs of maps >= 1024 pixels to Winograd (oneDNN's with
-      // AVX-512, ours elsewhere), other maps > 512 pixels to libtorch's conv
-      const bool aten_shape = mode == nn::FastConv::Auto && k.n * k.hw * k.hw > 512 &&
+      // AVX-512, ours elsewhere), other maps > 2048 pixels to libtorch's conv
+      const bool aten_shape = mode == nn::FastConv::Auto && k.n * k.hw * k.hw > 2048 &&
                               !(k.k == 3 && k.stride == 1 && k.n * k.hw * k.hw >= 1024 && std::min(k.in, k.out) >= 128);
       if (nn::fast_conv_available() && !aten_shape)
         EXPECT_GT(nn::fast_conv_cache_bytes(c.fast), 0u) << "fast path not taken: mode " << static_cast<int>(mode)
