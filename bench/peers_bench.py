@@ -5,7 +5,10 @@ weights (no hub access), timed with the same warm-up/median rule. With
 --runtime openvino the same modules run in OpenVINO instead (converted from
 the diffusers module, compiled for the CPU with the same threads, fp32 or bf16
 inference precision); its first call counts the compile, not the conversion
-(an OpenVINO user converts once, offline). Run by `ldm bench --peers-venv DIR`
+(an OpenVINO user converts once, offline). With --runtime ipex the diffusers
+module goes through Intel's extension for PyTorch (ipex.optimize with the
+work's dtype, bf16 under autocast as diffusers'), in an environment of its own
+(bench/setup_ipex.sh: it pins an older PyTorch). Run by `ldm bench --peers-venv DIR`
 with DIR/bin/python; bench/setup_peers.sh makes that environment (outside the
 repository). Prints one line: RESULT {json}.
 """
@@ -55,10 +58,10 @@ def module_and_inputs(work):
     base = work.replace("_bf16", "")
     side = 32 if base.endswith("256") else 64
     if base.startswith("unet"):
-        m = UNetStep(UNet2DConditionModel(**UNET).eval())
+        m = UNetStep(UNet2DConditionModel(**UNET)).eval()
         return m, (torch.randn(2, 4, side, side), torch.tensor([500.0, 500.0]), torch.randn(2, 77, 768))
     if base.startswith("vae"):
-        return Decode(AutoencoderKL(**VAE).eval()), (torch.randn(1, 4, side, side),)
+        return Decode(AutoencoderKL(**VAE)).eval(), (torch.randn(1, 4, side, side),)
     return None
 
 
@@ -94,12 +97,22 @@ def openvino_fn(work, threads):
     return compile_
 
 
+def ipex_fn(work):
+    import intel_extension_for_pytorch as ipex
+    mi = module_and_inputs(work)
+    if mi is None:
+        raise SystemExit(f"peers_bench: {work} has no ipex form (a kernel-level work)")
+    m, inputs = mi
+    m = ipex.optimize(m, dtype=torch.bfloat16 if work.endswith("_bf16") else torch.float32)
+    return lambda: m(*inputs)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--work", required=True)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--runtime", choices=["diffusers", "openvino"], default="diffusers")
+    ap.add_argument("--runtime", choices=["diffusers", "openvino", "ipex"], default="diffusers")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     bf16 = a.work.endswith("_bf16")
@@ -109,7 +122,7 @@ def main():
         call = compile_()
         call()
     else:
-        fn = work_fn(a.work)
+        fn = work_fn(a.work) if a.runtime == "diffusers" else ipex_fn(a.work)
 
         def call():
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
@@ -128,6 +141,9 @@ def main():
     if a.runtime == "openvino":
         import openvino
         info["openvino"] = openvino.__version__
+    if a.runtime == "ipex":
+        import intel_extension_for_pytorch
+        info["ipex"] = intel_extension_for_pytorch.__version__
     print("RESULT " + json.dumps(info))
     sys.stdout.flush()
 

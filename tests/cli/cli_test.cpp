@@ -118,6 +118,7 @@ TEST(Cli, BadInputGivesOneLineError) {
   for (const auto& [flag, want] : std::vector<std::pair<std::string, std::string>>{
            {"--sdcpp " + dir + "/no-sd-cli", "ldm: error: --sdcpp " + dir + "/no-sd-cli: not an executable file"},
            {"--peers-venv " + dir, "ldm: error: --peers-venv " + dir + ": no bin/python in it"},
+           {"--ipex-venv " + dir, "ldm: error: --ipex-venv " + dir + ": no bin/python in it"},
            {"--reference " + dir + "/none", "ldm: error: --reference " + dir + "/none: not a directory"}}) {
     r = run("bench --only peak_gemm " + flag);
     EXPECT_EQ(r.rc, 1) << flag;

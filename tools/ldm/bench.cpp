@@ -5,7 +5,8 @@
 // peak (sgemm, 3x3 conv) measured in the same run. Peers run in the same
 // invocation when given: the original PyTorch code (--reference CHECKOUT, as
 // is and with tcmalloc preloaded), diffusers on PyTorch 2.x and OpenVINO
-// (--peers-venv DIR) and a stable-diffusion.cpp binary (--sdcpp).
+// (--peers-venv DIR), Intel's extension for PyTorch (--ipex-venv DIR) and a
+// stable-diffusion.cpp binary (--sdcpp).
 #include <torch/csrc/autograd/profiler_legacy.h>
 #include <torch/torch.h>
 #include <unistd.h>
@@ -49,7 +50,8 @@ using json = nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 struct Opts {
-  std::string only, child, weights, weights16, vocab, reference, sdcpp, json_out, python = "/usr/bin/python3", peers_venv;
+  std::string only, child, weights, weights16, vocab, reference, sdcpp, json_out, python = "/usr/bin/python3", peers_venv,
+      ipex_venv;
   std::string fashion_config = "configs/fashion/ldm.yaml", fashion_ae_config = "configs/fashion/autoencoder.yaml";
   int runs = 3;
   int ranks = 1;  // training works: data-parallel ranks of cores/ranks threads, as `make run` trains
@@ -414,35 +416,46 @@ const std::vector<std::string> kPeerWork = {"attn4096",     "unet256",       "un
                                             "vae512",       "attn4096_bf16", "unet256_bf16", "unet512_bf16",
                                             "vae256_bf16",  "vae512_bf16"};
 
-// The runtimes bench/peers_bench.py runs in the --peers-venv environment:
-// diffusers (PyTorch 2.x) always, OpenVINO where setup_peers.sh installed it.
-std::vector<std::string> peer_runtimes(const Opts& o) {
-  if (o.peers_venv.empty()) return {};
-  const auto python = (fs::path(o.peers_venv) / "bin" / "python").string();
-  if (ok(spawn({python, "-c", "import openvino"}))) return {"diffusers", "openvino"};
-  return {"diffusers"};
+struct PeerRuntime {
+  std::string venv, name;  // bench/peers_bench.py --runtime NAME with VENV/bin/python
+};
+
+// The runtimes bench/peers_bench.py runs: diffusers on PyTorch 2.x from
+// --peers-venv, OpenVINO where setup_peers.sh installed it there, and Intel's
+// extension for PyTorch from --ipex-venv (it pins an older PyTorch: its own
+// environment, bench/setup_ipex.sh).
+std::vector<PeerRuntime> peer_runtimes(const Opts& o) {
+  std::vector<PeerRuntime> r;
+  if (!o.peers_venv.empty()) {
+    r.push_back({o.peers_venv, "diffusers"});
+    if (ok(spawn({(fs::path(o.peers_venv) / "bin" / "python").string(), "-c", "import openvino"})))
+      r.push_back({o.peers_venv, "openvino"});
+  }
+  if (!o.ipex_venv.empty()) r.push_back({o.ipex_venv, "ipex"});
+  return r;
 }
 
 // The work in each peer runtime, same threads and runs; a runtime that fails
 // is reported and the bench goes on.
-void run_peer(const Opts& o, const std::vector<std::string>& runtimes, const std::string& name, json& r,
+void run_peer(const Opts& o, const std::vector<PeerRuntime>& runtimes, const std::string& name, json& r,
               std::string& peers) {
   if (!std::count(kPeerWork.begin(), kPeerWork.end(), name)) return;
   fs::path script = fs::path(LDM_SOURCE_DIR) / "bench" / "peers_bench.py";
   for (const auto& rt : runtimes) {
-    if (rt == "openvino" && name.rfind("attn", 0) == 0) continue;  // a kernel, not a model OpenVINO compiles
-    auto s = spawn({(fs::path(o.peers_venv) / "bin" / "python").string(), script.string(), "--work", name, "--runs",
-                    std::to_string(o.runs), "--threads", std::to_string(torch::get_num_threads()), "--runtime", rt});
+    if (rt.name == "openvino" && name.rfind("attn", 0) == 0) continue;  // a kernel, not a model OpenVINO compiles
+    auto s = spawn({(fs::path(rt.venv) / "bin" / "python").string(), script.string(), "--work", name, "--runs",
+                    std::to_string(o.runs), "--threads", std::to_string(torch::get_num_threads()), "--runtime",
+                    rt.name});
     try {
-      auto pr = result_of(s, rt + " (" + o.peers_venv + ")");
-      r[rt] = pr;
+      auto pr = result_of(s, rt.name + " (" + rt.venv + ")");
+      r[rt.name] = pr;
       char b[96];
-      std::snprintf(b, sizeof b, "%s %.2f (x%.2f) ", rt.c_str(), pr["median_s"].get<double>(),
+      std::snprintf(b, sizeof b, "%s %.2f (x%.2f) ", rt.name.c_str(), pr["median_s"].get<double>(),
                     r["median_s"].get<double>() / pr["median_s"].get<double>());
       peers += b;
     } catch (const Error& e) {
-      peers += rt + " failed ";
-      r[rt] = {{"error", e.what()}};
+      peers += rt.name + " failed ";
+      r[rt.name] = {{"error", e.what()}};
     }
   }
 }
@@ -475,6 +488,8 @@ void check_peer_paths(const Opts& o) {
     throw Error("--sdcpp " + o.sdcpp + ": not an executable file (bench/setup_sdcpp.sh builds stable-diffusion.cpp's sd-cli)");
   if (!o.peers_venv.empty() && access((fs::path(o.peers_venv) / "bin" / "python").c_str(), X_OK) != 0)
     throw Error("--peers-venv " + o.peers_venv + ": no bin/python in it (bench/setup_peers.sh makes the environment)");
+  if (!o.ipex_venv.empty() && access((fs::path(o.ipex_venv) / "bin" / "python").c_str(), X_OK) != 0)
+    throw Error("--ipex-venv " + o.ipex_venv + ": no bin/python in it (bench/setup_ipex.sh makes the environment)");
   if (!o.reference.empty() && !fs::is_directory(o.reference))
     throw Error("--reference " + o.reference + ": not a directory (a checkout of the original code)");
 }
@@ -610,6 +625,9 @@ void add_bench(CLI::App& app) {
   sub->add_option("--peers-venv", o->peers_venv,
                   "virtual environment with PyTorch 2.x and diffusers (bench/setup_peers.sh): the same works in diffusers, "
                   "and in OpenVINO where it is installed there");
+  sub->add_option("--ipex-venv", o->ipex_venv,
+                  "virtual environment with Intel's extension for PyTorch and diffusers (bench/setup_ipex.sh): the same "
+                  "works through ipex.optimize");
   sub->add_option("--fashion-config", o->fashion_config, "config of the train_fashion work")->capture_default_str();
   sub->add_option("--fashion-ae-config", o->fashion_ae_config, "config of the train_fashion_ae work")->capture_default_str();
   sub->add_option("--json", o->json_out, "write all figures to this JSON file");
