@@ -442,7 +442,7 @@ void run_peer(const Opts& o, const std::vector<PeerRuntime>& runtimes, const std
   if (!std::count(kPeerWork.begin(), kPeerWork.end(), name)) return;
   fs::path script = fs::path(LDM_SOURCE_DIR) / "bench" / "peers_bench.py";
   for (const auto& rt : runtimes) {
-    if (rt.name == "openvino" && name.rfind("attn", 0) == 0) continue;  // a kernel, not a model OpenVINO compiles
+    if (rt.name != "diffusers" && name.rfind("attn", 0) == 0) continue;  // a kernel, not a model to compile or optimize
     auto s = spawn({(fs::path(rt.venv) / "bin" / "python").string(), script.string(), "--work", name, "--runs",
                     std::to_string(o.runs), "--threads", std::to_string(torch::get_num_threads()), "--runtime",
                     rt.name});
