@@ -7,7 +7,8 @@ the diffusers module, compiled for the CPU with the same threads, fp32 or bf16
 inference precision); its first call counts the compile, not the conversion
 (an OpenVINO user converts once, offline). With --runtime ipex the diffusers
 module goes through Intel's extension for PyTorch (ipex.optimize with the
-work's dtype, bf16 under autocast as diffusers'), in an environment of its own
+work's dtype, counted in the first call; bf16 under autocast as diffusers'),
+in an environment of its own
 (bench/setup_ipex.sh: it pins an older PyTorch). Run by `ldm bench --peers-venv DIR`
 with DIR/bin/python; bench/setup_peers.sh makes that environment (outside the
 repository). Prints one line: RESULT {json}.
@@ -98,13 +99,17 @@ def openvino_fn(work, threads):
 
 
 def ipex_fn(work):
+    """prepare: ipex.optimize on the work's module (it prepacks the weights); prepare returns the call."""
     import intel_extension_for_pytorch as ipex
     mi = module_and_inputs(work)
     if mi is None:
         raise SystemExit(f"peers_bench: {work} has no ipex form (a kernel-level work)")
     m, inputs = mi
-    m = ipex.optimize(m, dtype=torch.bfloat16 if work.endswith("_bf16") else torch.float32)
-    return lambda: m(*inputs)
+
+    def prepare():
+        om = ipex.optimize(m, dtype=torch.bfloat16 if work.endswith("_bf16") else torch.float32)
+        return lambda: om(*inputs)
+    return prepare
 
 
 def main():
@@ -117,18 +122,19 @@ def main():
     torch.set_num_threads(a.threads)
     bf16 = a.work.endswith("_bf16")
     if a.runtime == "openvino":
-        compile_ = openvino_fn(a.work, a.threads)
-        t0 = time.perf_counter()
-        call = compile_()
-        call()
+        prepare = openvino_fn(a.work, a.threads)
+    elif a.runtime == "ipex":
+        prepare = ipex_fn(a.work)
     else:
-        fn = work_fn(a.work) if a.runtime == "diffusers" else ipex_fn(a.work)
+        fn = work_fn(a.work)
+        prepare = lambda: fn  # noqa: E731
+    t0 = time.perf_counter()
+    run = prepare()  # OpenVINO's compile, IPEX's optimize: part of the first call
 
-        def call():
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                fn()
-        t0 = time.perf_counter()
-        call()
+    def call():  # OpenVINO's bf16 is its inference precision, not autocast
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16 and a.runtime != "openvino"):
+            run()
+    call()
     first = time.perf_counter() - t0
     times = []
     for _ in range(a.runs):
