@@ -52,8 +52,8 @@ class Decode(torch.nn.Module):
         return self.m.decode(z).sample
 
 
-def module_and_inputs(work):
-    """The work as a torch module and its inputs, or None for a kernel-level work."""
+def module_and_inputs(work, runtime):
+    """The work as a torch module and its inputs (a kernel-level work has none: an error)."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
     torch.manual_seed(0)
     base = work.replace("_bf16", "")
@@ -63,7 +63,7 @@ def module_and_inputs(work):
         return m, (torch.randn(2, 4, side, side), torch.tensor([500.0, 500.0]), torch.randn(2, 77, 768))
     if base.startswith("vae"):
         return Decode(AutoencoderKL(**VAE)).eval(), (torch.randn(1, 4, side, side),)
-    return None
+    raise SystemExit(f"peers_bench: {work} has no {runtime} form (unknown, or a kernel-level work)")
 
 
 def work_fn(work):
@@ -72,20 +72,14 @@ def work_fn(work):
         dt = torch.bfloat16 if work.endswith("_bf16") else torch.float32  # bf16 inputs, as ours
         q, k, v = (torch.randn(16, 4096, 40).to(dt) for _ in range(3))
         return lambda: torch.nn.functional.scaled_dot_product_attention(q, k, v)
-    mi = module_and_inputs(work)
-    if mi is None:
-        raise SystemExit(f"peers_bench: unknown work {work}")
-    m, inputs = mi
+    m, inputs = module_and_inputs(work, "diffusers")
     return lambda: m(*inputs)
 
 
 def openvino_fn(work, threads):
     """(compile, call): the work compiled by OpenVINO for the CPU; compile returns the call."""
     import openvino as ov
-    mi = module_and_inputs(work)
-    if mi is None:
-        raise SystemExit(f"peers_bench: {work} has no OpenVINO form (a kernel-level work)")
-    m, inputs = mi
+    m, inputs = module_and_inputs(work, "OpenVINO")
     with torch.no_grad():
         model = ov.convert_model(m, example_input=inputs)
     arrays = [t.numpy() for t in inputs]
@@ -101,10 +95,7 @@ def openvino_fn(work, threads):
 def ipex_fn(work):
     """prepare: ipex.optimize on the work's module (it prepacks the weights); prepare returns the call."""
     import intel_extension_for_pytorch as ipex
-    mi = module_and_inputs(work)
-    if mi is None:
-        raise SystemExit(f"peers_bench: {work} has no ipex form (a kernel-level work)")
-    m, inputs = mi
+    m, inputs = module_and_inputs(work, "ipex")
 
     def prepare():
         om = ipex.optimize(m, dtype=torch.bfloat16 if work.endswith("_bf16") else torch.float32)

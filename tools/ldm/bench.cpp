@@ -16,6 +16,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <tuple>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -416,6 +417,23 @@ const std::vector<std::string> kPeerWork = {"attn4096",     "unet256",       "un
                                             "vae512",       "attn4096_bf16", "unet256_bf16", "unet512_bf16",
                                             "vae256_bf16",  "vae512_bf16"};
 
+// A peer process's RESULT kept in r[key] and printed as "label SECONDS (xOURS/THEIRS)";
+// a peer that fails is reported and the bench goes on.
+void record_peer(const Spawned& s, const std::string& key, const std::string& label, const std::string& what, json& r,
+                 std::string& peers) {
+  try {
+    auto pr = result_of(s, what);
+    r[key] = pr;
+    char b[96];
+    std::snprintf(b, sizeof b, "%s %.2f (x%.2f) ", label.c_str(), pr["median_s"].get<double>(),
+                  r["median_s"].get<double>() / pr["median_s"].get<double>());
+    peers += b;
+  } catch (const Error& e) {
+    peers += label + " failed ";
+    r[key] = {{"error", e.what()}};
+  }
+}
+
 struct PeerRuntime {
   std::string venv, name;  // bench/peers_bench.py --runtime NAME with VENV/bin/python
 };
@@ -435,8 +453,7 @@ std::vector<PeerRuntime> peer_runtimes(const Opts& o) {
   return r;
 }
 
-// The work in each peer runtime, same threads and runs; a runtime that fails
-// is reported and the bench goes on.
+// The work in each peer runtime, same threads and runs.
 void run_peer(const Opts& o, const std::vector<PeerRuntime>& runtimes, const std::string& name, json& r,
               std::string& peers) {
   if (!std::count(kPeerWork.begin(), kPeerWork.end(), name)) return;
@@ -446,17 +463,7 @@ void run_peer(const Opts& o, const std::vector<PeerRuntime>& runtimes, const std
     auto s = spawn({(fs::path(rt.venv) / "bin" / "python").string(), script.string(), "--work", name, "--runs",
                     std::to_string(o.runs), "--threads", std::to_string(torch::get_num_threads()), "--runtime",
                     rt.name});
-    try {
-      auto pr = result_of(s, rt.name + " (" + rt.venv + ")");
-      r[rt.name] = pr;
-      char b[96];
-      std::snprintf(b, sizeof b, "%s %.2f (x%.2f) ", rt.name.c_str(), pr["median_s"].get<double>(),
-                    r["median_s"].get<double>() / pr["median_s"].get<double>());
-      peers += b;
-    } catch (const Error& e) {
-      peers += rt.name + " failed ";
-      r[rt.name] = {{"error", e.what()}};
-    }
+    record_peer(s, rt.name, rt.name, rt.name + " (" + rt.venv + ")", r, peers);
   }
 }
 
@@ -486,10 +493,11 @@ void print_fraction_of_peak(const json& all) {
 void check_peer_paths(const Opts& o) {
   if (!o.sdcpp.empty() && !can_execute(o.sdcpp))
     throw Error("--sdcpp " + o.sdcpp + ": not an executable file (bench/setup_sdcpp.sh builds stable-diffusion.cpp's sd-cli)");
-  if (!o.peers_venv.empty() && access((fs::path(o.peers_venv) / "bin" / "python").c_str(), X_OK) != 0)
-    throw Error("--peers-venv " + o.peers_venv + ": no bin/python in it (bench/setup_peers.sh makes the environment)");
-  if (!o.ipex_venv.empty() && access((fs::path(o.ipex_venv) / "bin" / "python").c_str(), X_OK) != 0)
-    throw Error("--ipex-venv " + o.ipex_venv + ": no bin/python in it (bench/setup_ipex.sh makes the environment)");
+  using Venv = std::tuple<std::string, std::string, std::string>;  // flag, directory, the script that makes it
+  for (const auto& [flag, dir, setup] :
+       {Venv{"--peers-venv", o.peers_venv, "setup_peers.sh"}, Venv{"--ipex-venv", o.ipex_venv, "setup_ipex.sh"}})
+    if (!dir.empty() && access((fs::path(dir) / "bin" / "python").c_str(), X_OK) != 0)
+      throw Error(flag + " " + dir + ": no bin/python in it (bench/" + setup + " makes the environment)");
   if (!o.reference.empty() && !fs::is_directory(o.reference))
     throw Error("--reference " + o.reference + ": not a directory (a checkout of the original code)");
 }
@@ -559,17 +567,7 @@ void run_bench(const Opts& o) {
         if (is_fashion_training(name)) args.insert(args.end(), {"--ranks", std::to_string(o.ranks)});
         auto s = spawn(args, env);
         const std::string key = with_tcm ? "reference_tcmalloc" : "reference";
-        try {
-          auto pr = result_of(s, "the reference (" + key + ")");
-          r[key] = pr;
-          char b[96];
-          std::snprintf(b, sizeof b, "%s %.2f (x%.2f) ", with_tcm ? "ref+tcmalloc" : "ref", pr["median_s"].get<double>(),
-                        r["median_s"].get<double>() / pr["median_s"].get<double>());
-          peers += b;
-        } catch (const Error& e) {
-          peers += std::string(with_tcm ? "ref+tcmalloc" : "ref") + " failed ";
-          r[key] = {{"error", e.what()}};
-        }
+        record_peer(s, key, with_tcm ? "ref+tcmalloc" : "ref", "the reference (" + key + ")", r, peers);
       }
     }
     run_peer(o, runtimes, name, r, peers);
