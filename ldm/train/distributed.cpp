@@ -133,9 +133,9 @@ Distributed::Distributed(const DistEnv& e, std::chrono::milliseconds timeout, st
     const auto gi = choose_gloo_interface(e.master_addr, e.master_port);
     o->devices.push_back(gi.ifname.empty() ? c10d::ProcessGroupGloo::createDeviceForHostname(gi.address)
                                            : c10d::ProcessGroupGloo::createDeviceForInterface(gi.ifname));
-    if (e.world > 1 && !is_loopback(e.master_addr))
-      std::cerr << "distributed: rank " << e.rank << " on " << hostname() << " uses "
-                << (gi.ifname.empty() ? gi.address : "interface " + gi.ifname) << " (" << gi.why << ")\n";
+    if (e.world > 1 && !is_loopback(e.master_addr))  // one write: the ranks may share a stderr
+      std::cerr << "distributed: rank " + std::to_string(e.rank) + " on " + hostname() + " uses " +
+                       (gi.ifname.empty() ? gi.address : "interface " + gi.ifname) + " (" + gi.why + ")\n";
     impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, e.rank, e.world, o);
     const std::string peer = hostname() + " " + std::to_string(getpid());
     impl_->store->set("peer/" + std::to_string(e.rank), std::vector<uint8_t>(peer.begin(), peer.end()));

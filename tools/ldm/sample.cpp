@@ -114,7 +114,9 @@ int64_t take_share(const Opts& o, pipeline::GenerateRequest& r) {
     r.class_labels = std::vector<int64_t>(r.class_labels.begin() + lo, r.class_labels.begin() + hi);
   r.batch = hi - lo;
   r.seed += lo;
-  std::cerr << "rank " << o.rank << " of " << o.world << ": images " << lo << " to " << hi - 1 << " of " << n << "\n";
+  // one write: every rank prints this at once to a shared stderr, and std::cerr writes each << apart
+  std::cerr << "rank " + std::to_string(o.rank) + " of " + std::to_string(o.world) + ": images " + std::to_string(lo) +
+                   " to " + std::to_string(hi - 1) + " of " + std::to_string(n) + "\n";
   return lo;
 }
 
