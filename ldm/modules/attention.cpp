@@ -3,7 +3,7 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
-#include <ATen/Parallel.h>
+#include "ldm/util/parallel.h"
 #include <ATen/record_function.h>
 
 #include <algorithm>

@@ -1,6 +1,6 @@
 #include "ldm/modules/group_norm_fused.h"
 
-#include <ATen/Parallel.h>
+#include "ldm/util/parallel.h"
 
 #include <vector>
 

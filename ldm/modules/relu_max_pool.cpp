@@ -1,6 +1,6 @@
 #include "ldm/modules/relu_max_pool.h"
 
-#include <ATen/Parallel.h>
+#include "ldm/util/parallel.h"
 
 #include <algorithm>
 

@@ -1,6 +1,6 @@
 #include "ldm/modules/small_bmm.h"
 
-#include <ATen/Parallel.h>
+#include "ldm/util/parallel.h"
 
 namespace ldm {
 

@@ -1,6 +1,6 @@
 #include "ldm/modules/winograd_conv.h"
 
-#include <ATen/Parallel.h>
+#include "ldm/util/parallel.h"
 #include <torch/torch.h>
 
 #include <algorithm>

@@ -2,7 +2,7 @@
 
 #include "ldm/train/adamw_kernel.h"
 
-#include <ATen/Parallel.h>
+#include "ldm/util/parallel.h"
 #include <torch/torch.h>
 
 #include <cmath>
