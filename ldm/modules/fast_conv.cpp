@@ -61,11 +61,20 @@ const int64_t kWinoMinChannels =
     std::getenv("LDM_WINO_MIN_CHANNELS") ? std::atoll(std::getenv("LDM_WINO_MIN_CHANNELS")) : 128;
 // The choice depends on the shape alone, never on how often a layer ran:
 // the same request gives the same pixels whatever ran before it (a server's
-// tenth request, a pipeline after a LoRA was restored). oneDNN's transform
-// into the Winograd layout is slow (~12 ms per MB); a one-off call on a map
-// near kWinoMinPixels pays it without being repaid. (Ours, winograd_conv,
+// tenth request, a pipeline after a LoRA was restored). Ours (winograd_conv)
 // keeps its transformed weights from a layer's second call on; the pixels are
-// the same as the first call's, which transforms them for the call.)
+// the same as the first call's, which transforms them for the call.
+// Ours on every CPU, oneDNN's AVX-512 Winograd only with LDM_WINO=onednn:
+// oneDNN 2.6 transforms its weights with a scalar reorder (~12 ms per MB, into
+// fresh memory) and holds whole-map scratch (VAE decode 512²: peak 4.7 GB
+// against 2.5 GB with ours). Measured per layer (2 threads, 2026-12-03, first
+// call / steady): VAE 512 ch at 64² 112-144 / 28-33 ms against ours 86-93 /
+// 28-33; 128 ch at 512² 353-436 / 153-181 against 242-340 / 212-254.
+// oneDNN's is 10x more exact (its interpolation points), ours ~1e-5.
+const bool kOnednnWino = [] {
+  const char* v = std::getenv("LDM_WINO");
+  return v && !std::strcmp(v, "onednn");
+}();
 // Packed direct kernels pay where the weights outweigh the maps (SD's 1280
 // channels at 4x4/8x8: libtorch reorders 59 MB of weights per call there); on
 // larger maps libtorch's per-call reorder is amortised and its kernel the same.
@@ -182,7 +191,7 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
     const auto [oh, ow] = conv_out_hw(x, w, stride, padding);
     if (!wino && x.size(0) * oh * ow > kDirectMaxPixels) return {};
   }
-  if (wino && c.no_wino) {
+  if (wino && (c.no_wino || !kOnednnWino)) {
     if (!c.own_wino) c.own_wino = std::make_unique<WinogradConv3x3>(w);
     RECORD_FUNCTION("ldm::conv_winograd", std::vector<c10::IValue>{x});
     const bool was_cached = c.own_wino->cached();

@@ -4,9 +4,9 @@
 // Why: libtorch 1.13's mkldnn path reorders the weights on every call, which
 // dominates the UNet's 1280-channel convolutions at 4x4/8x8 (26-75 GFLOP/s
 // against 150-200 with packed weights), and it never uses Winograd F(4x4, 3x3),
-// 2-3x faster on the 3x3 convolutions of large maps: oneDNN's kernels where
-// the CPU has AVX-512 (same result to ~5e-6 of the output's range), ours
-// (winograd_conv.h, ~1e-5) elsewhere. Training (autograd) has its own
+// 2-3x faster on the 3x3 convolutions of large maps: ours (winograd_conv.h,
+// ~1e-5 of the output's range) on every CPU, oneDNN's AVX-512 kernels
+// (~1e-6) with LDM_WINO=onednn. Training (autograd) has its own
 // primitives (train_conv.h): weights change every step there.
 #pragma once
 #include <torch/types.h>
@@ -24,8 +24,8 @@ namespace ldm::nn {
 enum class FastConv { Aten, Direct, Auto };
 // Per thread, initially from LDM_CONV=aten|direct|auto (default auto); for tests/benchmarks.
 // The auto policy's thresholds can be moved for experiments with
-// LDM_WINO_MIN_PIXELS, LDM_WINO_MAX_INOUT, LDM_WINO_MIN_CHANNELS and
-// LDM_DIRECT_MAX (fast_conv.cpp).
+// LDM_WINO_MIN_PIXELS, LDM_WINO_MAX_INOUT, LDM_WINO_MIN_CHANNELS,
+// LDM_DIRECT_MAX and LDM_WINO=onednn (fast_conv.cpp).
 void set_fast_conv(FastConv mode);
 FastConv fast_conv();
 // Whether oneDNN was found at build time.

@@ -46,8 +46,8 @@ TEST(FastConv, MatchesLibtorchOnEveryKernelKind) {
         EXPECT_LT(test::max_abs_err(y, ref), 1e-5 * ref.abs().max().item<double>())
             << "mode " << static_cast<int>(mode) << " in " << k.in << " k " << k.k << " call " << call;
       }
-      // Auto sends 3x3 convs of maps >= 1024 pixels to Winograd (oneDNN's with
-      // AVX-512, ours elsewhere), other maps > 2048 pixels to libtorch's conv
+      // Auto sends 3x3 convs of maps >= 1024 pixels to Winograd (ours; oneDNN's
+      // with LDM_WINO=onednn on AVX-512), other maps > 2048 pixels to libtorch's conv
       const bool aten_shape = mode == nn::FastConv::Auto && k.n * k.hw * k.hw > 2048 &&
                               !(k.k == 3 && k.stride == 1 && k.n * k.hw * k.hw >= 1024 && std::min(k.in, k.out) >= 128);
       if (nn::fast_conv_available() && !aten_shape)
@@ -129,8 +129,8 @@ TEST(FastConv, PackedHookSeesEachWeightOnceAndReleaseDropsThePacking) {
 }
 
 // A Winograd layer's plain weights are handed to the hook once its transformed
-// weights replace them: after the first call where this CPU has no oneDNN
-// Winograd (ours transforms per call until the second), never twice.
+// weights replace them: after the second call with ours (it transforms per call
+// until then), the first with oneDNN's (LDM_WINO=onednn), never twice.
 TEST(FastConv, WinogradHookOnceTheTransformedWeightsAreKept) {
   if (!nn::fast_conv_available()) GTEST_SKIP() << "built without oneDNN headers";
   ModeScope ms(nn::FastConv::Auto);
