@@ -172,24 +172,34 @@ int64_t chunk_tile_rows(int64_t bytes, int64_t channels, const Geometry& g) {
 }  // namespace
 
 namespace {
-// G g G^T for one 3x3 kernel (row-major) into its 36 positions (stride `step`).
-void transform_kernel(const float* g, float* u, int64_t step) {
-  double t[kTile][3];  // G g: the kernel's columns through G's rows
-  for (int c = 0; c < 3; ++c) {
-    const double a = g[c], b = g[3 + c], d = g[6 + c];
-    t[0][c] = a / 4;
-    t[1][c] = -(a + b + d) / 6;
-    t[2][c] = -(a - b + d) / 6;
-    t[3][c] = a / 24 + b / 12 + d / 6;
-    t[4][c] = a / 24 - b / 12 + d / 6;
-    t[5][c] = d;
-  }
-  for (int r = 0; r < kTile; ++r) {  // (G g) G^T
-    const double a = t[r][0], b = t[r][1], d = t[r][2];
-    const double row[kTile] = {a / 4, -(a + b + d) / 6, -(a - b + d) / 6, a / 24 + b / 12 + d / 6,
-                               a / 24 - b / 12 + d / 6, d};
-    for (int l = 0; l < kTile; ++l) u[(r * kTile + l) * step] = static_cast<float>(row[l]);
-  }
+constexpr int64_t kLanes = 16;  // output channels transformed together, one vector each
+
+// G g G^T for the 3x3 kernels of kLanes output channels (one input channel):
+// g[k][o] is kernel element k of channel o, u[p][o] position p of the 6x6
+// result. Lanes run in the innermost loops so that they vectorize.
+LDM_CLONES void transform_kernels(const float* LDM_R g, float* LDM_R u) {
+  float t[kTile * 3][kLanes];  // G g: the kernels' columns through G's rows
+  for (int c = 0; c < 3; ++c)
+    for (int64_t o = 0; o < kLanes; ++o) {
+      const float a = g[c * kLanes + o], b = g[(3 + c) * kLanes + o], d = g[(6 + c) * kLanes + o];
+      t[0 * 3 + c][o] = a / 4;
+      t[1 * 3 + c][o] = -(a + b + d) / 6;
+      t[2 * 3 + c][o] = -(a - b + d) / 6;
+      t[3 * 3 + c][o] = a / 24 + b / 12 + d / 6;
+      t[4 * 3 + c][o] = a / 24 - b / 12 + d / 6;
+      t[5 * 3 + c][o] = d;
+    }
+  for (int r = 0; r < kTile; ++r)  // (G g) G^T
+    for (int64_t o = 0; o < kLanes; ++o) {
+      const float a = t[r * 3][o], b = t[r * 3 + 1][o], d = t[r * 3 + 2][o];
+      float* ur = u + r * kTile * kLanes + o;
+      ur[0 * kLanes] = a / 4;
+      ur[1 * kLanes] = -(a + b + d) / 6;
+      ur[2 * kLanes] = -(a - b + d) / 6;
+      ur[3 * kLanes] = a / 24 + b / 12 + d / 6;
+      ur[4 * kLanes] = a / 24 - b / 12 + d / 6;
+      ur[5 * kLanes] = d;
+    }
 }
 }  // namespace
 
@@ -201,9 +211,18 @@ torch::Tensor winograd_weights(const torch::Tensor& w) {
   auto u = torch::empty({kPos, ci, co}, w.options());
   const float* src = wc.data_ptr<float>();
   float* dst = u.data_ptr<float>();
-  at::parallel_for(0, ci, 16, [&](int64_t lo, int64_t hi) {
-    for (int64_t i = lo; i < hi; ++i)
-      for (int64_t o = 0; o < co; ++o) transform_kernel(src + (o * ci + i) * 9, dst + i * co + o, ci * co);
+  // blocks of kLanes output channels: each reads kLanes rows of w (ci * 9 floats) as it goes
+  at::parallel_for(0, (co + kLanes - 1) / kLanes, 1, [&](int64_t lo, int64_t hi) {
+    float g[9 * kLanes], r[kPos * kLanes];
+    for (int64_t ob = lo; ob < hi; ++ob) {
+      const int64_t o0 = ob * kLanes, n = std::min(kLanes, co - o0);
+      for (int64_t i = 0; i < ci; ++i) {
+        for (int64_t o = 0; o < kLanes; ++o)
+          for (int k = 0; k < 9; ++k) g[k * kLanes + o] = o < n ? src[((o0 + o) * ci + i) * 9 + k] : 0.0f;
+        transform_kernels(g, r);
+        for (int64_t p = 0; p < kPos; ++p) std::copy(r + p * kLanes, r + p * kLanes + n, dst + (p * ci + i) * co + o0);
+      }
+    }
   });
   return u;
 }

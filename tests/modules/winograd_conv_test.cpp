@@ -19,17 +19,20 @@ double rel_err(const torch::Tensor& y, const torch::Tensor& ref) {
 
 TEST(WinogradConv, WeightTransformIsGgGt) {
   torch::manual_seed(0);
-  auto w = torch::randn({5, 3, 3, 3});
   // Lavin & Gray's G for the points 0, 1, -1, 2, -2, inf
   auto g = torch::tensor({1.0 / 4, 0.0, 0.0, -1.0 / 6, -1.0 / 6, -1.0 / 6, -1.0 / 6, 1.0 / 6, -1.0 / 6, 1.0 / 24,
                           1.0 / 12, 1.0 / 6, 1.0 / 24, -1.0 / 12, 1.0 / 6, 0.0, 0.0, 1.0},
                          torch::kFloat64)
                .view({6, 3});
-  auto want = torch::matmul(torch::matmul(g, w.to(torch::kFloat64)), g.t());  // [Co, Ci, 6, 6]
-  auto u = nn::winograd_weights(w);                                          // [36, Ci, Co]
-  ASSERT_EQ(u.sizes(), (std::vector<int64_t>{36, 3, 5}));
-  auto got = u.to(torch::kFloat64).view({6, 6, 3, 5}).permute({3, 2, 0, 1});
-  EXPECT_LT(test::max_abs_err(got, want), 1e-6);
+  // output channels in blocks of 16: one partial block, and full blocks with a partial one
+  for (auto [co, ci] : {std::pair<int64_t, int64_t>{5, 3}, {37, 4}}) {
+    auto w = torch::randn({co, ci, 3, 3});
+    auto want = torch::matmul(torch::matmul(g, w.to(torch::kFloat64)), g.t());  // [Co, Ci, 6, 6]
+    auto u = nn::winograd_weights(w);                                          // [36, Ci, Co]
+    ASSERT_EQ(u.sizes(), (std::vector<int64_t>{36, ci, co}));
+    auto got = u.to(torch::kFloat64).view({6, 6, ci, co}).permute({3, 2, 0, 1});
+    EXPECT_LT(test::max_abs_err(got, want), 1e-6 * want.abs().max().item<double>()) << co << "x" << ci;
+  }
 }
 
 TEST(WinogradConv, MatchesLibtorchConv) {
