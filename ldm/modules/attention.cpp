@@ -3,7 +3,6 @@
 #include <torch/torch.h>
 #include <torch/version.h>
 
-#include "ldm/util/parallel.h"
 #include <ATen/record_function.h>
 
 #include <algorithm>
@@ -13,6 +12,7 @@
 #include "ldm/modules/diffusionmodules/util.h"
 #include "ldm/modules/flash_attention_kernel.h"
 #include "ldm/modules/small_bmm.h"
+#include "ldm/util/parallel.h"
 
 namespace ldm {
 

@@ -68,7 +68,7 @@ const int64_t kWinoMinChannels =
 // oneDNN 2.6 transforms its weights with a scalar reorder (~12 ms per MB, into
 // fresh memory) and holds whole-map scratch (VAE decode 512²: peak 4.7 GB
 // against 2.5 GB with ours). Measured per layer (2 threads, 2026-12-03, first
-// call / steady): VAE 512 ch at 64² 112-144 / 28-33 ms against ours 86-93 /
+// call / steady): VAE 512 ch at 64² 112-144 / 28-33 ms against ours 75-93 /
 // 28-33; 128 ch at 512² 353-436 / 153-181 against 242-340 / 212-254.
 // oneDNN's is 10x more exact (its interpolation points), ours ~1e-5.
 const bool kOnednnWino = [] {

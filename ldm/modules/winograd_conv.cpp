@@ -1,6 +1,5 @@
 #include "ldm/modules/winograd_conv.h"
 
-#include "ldm/util/parallel.h"
 #include <torch/torch.h>
 
 #include <algorithm>
@@ -8,6 +7,7 @@
 #include <vector>
 
 #include "ldm/modules/dnnl_context.h"
+#include "ldm/util/parallel.h"
 
 namespace ldm::nn {
 

@@ -1,8 +1,8 @@
 #include "ldm/train/optim.h"
 
 #include "ldm/train/adamw_kernel.h"
-
 #include "ldm/util/parallel.h"
+
 #include <torch/torch.h>
 
 #include <cmath>

@@ -12,15 +12,15 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <set>
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
-#include <tuple>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
+#include <set>
 #include <sstream>
+#include <tuple>
 
 #include "ldm/error.h"
 #include "ldm/io/atomic_file.h"
