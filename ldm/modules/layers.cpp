@@ -1,6 +1,7 @@
 #include "ldm/modules/layers.h"
 
 #include "ldm/modules/fast_conv.h"
+#include "ldm/modules/fast_linear.h"
 #include "ldm/modules/group_norm_fused.h"
 #include "ldm/modules/train_conv.h"
 
@@ -108,7 +109,8 @@ Linear::Linear(int64_t in, int64_t out, bool b) {
 }
 
 torch::Tensor Linear::forward(const torch::Tensor& x) {
-  auto y = torch::nn::functional::linear(x, weight, bias);
+  auto y = fast_linear(x, weight, bias);
+  if (!y.defined()) y = torch::nn::functional::linear(x, weight, bias);
   return lora ? y + lora->forward(x) : y;
 }
 

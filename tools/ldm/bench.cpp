@@ -93,7 +93,7 @@ double median(std::vector<double> v) {
 }
 
 // conv + matmul + attention GFLOP of fn (convolutions counted by nn::Conv,
-// matmuls by libtorch's profiler, the fused attention from its shapes; a
+// matmuls by libtorch's profiler, our linear and fused attention from their shapes; a
 // training step's backward convs are not), and where the
 // time goes: outermost aten ops and autograd nodes grouped into conv / matmul /
 // softmax / attention (our fused kernel) / norm / other.
@@ -121,7 +121,8 @@ Profile profile(const std::function<void()>& fn) {
     std::transform(n.begin(), n.end(), n.begin(), [](unsigned char ch) { return std::tolower(ch); });
     if (n.find("conv") != std::string::npos) return "conv";
     static const std::set<std::string> kMatmulOps = {"aten::mm",     "aten::addmm",  "aten::bmm",   "aten::baddbmm",
-                                                     "aten::matmul", "aten::linear", "aten::einsum"};
+                                                     "aten::matmul", "aten::linear", "aten::einsum",
+                                                     "ldm::linear"};
     if (kMatmulOps.count(n) || n.find("mmbackward") != std::string::npos || n.find("smallbmm") != std::string::npos)
       return "matmul";
     if (n.find("softmax") != std::string::npos) return "softmax";
@@ -136,6 +137,14 @@ Profile profile(const std::function<void()>& fn) {
       if (e.kind() == prof::EventKind::PushRange) {
         if (name == "aten::mm" || name == "aten::addmm" || name == "aten::bmm" || name == "aten::baddbmm")
           p.gflop += const_cast<prof::LegacyEvent&>(e).flops() / 1e9;
+        if (name == "ldm::linear") {  // x [..., k], w [n, k]: 2 FLOPs a product
+          const auto sh = e.shapes();
+          if (sh.size() == 2 && sh[1].size() == 2) {
+            double rows = 1;
+            for (size_t i = 0; i + 1 < sh[0].size(); ++i) rows *= sh[0][i];
+            p.gflop += 2.0 * rows * sh[1][0] * sh[1][1] / 1e9;
+          }
+        }
         if (name == "ldm::attention_fused") {
           const auto sh = e.shapes();  // q [B, N, d], k [B, M, d]: q k^T and p v, 2 FLOPs a product
           if (sh.size() == 2 && sh[0].size() == 3 && sh[1].size() == 3)
