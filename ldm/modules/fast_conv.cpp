@@ -51,8 +51,12 @@ using tag = dnnl::memory::format_tag;
 // Winograd only on maps with >= this many pixels (batch included): on smaller
 // ones it gains little (1280 channels at 8x8 x2: 25%; 320 at 32x32 x2: 2.3x).
 const int64_t kWinoMinPixels = std::getenv("LDM_WINO_MIN_PIXELS") ? std::atoll(std::getenv("LDM_WINO_MIN_PIXELS")) : 1024;
-// ... and only for weights up to 640x640x3x3: the transformed weights are 4x
-// the plain ones (6x6 tiles of 3x3 kernels), which bounds the extra memory.
+// Weights up to 640x640x3x3 keep their transformed copy (4x the plain ones:
+// 6x6 tiles of 3x3 kernels); larger ones (SD's 32² level at 512²: 960-1920
+// channels in) transform theirs per call, block by block, which bounds the
+// extra memory: per layer (2 threads, 2026-12-03) direct 109-280 ms, per-call
+// Winograd 57-142, kept 38-96 (kept, the 4-step 512² txt2img peaked 377 MB
+// higher, above round one's 4.84 GB).
 const int64_t kWinoMaxInOut = std::getenv("LDM_WINO_MAX_INOUT") ? std::atoll(std::getenv("LDM_WINO_MAX_INOUT")) : 640 * 640;
 // ... and at least this many channels in and out: below, the transforms weigh
 // as much as the 36 channel products (the Fashion-MNIST models' 32-64 channels
@@ -181,18 +185,18 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
     c.wversion = w._version();
   }
   ++c.calls;
-  bool wino = false;
+  bool wino = false, keep = true;
   if (mode == FastConv::Auto) {
     const int64_t pixels = x.size(0) * x.size(2) * x.size(3);
     const bool wino_shape = w.size(2) == 3 && w.size(3) == 3 && stride[0] == 1 && stride[1] == 1 &&
-                            padding == 1 && w.size(0) * w.size(1) <= kWinoMaxInOut && pixels >= kWinoMinPixels &&
-                            std::min(w.size(0), w.size(1)) >= kWinoMinChannels;
+                            padding == 1 && pixels >= kWinoMinPixels && std::min(w.size(0), w.size(1)) >= kWinoMinChannels;
     wino = wino_shape;
+    keep = w.size(0) * w.size(1) <= kWinoMaxInOut;
     const auto [oh, ow] = conv_out_hw(x, w, stride, padding);
     if (!wino && x.size(0) * oh * ow > kDirectMaxPixels) return {};
   }
-  if (wino && (c.no_wino || !kOnednnWino)) {
-    if (!c.own_wino) c.own_wino = std::make_unique<WinogradConv3x3>(w);
+  if (wino && (c.no_wino || !kOnednnWino || !keep)) {
+    if (!c.own_wino) c.own_wino = std::make_unique<WinogradConv3x3>(w, int64_t{8} << 20, keep);
     RECORD_FUNCTION("ldm::conv_winograd", std::vector<c10::IValue>{x});
     const bool was_cached = c.own_wino->cached();
     auto y = (*c.own_wino)(x, b);

@@ -228,24 +228,28 @@ torch::Tensor winograd_weights(const torch::Tensor& w) {
 }
 
 namespace {
-// The 36 products of a chunk: m[k] = v[k] @ u[k], u [36, Ci, Co] row-major.
-// One GEMM layout whether u is cached or made for this call, so a layer's
-// output never depends on which (oneDNN's matmul takes plain weights as fast
-// as its own packing here).
+// The 36 products of a chunk: m[k][:, o0 : o0 + n] = v[k] @ u[k], u [36, Ci, n]
+// row-major: all of the output channels (n = Co), or a block of them for a
+// layer that transforms its weights per call. One GEMM layout whether u is
+// cached or made for this call, so a layer's output never depends on which
+// (oneDNN's matmul takes plain weights as fast as its own packing here).
 class BatchedGemm {
  public:
   BatchedGemm(int64_t ci, int64_t co) : ci_(ci), co_(co) {}
-  void run(const torch::Tensor& v, const torch::Tensor& u, torch::Tensor& m) {
+  void run(const torch::Tensor& v, const torch::Tensor& u, torch::Tensor& m, int64_t o0 = 0) {
 #ifdef LDM_DNNL
-    Prim& p = prim(v.size(1));
+    Prim& p = prim(v.size(1), u.size(2));
     auto scratch = torch::empty({static_cast<int64_t>(p.scratch.get_size())}, v.options().dtype(torch::kUInt8));
     p.prim.execute(dnnl_stream(), {{DNNL_ARG_SRC, dnnl::memory(p.src, dnnl_engine(), v.data_ptr())},
                                    {DNNL_ARG_WEIGHTS, dnnl::memory(p.w, dnnl_engine(), u.data_ptr())},
-                                   {DNNL_ARG_DST, dnnl::memory(p.dst, dnnl_engine(), m.data_ptr())},
+                                   {DNNL_ARG_DST, dnnl::memory(p.dst, dnnl_engine(), m.data_ptr<float>() + o0)},
                                    {DNNL_ARG_SCRATCHPAD, dnnl::memory(p.scratch, dnnl_engine(), scratch.data_ptr())}});
     dnnl_stream().wait();
 #else
-    at::bmm_out(m, v, u);
+    if (u.size(2) == co_)
+      at::bmm_out(m, v, u);
+    else
+      m.narrow(2, o0, u.size(2)).copy_(at::bmm(v, u));
 #endif
   }
 
@@ -255,40 +259,57 @@ class BatchedGemm {
   // oneDNN's matmul, not libtorch's bmm: it runs on the OpenMP threads the
   // transforms use; OpenBLAS's own pool competes with them for the cores.
   struct Prim {
-    int64_t rows;
+    int64_t rows, n;
     dnnl::matmul prim;
     dnnl::memory::desc src, w, dst, scratch;
   };
   std::vector<Prim> prims_;
 
-  Prim& prim(int64_t rows) {
+  Prim& prim(int64_t rows, int64_t n) {
     for (auto& p : prims_)
-      if (p.rows == rows) return p;
+      if (p.rows == rows && p.n == n) return p;
     using dt = dnnl::memory::data_type;
     using tag = dnnl::memory::format_tag;
-    dnnl::memory::desc src({kPos, rows, ci_}, dt::f32, tag::abc), w({kPos, ci_, co_}, dt::f32, tag::abc),
-        dst({kPos, rows, co_}, dt::f32, tag::abc);
+    dnnl::memory::desc src({kPos, rows, ci_}, dt::f32, tag::abc), w({kPos, ci_, n}, dt::f32, tag::abc),
+        dst({kPos, rows, n}, dt::f32, dnnl::memory::dims{rows * co_, co_, 1});
     dnnl::primitive_attr attr;
     attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
     dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(src, w, dst), attr, dnnl_engine());
     if (prims_.size() >= 8) prims_.erase(prims_.begin());  // many shapes (VAE tiles, a server's sizes)
-    prims_.push_back({rows, dnnl::matmul(pd), src, w, dst, pd.scratchpad_desc()});
+    prims_.push_back({rows, n, dnnl::matmul(pd), src, w, dst, pd.scratchpad_desc()});
     return prims_.back();
   }
 #endif
 };
+
+// Output channels per block of a layer that transforms its weights per call:
+// the block's transformed weights take about `bytes` (a multiple of 16 channels).
+int64_t stream_block(int64_t bytes, int64_t ci, int64_t co) {
+  const int64_t fit = bytes / (kPos * 4 * ci);
+  return std::clamp<int64_t>(fit / 16 * 16, 16, co);
+}
 }  // namespace
 
 struct WinogradConv3x3::Impl {
-  torch::Tensor w, u;  // u: the transformed weights, kept from the second call on
-  int64_t ci, co, chunk_bytes, calls = 0;
+  torch::Tensor w, u;  // u: the transformed weights, kept from the second call on (where keep)
+  int64_t ci, co, chunk_bytes;
+  bool keep;
+  int64_t calls = 0;
   BatchedGemm gemm;
+
+  // m = v @ u for one chunk; without u, the weights transformed block by block
+  void products(const torch::Tensor& v, const torch::Tensor& uk, torch::Tensor& m) {
+    if (uk.defined()) return gemm.run(v, uk, m);
+    const int64_t cb = stream_block(2 * chunk_bytes, ci, co);
+    for (int64_t o0 = 0; o0 < co; o0 += cb)
+      gemm.run(v, winograd_weights(w.narrow(0, o0, std::min(cb, co - o0))), m, o0);
+  }
 };
 
-WinogradConv3x3::WinogradConv3x3(torch::Tensor w, int64_t chunk_bytes) {
+WinogradConv3x3::WinogradConv3x3(torch::Tensor w, int64_t chunk_bytes, bool keep) {
   if (w.dim() != 4 || w.size(2) != 3 || w.size(3) != 3 || w.scalar_type() != torch::kFloat32)
     throw std::invalid_argument("WinogradConv3x3: expected a float32 [Co, Ci, 3, 3] kernel");
-  impl_.reset(new Impl{w, {}, w.size(1), w.size(0), chunk_bytes, 0, BatchedGemm(w.size(1), w.size(0))});
+  impl_.reset(new Impl{w.contiguous(), {}, w.size(1), w.size(0), chunk_bytes, keep, 0, BatchedGemm(w.size(1), w.size(0))});
 }
 WinogradConv3x3::~WinogradConv3x3() = default;
 size_t WinogradConv3x3::bytes() const { return impl_->u.defined() ? impl_->u.nbytes() : 0; }
@@ -305,8 +326,10 @@ torch::Tensor WinogradConv3x3::operator()(const torch::Tensor& x, const torch::T
   // weights for the call: cheap next to the convolution, while keeping 4x its
   // weights in fresh memory costs more than it saves. From the second call on
   // they are kept.
-  const torch::Tensor u = impl_->u.defined() ? impl_->u : winograd_weights(impl_->w);
-  if (++impl_->calls >= 2 && !impl_->u.defined()) {
+  const torch::Tensor u = impl_->u.defined() ? impl_->u
+                          : impl_->keep      ? winograd_weights(impl_->w)
+                                             : torch::Tensor();  // per block, in products()
+  if (impl_->keep && ++impl_->calls >= 2 && !impl_->u.defined()) {
     impl_->u = u;
     impl_->w = torch::Tensor();
   }
@@ -324,7 +347,7 @@ torch::Tensor WinogradConv3x3::operator()(const torch::Tensor& x, const torch::T
       for (int64_t r = lo; r < hi; ++r)
         transform_input_row(xc.data_ptr<float>(), g, ci, tr0 + r, v.data_ptr<float>(), rows, r * g.tw);
     });
-    impl_->gemm.run(v, u, m);
+    impl_->products(v, u, m);
     at::parallel_for(0, n, 1, [&](int64_t lo, int64_t hi) {
       for (int64_t r = lo; r < hi; ++r)
         transform_output_row(m.data_ptr<float>(), bp, g, co, tr0 + r, rows, r * g.tw, y.data_ptr<float>());

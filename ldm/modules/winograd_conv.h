@@ -19,13 +19,15 @@ torch::Tensor winograd_weights(const torch::Tensor& w);
 // One layer's convolution. The transformed weights (4x the plain ones) are
 // made per call on the first call and kept from the second on; the 36
 // products run through oneDNN's matmul where the build has it, libtorch's bmm
-// otherwise.
+// otherwise. With keep false they are never kept: each call transforms them
+// in blocks of output channels of about 4 x chunk_bytes (for layers whose 4x
+// weights would cost more memory than they are worth keeping).
 class WinogradConv3x3 {
  public:
   // Keeps a reference to w until it caches. The tiles of a call are done in
   // chunks whose transformed input/products take about chunk_bytes each
   // (256 tiles at least).
-  explicit WinogradConv3x3(torch::Tensor w, int64_t chunk_bytes = 8 << 20);
+  explicit WinogradConv3x3(torch::Tensor w, int64_t chunk_bytes = 8 << 20, bool keep = true);
   ~WinogradConv3x3();
   WinogradConv3x3(const WinogradConv3x3&) = delete;
   WinogradConv3x3& operator=(const WinogradConv3x3&) = delete;

@@ -148,3 +148,23 @@ TEST(FastConv, WinogradHookOnceTheTransformedWeightsAreKept) {
   auto ref = aten_conv(c, x);
   EXPECT_LT(test::max_abs_err(first, ref), 3e-5 * ref.abs().max().item<double>());
 }
+
+// Above 640x640 channels a Winograd layer transforms its weights on every call
+// and keeps nothing: no packed or transformed copy, its plain weights never
+// handed to the hook (they are read again next call), the pixels the same.
+TEST(FastConv, WideWinogradLayersKeepNothing) {
+  if (!nn::fast_conv_available()) GTEST_SKIP() << "built without oneDNN headers";
+  ModeScope ms(nn::FastConv::Auto);
+  int calls = 0;
+  nn::set_fast_conv_packed_hook([&](const torch::Tensor&) { ++calls; });
+  nn::Conv c(2, 640, 648, 3, 1, 1);
+  torch::NoGradGuard ng;
+  auto x = torch::randn({1, 640, 32, 32});  // 1024 pixels: Winograd's floor, inside the packed direct range
+  auto first = c.forward(x);
+  for (int i = 0; i < 2; ++i) EXPECT_TRUE(torch::equal(c.forward(x), first));
+  nn::set_fast_conv_packed_hook(nullptr);
+  EXPECT_EQ(calls, 0);
+  EXPECT_EQ(nn::fast_conv_cache_bytes(c.fast), 0u) << "a direct packing or kept Winograd weights";
+  auto ref = aten_conv(c, x);
+  EXPECT_LT(test::max_abs_err(first, ref), 3e-5 * ref.abs().max().item<double>());
+}

@@ -67,6 +67,12 @@ TEST(WinogradConv, MatchesLibtorchConv) {
     // kept weights give the same pixels as weights made for the call
     EXPECT_TRUE(torch::equal(first, second)) << k.ci << "->" << k.co;
     EXPECT_TRUE(torch::equal(conv(x, b), second));
+    // never kept: the weights transformed per call in blocks of output channels
+    // (16 a block where chunk_bytes is 1000: 24 as 16 + 8), the same pixels again
+    nn::WinogradConv3x3 streamed(w, k.chunk_bytes, /*keep=*/false);
+    for (int call = 0; call < 2; ++call) EXPECT_TRUE(torch::equal(streamed(x, b), first)) << k.ci << "->" << k.co;
+    EXPECT_FALSE(streamed.cached());
+    EXPECT_EQ(streamed.bytes(), 0u);
   }
 }
 
