@@ -54,9 +54,9 @@ const int64_t kWinoMinPixels = std::getenv("LDM_WINO_MIN_PIXELS") ? std::atoll(s
 // Weights up to 640x640x3x3 keep their transformed copy (4x the plain ones:
 // 6x6 tiles of 3x3 kernels); larger ones (SD's 32² level at 512²: 960-1920
 // channels in) transform theirs per call, block by block, which bounds the
-// extra memory: per layer (2 threads, 2026-12-03) direct 109-280 ms, per-call
-// Winograd 57-142, kept 38-96 (kept, the 4-step 512² txt2img peaked 377 MB
-// higher, above round one's 4.84 GB).
+// extra memory: per layer (2 threads, 2026-12-03) direct 109-280 ms, per call
+// in 16 MB blocks 47-150, kept 38-96 (kept, the 4-step 512² txt2img peaked
+// 377 MB higher, above round one's 4.84 GB; per call, 60 MB lower).
 const int64_t kWinoMaxInOut = std::getenv("LDM_WINO_MAX_INOUT") ? std::atoll(std::getenv("LDM_WINO_MAX_INOUT")) : 640 * 640;
 // ... and at least this many channels in and out: below, the transforms weigh
 // as much as the 36 channel products (the Fashion-MNIST models' 32-64 channels

@@ -3,8 +3,7 @@
 // Why: libtorch 1.13 runs float32 `linear` on OpenBLAS, which on SD's shapes
 // reaches 125-189 GFLOP/s on two Zen 4 cores where oneDNN's brgemm matmul
 // reaches 179-206 on the same plain weights (the attention projections,
-// 8192x320 by 320x320, gain most: x1.42). Nothing is packed or kept: oneDNN's
-// own primitive cache makes a repeated shape cost ~3 us to set up.
+// 8192x320 by 320x320, gain most: x1.42). Nothing is packed or kept: oneDNN's own primitive cache makes a repeated shape cost ~3 us to set up.
 #pragma once
 #include <torch/types.h>
 
@@ -12,7 +11,8 @@ namespace ldm::nn {
 
 // x @ weight^T + bias (bias may be undefined) for float32 CPU tensors when no
 // gradient is needed and autocast is off; an undefined tensor otherwise (or
-// where oneDNN is absent or refuses), and the caller runs libtorch's linear.
+// where oneDNN is absent, refuses, or has only its reference kernel), and the
+// caller runs libtorch's linear.
 torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 
 // Per thread, initially off where LDM_LINEAR=aten; for A/B runs.

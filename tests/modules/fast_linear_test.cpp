@@ -67,6 +67,7 @@ TEST(FastLinear, StepsAsideForAutogradAutocastOtherDtypesAndTheSwitch) {
     at::autocast::set_cpu_enabled(false);
   }
   EXPECT_FALSE(nn::fast_linear(x.to(torch::kBFloat16), l.weight.to(torch::kBFloat16), {}).defined());
+  EXPECT_FALSE(nn::fast_linear(x, l.weight.to(torch::kBFloat16), {}).defined()) << "mixed dtypes";
   EXPECT_FALSE(nn::fast_linear(x.to(torch::kFloat64), l.weight.to(torch::kFloat64), {}).defined());
   EXPECT_FALSE(nn::fast_linear(torch::randn({4, 15}), l.weight, l.bias).defined()) << "mismatched width";
   nn::set_fast_linear(false);
