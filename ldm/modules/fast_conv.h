@@ -20,7 +20,8 @@ namespace ldm::nn {
 
 // aten: always libtorch's conv. direct: packed weights, oneDNN direct kernels.
 // auto: direct on small maps, and Winograd for 3x3/stride 1 convolutions on maps
-// large enough to pay for the 4x larger transformed weights (see fast_conv.cpp).
+// large enough to pay for its transforms; its 4x larger transformed weights are
+// kept up to 640x640 channels and made per call beyond (see fast_conv.cpp).
 enum class FastConv { Aten, Direct, Auto };
 // Per thread, initially from LDM_CONV=aten|direct|auto (default auto); for tests/benchmarks.
 // The auto policy's thresholds can be moved for experiments with

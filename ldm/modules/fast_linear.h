@@ -3,7 +3,8 @@
 // Why: libtorch 1.13 runs float32 `linear` on OpenBLAS, which on SD's shapes
 // reaches 125-189 GFLOP/s on two Zen 4 cores where oneDNN's brgemm matmul
 // reaches 179-206 on the same plain weights (the attention projections,
-// 8192x320 by 320x320, gain most: x1.42). Nothing is packed or kept: oneDNN's own primitive cache makes a repeated shape cost ~3 us to set up.
+// 8192x320 by 320x320, gain most: x1.42). Nothing is packed or kept:
+// oneDNN's own primitive cache makes a repeated shape cost ~3 us to set up.
 #pragma once
 #include <torch/types.h>
 

@@ -20,7 +20,7 @@ torch::Tensor winograd_weights(const torch::Tensor& w);
 // made per call on the first call and kept from the second on; the 36
 // products run through oneDNN's matmul where the build has it, libtorch's bmm
 // otherwise. With keep false they are never kept: each call transforms them
-// in blocks of output channels of about 4 x chunk_bytes (for layers whose 4x
+// in blocks of output channels of about 2 x chunk_bytes (for layers whose 4x
 // weights would cost more memory than they are worth keeping).
 class WinogradConv3x3 {
  public:
