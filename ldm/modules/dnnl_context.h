@@ -11,7 +11,9 @@
 #endif
 
 #ifdef LDM_DNNL
+#include <ATen/autocast_mode.h>
 #include <ATen/core/Tensor.h>
+#include <c10/core/GradMode.h>
 
 #include <utility>
 #include <vector>
@@ -24,6 +26,14 @@ inline dnnl::engine& dnnl_engine() {
 inline dnnl::stream& dnnl_stream() {
   thread_local dnnl::stream s(dnnl_engine());
   return s;
+}
+// An inference call that a cached oneDNN primitive may serve in libtorch's
+// place: no gradient needed through x, w or b (b may be undefined), and
+// autocast off (it casts inside libtorch's op).
+inline bool inference_call(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  if (c10::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() || (b.defined() && b.requires_grad())))
+    return false;
+  return !at::autocast::is_cpu_enabled();
 }
 inline dnnl::memory::dims dims_of(at::IntArrayRef s) { return dnnl::memory::dims(s.begin(), s.end()); }
 // Output height and width of a 2-d conv on x with weight w.

@@ -1,6 +1,5 @@
 #include "ldm/modules/fast_conv.h"
 
-#include <ATen/autocast_mode.h>
 #include <ATen/record_function.h>
 #include <torch/torch.h>
 
@@ -165,10 +164,7 @@ bool applies(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor
   if (x.scalar_type() != torch::kFloat32 || w.scalar_type() != torch::kFloat32) return false;
   if (b.defined() && (b.scalar_type() != torch::kFloat32 || !b.is_contiguous())) return false;
   if (!w.is_contiguous() || x.size(1) != w.size(1) || x.numel() == 0) return false;
-  if (torch::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() || (b.defined() && b.requires_grad())))
-    return false;
-  if (at::autocast::is_cpu_enabled()) return false;  // autocast casts inside libtorch's op
-  return true;
+  return inference_call(x, w, b);
 }
 }  // namespace
 

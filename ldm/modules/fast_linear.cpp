@@ -1,6 +1,5 @@
 #include "ldm/modules/fast_linear.h"
 
-#include <ATen/autocast_mode.h>
 #include <ATen/record_function.h>
 #include <torch/torch.h>
 
@@ -32,9 +31,7 @@ bool applies(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor
   if (!g_on || !x.device().is_cpu() || t != torch::kFloat32 || w.scalar_type() != t) return false;
   if (w.dim() != 2 || x.dim() < 1 || x.size(-1) != w.size(1) || x.numel() == 0) return false;
   if (b.defined() && (b.scalar_type() != t || b.dim() != 1 || b.size(0) != w.size(0))) return false;
-  if (torch::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() || (b.defined() && b.requires_grad())))
-    return false;
-  return !at::autocast::is_cpu_enabled();
+  return inference_call(x, w, b);
 }
 }  // namespace
 
