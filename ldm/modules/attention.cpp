@@ -52,35 +52,58 @@ bool attention_fused_supports(const torch::Tensor& q, const torch::Tensor& k, co
 
 namespace {
 // Runs a kernel (flash_attention_rows or its bf16 twin) over tasks of 96
-// query rows of one head, each thread with its own scratch; the pointers it
-// gets are already at the task's head.
+// query rows of one head, each thread with its own scratch. q, kt, v: packed
+// per head ([B, H] heads); out: [B, N, H * d], each head's rows H * d apart.
 template <class T, class Rows>
-void fused_rows(const T* q, const T* kt, const T* v, T* out, int64_t B, int64_t N, int64_t M, int64_t d,
+void fused_rows(const T* q, const T* kt, const T* v, T* out, int64_t B, int64_t H, int64_t N, int64_t M, int64_t d,
                 int64_t scratch_floats, const Rows& rows_fn) {
   const int64_t Mp = (M + 15) / 16 * 16, rows = 96, tasks_per_head = (N + rows - 1) / rows;
-  at::parallel_for(0, B * tasks_per_head, 1, [&](int64_t t0, int64_t t1) {
+  at::parallel_for(0, B * H * tasks_per_head, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> scratch(scratch_floats);
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / tasks_per_head, r0 = t % tasks_per_head * rows;
-      rows_fn(q + b * N * d, kt + b * d * Mp, v + b * Mp * d, out + b * N * d, r0, std::min(N, r0 + rows), M, Mp, d,
-              scratch.data());
+      const int64_t bh = t / tasks_per_head, r0 = t % tasks_per_head * rows, b = bh / H, head = bh % H;
+      rows_fn(q + bh * N * d, kt + bh * d * Mp, v + bh * Mp * d, out + (b * N * H + head) * d, H * d, r0,
+              std::min(N, r0 + rows), M, Mp, d, scratch.data());
     }
   });
 }
 
-// bf16: q scaled in float32, then the keys packed as [Mp / 16, d / 2, 16, 2]
-// (dimension pairs of 16-key panels) and the values as [Mp / 2, d, 2] (key
-// pairs): the operand layouts of VDPBF16PS, which sums products of pairs.
-torch::Tensor attention_fused_bf16(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
-  const int64_t B = q.size(0), N = q.size(1), M = k.size(1), d = q.size(2), Mp = (M + 15) / 16 * 16;
-  auto qs = (q.to(torch::kFloat32) * (scale * M_LOG2E)).to(torch::kBFloat16).contiguous();
-  auto kt = torch::constant_pad_nd(k, {0, 0, 0, Mp - M}).view({B, Mp / 16, 16, d / 2, 2}).permute({0, 1, 3, 2, 4}).contiguous();
-  auto vp = torch::constant_pad_nd(v, {0, 0, 0, Mp - M}).view({B, Mp / 2, 2, d}).permute({0, 1, 3, 2}).contiguous();
-  auto out = torch::empty({B, N, d}, q.options());
-  auto u16 = [](const torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); };
-  fused_rows<uint16_t>(u16(qs), u16(kt), u16(vp), u16(out), B, N, M, d, flash_attention_bf16_scratch(d),
-                       flash_attention_rows_bf16);
+// q [B, H, N, d], k, v [B, H, M, d] (views in any layout) -> [B, N, H * d]:
+// each operand packed in one pass (q scaled by scale * log2(e) for the base-2
+// softmax; keys and values padded to whole 16-key tiles with zeros, masked in
+// the kernel), the output written in place of a merge of the heads.
+torch::Tensor fused_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale,
+                          bool avx512) {
+  RECORD_FUNCTION("ldm::attention_fused", std::vector<c10::IValue>{q, k});  // bench's profile: time and FLOPs
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), M = k.size(2), d = q.size(3), Mp = (M + 15) / 16 * 16;
+  auto pad = [&](const torch::Tensor& t) { return Mp == M ? t : torch::constant_pad_nd(t, {0, 0, 0, Mp - M}); };
+  auto out = torch::empty({B, N, H * d}, q.options());
+  const double qscale = scale * M_LOG2E;
+  if (q.scalar_type() == torch::kBFloat16) {
+    // q scaled in float32; keys as [Mp / 16, d / 2, 16, 2] (dimension pairs of
+    // 16-key panels), values as [Mp / 2, d, 2] (key pairs): the operand
+    // layouts of VDPBF16PS, which sums products of pairs
+    auto qs = (q.to(torch::kFloat32) * qscale).to(torch::kBFloat16).contiguous();
+    auto kt = pad(k).view({B, H, Mp / 16, 16, d / 2, 2}).permute({0, 1, 2, 4, 3, 5}).contiguous();
+    auto vp = pad(v).view({B, H, Mp / 2, 2, d}).permute({0, 1, 2, 4, 3}).contiguous();
+    auto u16 = [](const torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); };
+    fused_rows<uint16_t>(u16(qs), u16(kt), u16(vp), u16(out), B, H, N, M, d, flash_attention_bf16_scratch(d),
+                         flash_attention_rows_bf16);
+    return out;
+  }
+  auto qs = torch::empty({B, H, N, d}, q.options());
+  torch::mul_out(qs, q, torch::scalar_tensor(qscale, torch::kFloat64));
+  auto kt = pad(k).view({B, H, Mp / 16, 16, d}).permute({0, 1, 2, 4, 3}).contiguous();  // [Mp / 16, d, 16] panels
+  auto vp = pad(v).contiguous();
+  fused_rows<float>(qs.data_ptr<float>(), kt.data_ptr<float>(), vp.data_ptr<float>(), out.data_ptr<float>(), B, H, N, M,
+                    d, flash_attention_scratch(d),
+                    avx512 && flash_attention_avx512_available() ? flash_attention_rows_avx512 : flash_attention_rows);
   return out;
+}
+
+// [B, N, h * d] as [B, h, N, d], a view
+torch::Tensor heads_view(const torch::Tensor& x, int64_t h) {
+  return x.reshape({x.size(0), x.size(1), h, x.size(2) / h}).transpose(1, 2);
 }
 }  // namespace
 
@@ -88,20 +111,7 @@ torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor& k, co
                               bool avx512) {
   TORCH_CHECK(attention_fused_supports(q, k, v),
               "attention_fused: needs [B, N, d] with d % 8 == 0, fp32 on an AVX2/FMA CPU or bf16 on an AVX512-BF16 one");
-  RECORD_FUNCTION("ldm::attention_fused", std::vector<c10::IValue>{q, k});  // bench's profile: time and FLOPs
-  if (q.scalar_type() == torch::kBFloat16) return attention_fused_bf16(q, k, v, scale);
-  const int64_t B = q.size(0), N = q.size(1), M = k.size(1), d = q.size(2), Mp = (M + 15) / 16 * 16;
-  // base-2 softmax: the scale and log2(e) ride in q; keys and values padded
-  // to whole 16-key tiles with zeros (masked in the kernel), the keys packed
-  // as [Mp / 16, d, 16] panels that the score tiles read in order
-  auto qs = (q * (scale * M_LOG2E)).contiguous();
-  auto kt = torch::constant_pad_nd(k, {0, 0, 0, Mp - M}).view({B, Mp / 16, 16, d}).permute({0, 1, 3, 2}).contiguous();
-  auto vp = torch::constant_pad_nd(v, {0, 0, 0, Mp - M}).contiguous();
-  auto out = torch::empty({B, N, d}, q.options());
-  fused_rows<float>(qs.data_ptr<float>(), kt.data_ptr<float>(), vp.data_ptr<float>(), out.data_ptr<float>(), B, N, M, d,
-                    flash_attention_scratch(d),
-                    avx512 && flash_attention_avx512_available() ? flash_attention_rows_avx512 : flash_attention_rows);
-  return out;
+  return fused_heads(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale, avx512);
 }
 
 torch::Tensor attention_chunked(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
@@ -145,6 +155,22 @@ torch::Tensor attention(const torch::Tensor& q, const torch::Tensor& k, const to
 #endif
 }
 
+torch::Tensor attention_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t heads,
+                              double scale) {
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.dim() == 3 && heads > 0 && q.size(2) % heads == 0 &&
+                  k.size(2) == q.size(2) && v.size(2) == q.size(2),
+              "attention_heads: needs q [B, N, h*d], k and v [B, M, h*d] with the same h*d, a multiple of heads");
+#if TORCH_VERSION_MAJOR < 2
+  const bool needs_grad =
+      torch::GradMode::is_enabled() && (q.requires_grad() || k.requires_grad() || v.requires_grad());
+  const int64_t d = q.size(2) / heads;
+  auto probe = [&](const torch::Tensor& t) { return t.narrow(2, 0, d); };  // one head's [B, N, d]: the kernel's checks
+  if (!needs_grad && attention_fused_supports(probe(q), probe(k), probe(v)))
+    return fused_heads(heads_view(q, heads), heads_view(k, heads), heads_view(v, heads), scale, true);
+#endif
+  return merge_heads(attention(split_heads(q, heads), split_heads(k, heads), split_heads(v, heads), scale), heads);
+}
+
 CrossAttention::CrossAttention(int64_t query_dim, int64_t context_dim, int64_t h, int64_t d) : heads(h), dim_head(d) {
   int64_t inner = h * d;
   int64_t cdim = context_dim > 0 ? context_dim : query_dim;
@@ -157,11 +183,9 @@ CrossAttention::CrossAttention(int64_t query_dim, int64_t context_dim, int64_t h
 
 torch::Tensor CrossAttention::forward(const torch::Tensor& x, const torch::Tensor& context) {
   const auto& ctx = context.defined() ? context : x;
-  auto q = split_heads(to_q->forward(x), heads);
-  auto k = split_heads(to_k->forward(ctx), heads);
-  auto v = split_heads(to_v->forward(ctx), heads);
-  auto o = attention(q, k, v, 1.0 / std::sqrt(static_cast<double>(dim_head)));
-  return to_out0->forward(merge_heads(o, heads));
+  auto o = attention_heads(to_q->forward(x), to_k->forward(ctx), to_v->forward(ctx), heads,
+                           1.0 / std::sqrt(static_cast<double>(dim_head)));
+  return to_out0->forward(o);
 }
 
 FeedForward::FeedForward(int64_t dim, int64_t mult, bool g) : glu(g) {
@@ -181,9 +205,9 @@ torch::Tensor FeedForward::forward(const torch::Tensor& x) {
     // torch 1.13's GELU on the strided gate half is 3-7x slower (float32, bf16)
     // than a copy and GELU of a contiguous one: its vectorized loop wants the whole tensor contiguous
     auto gate = parts[1].contiguous();
-    if (inference) {  // in place, no fresh buffers but the gate's copy; the strided half feeds the GEMM as is
-      torch::gelu_(gate);
-      h = parts[0].mul_(gate);
+    if (inference) {  // in place, no fresh buffer but the gate's copy, which takes the product: a
+      torch::gelu_(gate);  // contiguous GEMM input (our linear would copy the strided half)
+      h = torch::mul_out(gate, parts[0], gate);
     } else {
       h = parts[0] * torch::gelu(gate);
     }

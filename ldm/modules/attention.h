@@ -30,6 +30,12 @@ torch::Tensor attention_chunked(const torch::Tensor& q, const torch::Tensor& k, 
 bool attention_fused_supports(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
 torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale,
                               bool avx512 = true);
+// attention() over h heads side by side in the last dimension: q [B, N, h*d],
+// k and v [B, M, h*d] -> [B, N, h*d], as merging the heads of attention() on
+// the split ones. Where the fused kernel runs, it reads and writes the heads
+// in place: no split or merge copies.
+torch::Tensor attention_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, int64_t heads,
+                              double scale);
 // Budget of score-matrix elements per chunk (default 32M floats = 128 MB),
 // per thread: a pipeline sets its own for the duration of a request.
 constexpr int64_t kDefaultAttentionChunkElements = 32ll << 20;

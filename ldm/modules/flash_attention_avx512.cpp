@@ -126,9 +126,9 @@ bool flash_attention_avx512_available() {
          __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512bw");
 }
 
-LDM_AVX512 void flash_attention_rows_avx512(const float* q, const float* kt, const float* v, float* out, int64_t r0,
-                                            int64_t r1, int64_t M, int64_t Mp, int64_t d, float* scratch) {
-  attention_rows_f32(q, kt, v, out, r0, r1, M, Mp, d, scratch, Blocks::qk_block, online_softmax16, Blocks::pv_block);
+LDM_AVX512 void flash_attention_rows_avx512(const float* q, const float* kt, const float* v, float* out, int64_t ldo,
+                                            int64_t r0, int64_t r1, int64_t M, int64_t Mp, int64_t d, float* scratch) {
+  attention_rows_f32(q, kt, v, out, ldo, r0, r1, M, Mp, d, scratch, Blocks::qk_block, online_softmax16, Blocks::pv_block);
 }
 
 }  // namespace ldm

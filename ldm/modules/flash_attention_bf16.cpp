@@ -158,7 +158,8 @@ int64_t flash_attention_bf16_scratch(int64_t d) {
 }
 
 LDM_BF16 void flash_attention_rows_bf16(const uint16_t* q, const uint16_t* kt, const uint16_t* v, uint16_t* out,
-                                        int64_t r0, int64_t r1, int64_t M, int64_t Mp, int64_t d, float* scratch) {
+                                        int64_t ldo, int64_t r0, int64_t r1, int64_t M, int64_t Mp, int64_t d,
+                                        float* scratch) {
   const int64_t kb_max = key_block(d);
   float* s = scratch;
   uint16_t* p = reinterpret_cast<uint16_t*>(s + kQB * kb_max);
@@ -178,7 +179,7 @@ LDM_BF16 void flash_attention_rows_bf16(const uint16_t* q, const uint16_t* kt, c
     for (int64_t i = 0; i < rows; ++i) {
       const __m256 inv = _mm256_set1_ps(1.0f / l[i]);
       for (int64_t c = 0; c < d; c += 8)
-        store_bf16(out + (i0 + i) * d + c, _mm256_mul_ps(_mm256_loadu_ps(o + i * d + c), inv));
+        store_bf16(out + (i0 + i) * ldo + c, _mm256_mul_ps(_mm256_loadu_ps(o + i * d + c), inv));
     }
   }
 }

@@ -102,9 +102,9 @@ bool flash_attention_available() { return __builtin_cpu_supports("avx2") && __bu
 
 int64_t flash_attention_scratch(int64_t d) { return kQB * key_block(d) + kQB * d + 2 * kQB; }
 
-LDM_AVX2 void flash_attention_rows(const float* q, const float* kt, const float* v, float* out, int64_t r0, int64_t r1,
-                                   int64_t M, int64_t Mp, int64_t d, float* scratch) {
-  attention_rows_f32(q, kt, v, out, r0, r1, M, Mp, d, scratch, qk_block, online_softmax, pv_block);
+LDM_AVX2 void flash_attention_rows(const float* q, const float* kt, const float* v, float* out, int64_t ldo, int64_t r0,
+                                   int64_t r1, int64_t M, int64_t Mp, int64_t d, float* scratch) {
+  attention_rows_f32(q, kt, v, out, ldo, r0, r1, M, Mp, d, scratch, qk_block, online_softmax, pv_block);
 }
 
 }  // namespace ldm

@@ -148,11 +148,12 @@ LDM_AVX2 inline void online_softmax(float* s, int64_t rows, int64_t lds, int64_t
 
 // The float32 kernels' outer loop (flash_attention_rows and its AVX-512 twin):
 // blocks of kQB query rows against blocks of keys (scores, online softmax,
-// p v), then each row divided by its sum. qk, softmax, pv: the block steps,
-// with the signatures of the AVX2 kernel's qk_block, online_softmax, pv_block.
+// p v), then each row divided by its sum into out's rows, ldo apart. qk,
+// softmax, pv: the block steps, with the signatures of the AVX2 kernel's
+// qk_block, online_softmax, pv_block.
 template <class Qk, class Softmax, class Pv>
-LDM_AVX2 inline void attention_rows_f32(const float* q, const float* kt, const float* v, float* out, int64_t r0,
-                                        int64_t r1, int64_t M, int64_t Mp, int64_t d, float* scratch, Qk qk,
+LDM_AVX2 inline void attention_rows_f32(const float* q, const float* kt, const float* v, float* out, int64_t ldo,
+                                        int64_t r0, int64_t r1, int64_t M, int64_t Mp, int64_t d, float* scratch, Qk qk,
                                         Softmax softmax, Pv pv) {
   const int64_t kb_max = key_block(d);
   float* s = scratch;
@@ -172,7 +173,7 @@ LDM_AVX2 inline void attention_rows_f32(const float* q, const float* kt, const f
     for (int64_t i = 0; i < rows; ++i) {
       const __m256 inv = _mm256_set1_ps(1.0f / l[i]);
       for (int64_t c = 0; c < d; c += 8)
-        _mm256_storeu_ps(out + (i0 + i) * d + c, _mm256_mul_ps(_mm256_loadu_ps(o + i * d + c), inv));
+        _mm256_storeu_ps(out + (i0 + i) * ldo + c, _mm256_mul_ps(_mm256_loadu_ps(o + i * d + c), inv));
     }
   }
 }

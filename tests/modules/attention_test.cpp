@@ -104,3 +104,46 @@ TEST(Attention, FusedBf16EqualsOneShot) {
   EXPECT_TRUE(got[0][3].isnan().all().item<bool>());
   EXPECT_FALSE(got[0][4].isnan().any().item<bool>());
 }
+
+// attention_heads reads and writes the heads in place of [B, N, h*d]: the same
+// numbers, bit for bit, as the fused kernel on split heads merged afterwards
+// (float32 and bf16 where they run; a padded key count; an input that is a
+// transposed view), the gradient-tracking fallback as the plain path, and a
+// clear error for a width the heads do not divide.
+TEST(Attention, HeadsInPlaceEqualSplitAndMerge) {
+  auto g = torch::make_generator<at::CPUGeneratorImpl>(11);
+  auto split = [](const torch::Tensor& x, int64_t h) {
+    return x.view({x.size(0), x.size(1), h, x.size(2) / h}).permute({0, 2, 1, 3}).reshape({-1, x.size(1), x.size(2) / h});
+  };
+  auto merge = [](const torch::Tensor& x, int64_t B) {
+    return x.view({B, -1, x.size(1), x.size(2)}).permute({0, 2, 1, 3}).reshape({B, x.size(1), -1});
+  };
+  int checked = 0;
+  for (auto dt : {torch::kFloat32, torch::kBFloat16}) {
+    auto probe = torch::zeros({1, 1, 8}, dt);
+    if (!attention_fused_supports(probe, probe, probe)) continue;
+    torch::NoGradGuard ng;
+    // [B, N, M, h, d]: SD's self- and cross-attention at 64x64 (8 heads of 40, 77 keys padded to 80), odd sizes
+    for (auto [B, N, M, h, d] : std::vector<std::array<int64_t, 5>>{
+             {2, 1024, 1024, 8, 40}, {2, 300, 77, 8, 40}, {1, 50, 17, 5, 16}, {3, 7, 33, 2, 64}}) {
+      auto q = torch::randn({B, N, h * d}, g).to(dt), k = torch::randn({B, M, h * d}, g).to(dt);
+      auto v = torch::randn({B, h * d, M}, g).to(dt).transpose(1, 2);  // a strided view, as a caller may pass
+      const double scale = 1.0 / std::sqrt(static_cast<double>(d));
+      auto want = merge(attention_fused(split(q, h), split(k, h), split(v.contiguous(), h), scale), B);
+      auto got = attention_heads(q, k, v, h, scale);
+      ASSERT_EQ(got.sizes(), q.sizes());
+      EXPECT_TRUE(torch::equal(got, want)) << B << "x" << N << "x" << M << " heads " << h << "x" << d << " " << dt;
+      ++checked;
+    }
+  }
+  if (!checked) GTEST_SKIP() << "this CPU has no AVX2/FMA: the fused kernel does not run here";
+  // with gradients: the split, plain attention and merge of the reference, and its gradient
+  auto q = torch::randn({2, 10, 16}, g).requires_grad_(), k = torch::randn({2, 12, 16}, g), v = torch::randn({2, 12, 16}, g);
+  auto got = attention_heads(q, k, v, 2, 0.25);
+  auto want = merge(attention_plain(split(q, 2), split(k, 2), split(v, 2), 0.25), 2);
+  EXPECT_LT((got - want).abs().max().item<double>(), 1e-6);
+  got.sum().backward();
+  ASSERT_TRUE(q.grad().defined());
+  EXPECT_GT(q.grad().abs().sum().item<double>(), 0.0);
+  EXPECT_THROW(attention_heads(q.detach(), k, v, 3, 0.25), c10::Error);
+}
