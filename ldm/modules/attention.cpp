@@ -270,21 +270,21 @@ SpatialTransformer::SpatialTransformer(int64_t in, int64_t n_heads, int64_t d_he
 torch::Tensor SpatialTransformer::forward(const torch::Tensor& x_in, const torch::Tensor& context) {
   auto B = x_in.size(0), H = x_in.size(2), W = x_in.size(3);
   auto x = norm->forward(x_in);
-  if (!use_linear) x = proj_in_conv->forward(x);
-  int64_t inner = x.size(1);
   // b (h w) c, made contiguous as the reference does: a transposed view here
   // makes every later elementwise result strided, so each linear takes
   // matmul's copying path instead of addmm and each conv copies its input
   // (measured: 30% of an SD 1.5 UNet step)
   // (a view where x is stored channels-last, as in CPU training)
   const auto layout = x.suggest_memory_format();
-  x = x.permute({0, 2, 3, 1}).reshape({B, H * W, inner});
-  if (use_linear) x = proj_in_lin->forward(x);
+  if (use_linear) {
+    x = proj_in_lin->forward(x.permute({0, 2, 3, 1}).reshape({B, H * W, -1}));
+  } else {
+    x = proj_in_conv->forward_to_tokens(x);  // the 1x1 conv writes the tokens' layout itself where it can
+  }
   for (auto& b : blocks) x = b->forward(x, context);
-  if (use_linear) x = proj_out_lin->forward(x);
-  x = x.transpose(1, 2).reshape({B, -1, H, W}).contiguous(layout);
-  if (!use_linear) x = proj_out_conv->forward(x);
-  return x + x_in;
+  if (!use_linear) return proj_out_conv->forward_from_tokens(x, x_in, layout);
+  x = proj_out_lin->forward(x);
+  return x.transpose(1, 2).reshape({B, -1, H, W}).contiguous(layout) + x_in;
 }
 
 LinearAttention::LinearAttention(int64_t dim, int64_t h, int64_t dim_head) : heads(h) {

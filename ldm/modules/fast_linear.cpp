@@ -33,6 +33,41 @@ bool applies(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor
   if (b.defined() && (b.scalar_type() != t || b.dim() != 1 || b.size(0) != w.size(0))) return false;
   return inference_call(x, w, b);
 }
+
+// Runs oneDNN's matmul src x wei (+ bias) -> dst with attr's post-ops, built
+// once per shape by oneDNN's primitive cache; false where oneDNN refuses or
+// has only its reference kernel (orders of magnitude slower than libtorch's).
+// args: every operand's memory but the primitive's own.
+bool run_matmul(const dnnl::memory::desc& src, const dnnl::memory::desc& wei, const dnnl::memory::desc* bias,
+                const dnnl::memory::desc& dst, const dnnl::primitive_attr& attr,
+                const std::unordered_map<int, dnnl::memory>& args) {
+  dnnl::matmul prim;
+  try {
+    dnnl::matmul::primitive_desc pd(bias ? dnnl::matmul::desc(src, wei, *bias, dst) : dnnl::matmul::desc(src, wei, dst),
+                                    attr, dnnl_engine());
+    if (std::strstr(pd.impl_info_str(), "ref")) return false;
+    prim = dnnl::matmul(pd);
+  } catch (const dnnl::error&) {
+    return false;
+  }
+  prim.execute(dnnl_stream(), args);
+  dnnl_stream().wait();
+  return true;
+}
+
+dnnl::memory mem(const dnnl::memory::desc& d, const torch::Tensor& t) {
+  return dnnl::memory(d, dnnl_engine(), t.data_ptr());
+}
+
+// The 1x1 convolutions' shared conditions: float32 CPU tensors, weights
+// [out, in, 1, 1] or [out, in], a bias of [out] or none, x NCHW-contiguous.
+bool applies_1x1(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  if (!g_on || !x.device().is_cpu() || x.scalar_type() != torch::kFloat32 || w.scalar_type() != torch::kFloat32)
+    return false;
+  if (!(w.dim() == 2 || (w.dim() == 4 && w.size(2) == 1 && w.size(3) == 1)) || !w.is_contiguous()) return false;
+  if (b.defined() && (b.scalar_type() != torch::kFloat32 || b.numel() != w.size(0) || !b.is_contiguous())) return false;
+  return x.is_contiguous() && x.numel() > 0 && inference_call(x, w, b);
+}
 }  // namespace
 
 torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
@@ -41,34 +76,66 @@ torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, c
   using tag = dnnl::memory::format_tag;
   const auto d = dnnl::memory::data_type::f32;
   const int64_t k = weight.size(1), n = weight.size(0), m = x.numel() / k;
-  const bool with_bias = bias.defined();
   dnnl::memory::desc ad({m, k}, d, tag::ab), wd({k, n}, d, tag::ba), bd({1, n}, d, tag::ab), yd({m, n}, d, tag::ab);
-  auto& eng = dnnl_engine();
-  dnnl::matmul prim;
-  try {  // oneDNN's primitive cache: built once per shape
-    dnnl::matmul::primitive_desc pd(with_bias ? dnnl::matmul::desc(ad, wd, bd, yd) : dnnl::matmul::desc(ad, wd, yd),
-                                    eng);
-    // its reference kernel (where it has no tuned one) is orders of
-    // magnitude slower than libtorch's
-    if (std::strstr(pd.impl_info_str(), "ref")) return {};
-    prim = dnnl::matmul(pd);
-  } catch (const dnnl::error&) {
-    return {};
-  }
-  const auto a = x.contiguous(), w = weight.contiguous(), b = with_bias ? bias.contiguous() : bias;
+  const auto a = x.contiguous(), w = weight.contiguous(), b = bias.defined() ? bias.contiguous() : bias;
   auto out_sizes = x.sizes().vec();
   out_sizes.back() = n;
   auto y = torch::empty(out_sizes, x.options().memory_format(torch::MemoryFormat::Contiguous));
-  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, dnnl::memory(ad, eng, a.data_ptr())},
-                                             {DNNL_ARG_WEIGHTS, dnnl::memory(wd, eng, w.data_ptr())},
-                                             {DNNL_ARG_DST, dnnl::memory(yd, eng, y.data_ptr())}};
-  if (with_bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(bd, eng, b.data_ptr()));
-  prim.execute(dnnl_stream(), args);
-  dnnl_stream().wait();
+  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, mem(ad, a)}, {DNNL_ARG_WEIGHTS, mem(wd, w)}, {DNNL_ARG_DST, mem(yd, y)}};
+  if (b.defined()) args.emplace(DNNL_ARG_BIAS, mem(bd, b));
+  if (!run_matmul(ad, wd, b.defined() ? &bd : nullptr, yd, {}, args)) return {};
+  return y;
+}
+
+torch::Tensor fast_conv1x1_to_tokens(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+  if (x.dim() != 4 || !applies_1x1(x, weight, bias) || x.size(1) != weight.size(1)) return {};
+  RECORD_FUNCTION("ldm::linear", std::vector<c10::IValue>({x.view({x.size(0), x.size(1), -1}).transpose(1, 2), weight.view({weight.size(0), -1})}));
+  using tag = dnnl::memory::format_tag;
+  const auto f = dnnl::memory::data_type::f32;
+  const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), O = weight.size(0);
+  // x [B, C, P] read as [B, P, C] (tag acb); weights [O, C] read as [1, C, O]
+  dnnl::memory::desc sd({B, P, C}, f, tag::acb), wd({1, C, O}, f, tag::acb), bd({1, 1, O}, f, tag::abc),
+      yd({B, P, O}, f, tag::abc);
+  auto y = torch::empty({B, P, O}, x.options());
+  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, mem(sd, x)}, {DNNL_ARG_WEIGHTS, mem(wd, weight)}, {DNNL_ARG_DST, mem(yd, y)}};
+  if (bias.defined()) args.emplace(DNNL_ARG_BIAS, mem(bd, bias));
+  if (!run_matmul(sd, wd, bias.defined() ? &bd : nullptr, yd, {}, args)) return {};
+  return y;
+}
+
+torch::Tensor fast_tokens_to_conv1x1(const torch::Tensor& h, const torch::Tensor& weight, const torch::Tensor& bias,
+                                     const torch::Tensor& residual) {
+  if (h.dim() != 3 || residual.dim() != 4 || !applies_1x1(h, weight, bias) || h.size(2) != weight.size(1)) return {};
+  const int64_t B = h.size(0), P = h.size(1), C = h.size(2), O = weight.size(0);
+  if (residual.scalar_type() != torch::kFloat32 || !residual.is_contiguous() || residual.size(0) != B ||
+      residual.size(1) != O || residual.size(2) * residual.size(3) != P)
+    return {};
+  RECORD_FUNCTION("ldm::linear", std::vector<c10::IValue>({h, weight.view({O, -1})}));
+  using tag = dnnl::memory::format_tag;
+  const auto f = dnnl::memory::data_type::f32;
+  // y[b] = W [O, C] h[b]^T (h [B, P, C] read as [B, C, P]: tag acb) + bias per row + residual[b]
+  dnnl::memory::desc sd({1, O, C}, f, tag::abc), wd({B, C, P}, f, tag::acb), bd({1, O, 1}, f, tag::abc),
+      yd({B, O, P}, f, tag::abc);
+  dnnl::post_ops po;
+  if (bias.defined()) po.append_binary(dnnl::algorithm::binary_add, bd);
+  po.append_binary(dnnl::algorithm::binary_add, yd);
+  dnnl::primitive_attr attr;
+  attr.set_post_ops(po);
+  auto y = torch::empty_like(residual);
+  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, mem(sd, weight)}, {DNNL_ARG_WEIGHTS, mem(wd, h)}, {DNNL_ARG_DST, mem(yd, y)}};
+  int idx = 0;
+  if (bias.defined()) args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(idx++) | DNNL_ARG_SRC_1, mem(bd, bias));
+  args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(idx) | DNNL_ARG_SRC_1, mem(yd, residual));
+  if (!run_matmul(sd, wd, nullptr, yd, attr, args)) return {};
   return y;
 }
 #else
 torch::Tensor fast_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return {}; }
+torch::Tensor fast_conv1x1_to_tokens(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return {}; }
+torch::Tensor fast_tokens_to_conv1x1(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
+                                     const torch::Tensor&) {
+  return {};
+}
 #endif
 
 }  // namespace ldm::nn

@@ -16,6 +16,17 @@ namespace ldm::nn {
 // caller runs libtorch's linear.
 torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
 
+// A transformer's 1x1 projections around its tokens (SpatialTransformer's
+// proj_in and proj_out on SD 1.x), under fast_linear's conditions, with the
+// layout changes beside them folded into the same matmul: x [B, C, H, W]
+// (NCHW-contiguous) through weights [O, C, 1, 1] into tokens [B, H*W, O], the
+// same numbers as conv2d(x, w, b).permute(0, 2, 3, 1).reshape(...); and tokens
+// h [B, H*W, C] back into the map conv2d(h as [B, C, H, W], w, b) + residual
+// ([B, O, H, W], NCHW-contiguous). Undefined where they do not apply.
+torch::Tensor fast_conv1x1_to_tokens(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+torch::Tensor fast_tokens_to_conv1x1(const torch::Tensor& h, const torch::Tensor& weight, const torch::Tensor& bias,
+                                     const torch::Tensor& residual);
+
 // Per thread, initially off where LDM_LINEAR=aten; for A/B runs.
 void set_fast_linear(bool on);
 bool fast_linear_on();

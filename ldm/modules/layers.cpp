@@ -7,6 +7,7 @@
 
 #include <torch/torch.h>
 
+#include <algorithm>
 #include <cmath>
 
 namespace ldm::nn {
@@ -69,6 +70,17 @@ std::atomic<std::atomic<double>*> g_conv_flops{nullptr};
 }
 void set_conv_flop_counter(std::atomic<double>* counter) { g_conv_flops = counter; }
 
+namespace {
+// bench's FLOP counter: 2 x output elements x (in channels x kernel volume)
+void count_flops(int64_t out_elements, const torch::Tensor& weight) {
+  if (auto* c = g_conv_flops.load(std::memory_order_relaxed)) {
+    double f = 2.0 * static_cast<double>(out_elements) * static_cast<double>(weight.numel() / weight.size(0));
+    double cur = c->load();
+    while (!c->compare_exchange_weak(cur, cur + f)) {}
+  }
+}
+}  // namespace
+
 torch::Tensor Conv::forward(const torch::Tensor& x) {
   // dilation spelled out: libtorch's profiler (ldm bench) warns on every
   // conv2d whose padding and dilation are not both of size 2
@@ -81,13 +93,34 @@ torch::Tensor Conv::forward(const torch::Tensor& x) {
                   : dims == 2 ? torch::conv2d(x, weight, bias, stride, pad, dil)
                               : torch::conv3d(x, weight, bias, stride, pad, dil);
   if (lora) y = y + lora->forward(x);
-  if (auto* c = g_conv_flops.load(std::memory_order_relaxed)) {
-    // 2 x output elements x (in channels x kernel volume)
-    double f = 2.0 * static_cast<double>(y.numel()) * static_cast<double>(weight.numel() / weight.size(0));
-    double cur = c->load();
-    while (!c->compare_exchange_weak(cur, cur + f)) {}
-  }
+  count_flops(y.numel(), weight);
   return y;
+}
+
+bool Conv::is_plain_1x1() const {
+  return dims == 2 && !lora && weight.size(2) == 1 && weight.size(3) == 1 && padding == 0 &&
+         std::all_of(stride.begin(), stride.end(), [](int64_t s) { return s == 1; });
+}
+
+torch::Tensor Conv::forward_to_tokens(const torch::Tensor& x) {
+  auto y = is_plain_1x1() ? fast_conv1x1_to_tokens(x, weight, bias) : torch::Tensor();
+  if (y.defined()) {
+    count_flops(y.numel(), weight);
+    return y;
+  }
+  y = forward(x);
+  return y.permute({0, 2, 3, 1}).reshape({y.size(0), y.size(2) * y.size(3), y.size(1)});
+}
+
+torch::Tensor Conv::forward_from_tokens(const torch::Tensor& h, const torch::Tensor& residual,
+                                        c10::MemoryFormat layout) {
+  auto y = is_plain_1x1() ? fast_tokens_to_conv1x1(h, weight, bias, residual) : torch::Tensor();
+  if (y.defined()) {
+    count_flops(y.numel(), weight);
+    return y;
+  }
+  const auto B = residual.size(0), H = residual.size(2), W = residual.size(3);
+  return forward(h.transpose(1, 2).reshape({B, -1, H, W}).contiguous(layout)) + residual;
 }
 
 void release_fast_conv(torch::nn::Module& m) {

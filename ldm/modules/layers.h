@@ -75,6 +75,12 @@ class Conv : public torch::nn::Module {
   // dims==3 Downsample uses stride (1,2,2)
   Conv(int dims, int64_t in, int64_t out, int64_t kernel, std::vector<int64_t> stride, int64_t padding, bool bias = true);
   torch::Tensor forward(const torch::Tensor& x);
+  // A 2-d 1x1 conv beside a change of layout, in one oneDNN matmul where
+  // fast_conv1x1_to_tokens / fast_tokens_to_conv1x1 apply (no LoRA adapter):
+  // forward(x) as tokens [B, H*W, out]; forward(h as [B, in, H, W] in
+  // `layout`) + residual for tokens h [B, H*W, in].
+  torch::Tensor forward_to_tokens(const torch::Tensor& x);
+  torch::Tensor forward_from_tokens(const torch::Tensor& h, const torch::Tensor& residual, c10::MemoryFormat layout);
   void zero_();  // zero_module() of the reference
   torch::Tensor weight, bias;
   int dims;
@@ -85,6 +91,9 @@ class Conv : public torch::nn::Module {
   // training: the cached oneDNN primitives of train_conv2d
   std::shared_ptr<TrainConvCache> train;
   std::shared_ptr<LoraAdapter> lora;  // set while a LoRA trains
+
+ private:
+  bool is_plain_1x1() const;  // 2-d, 1x1, stride 1, no padding, no adapter
 };
 
 // m's parameters and those of the LoRA adapters on its Linear/Conv layers

@@ -75,3 +75,66 @@ TEST(FastLinear, StepsAsideForAutogradAutocastOtherDtypesAndTheSwitch) {
   nn::set_fast_linear(true);
   if (nn::fast_conv_available()) EXPECT_TRUE(nn::fast_linear(x, l.weight, l.bias).defined());
 }
+
+namespace {
+// conv2d with 1x1 weights in float64: tokens [B, H*W, O] or the NCHW map
+torch::Tensor conv1x1_64(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
+  return torch::conv2d(x.to(torch::kFloat64), w.to(torch::kFloat64), b.defined() ? b.to(torch::kFloat64) : b);
+}
+torch::Tensor tokens_of(const torch::Tensor& y) { return y.permute({0, 2, 3, 1}).reshape({y.size(0), -1, y.size(1)}); }
+}  // namespace
+
+// A transformer's 1x1 projections with the layout change folded in: tokens out
+// of an NCHW map, and a map plus residual out of tokens, against float64
+// conv2d; Conv's methods take the fast path, and the same numbers come from
+// their fallback (the switch off, a LoRA adapter, a channels-last input).
+TEST(FastLinear, ConvOneByOneToAndFromTokens) {
+  torch::manual_seed(2);
+  torch::NoGradGuard ng;
+  struct Case {
+    int64_t B, C, O, H, W;
+    bool bias;
+  };
+  for (auto k : std::vector<Case>{{2, 320, 320, 16, 16}, {1, 24, 40, 5, 7}, {3, 8, 16, 1, 3}, {2, 64, 32, 4, 4}}) {
+    nn::Conv c(2, k.C, k.O, 1, 1, 0, k.bias);
+    auto x = torch::randn({k.B, k.C, k.H, k.W});
+    const auto want = tokens_of(conv1x1_64(x, c.weight, c.bias));
+    auto t = nn::fast_conv1x1_to_tokens(x, c.weight, c.bias);
+    if (!nn::fast_conv_available()) {
+      EXPECT_FALSE(t.defined());
+    } else {
+      ASSERT_TRUE(t.defined()) << "fast path not taken for " << x.sizes();
+      ASSERT_EQ(t.sizes(), want.sizes());
+      EXPECT_LT(test::max_abs_err(t.to(torch::kFloat64), want), 1e-5 * want.abs().max().item<double>()) << x.sizes();
+      EXPECT_TRUE(torch::equal(c.forward_to_tokens(x), t));
+    }
+    // back: tokens [B, H*W, O] through a 1x1 conv O -> C, plus a residual [B, C, H, W]
+    nn::Conv back(2, k.O, k.C, 1, 1, 0, k.bias);
+    auto h = torch::randn({k.B, k.H * k.W, k.O}), r = torch::randn({k.B, k.C, k.H, k.W});
+    auto map = h.transpose(1, 2).reshape({k.B, k.O, k.H, k.W});
+    const auto want_back = conv1x1_64(map, back.weight, back.bias) + r.to(torch::kFloat64);
+    auto y = back.forward_from_tokens(h, r, c10::MemoryFormat::Contiguous);
+    ASSERT_EQ(y.sizes(), r.sizes());
+    EXPECT_LT(test::max_abs_err(y.to(torch::kFloat64), want_back), 1e-5 * want_back.abs().max().item<double>());
+    if (nn::fast_conv_available())
+      EXPECT_TRUE(torch::equal(nn::fast_tokens_to_conv1x1(h, back.weight, back.bias, r), y)) << "fast path taken";
+    // the fallbacks: the same figures through libtorch's conv
+    nn::set_fast_linear(false);
+    EXPECT_FALSE(nn::fast_conv1x1_to_tokens(x, c.weight, c.bias).defined());
+    EXPECT_LT(test::max_abs_err(c.forward_to_tokens(x).to(torch::kFloat64), want), 1e-5 * want.abs().max().item<double>());
+    EXPECT_LT(test::max_abs_err(back.forward_from_tokens(h, r, c10::MemoryFormat::Contiguous).to(torch::kFloat64),
+                                want_back),
+              1e-5 * want_back.abs().max().item<double>());
+    nn::set_fast_linear(true);
+    auto cl = x.contiguous(c10::MemoryFormat::ChannelsLast);
+    if (k.H * k.W > 1 && k.C > 1) EXPECT_FALSE(nn::fast_conv1x1_to_tokens(cl, c.weight, c.bias).defined());
+    EXPECT_LT(test::max_abs_err(c.forward_to_tokens(cl).to(torch::kFloat64), want), 1e-5 * want.abs().max().item<double>());
+  }
+  // a LoRA adapter on the conv: its term is added, so the fused path steps aside
+  nn::Conv c(2, 8, 8, 1);
+  c.lora = std::make_shared<nn::LoraAdapter>(8, 8, 2, 2.0, 1);
+  for (auto& p : c.lora->parameters()) torch::nn::init::normal_(p);
+  auto x = torch::randn({1, 8, 3, 3});
+  EXPECT_TRUE(torch::allclose(c.forward_to_tokens(x), tokens_of(c.forward(x))));
+  EXPECT_FALSE(torch::allclose(c.forward_to_tokens(x), tokens_of(torch::conv2d(x, c.weight, c.bias)), 1e-3, 1e-3));
+}
