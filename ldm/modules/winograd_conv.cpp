@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "ldm/modules/dnnl_context.h"
+#include "ldm/modules/transpose_kernel.h"
 #include "ldm/util/parallel.h"
 
 namespace ldm::nn {
@@ -84,10 +85,8 @@ void gather(const float* x, const Geometry& g, int64_t c, int64_t n, int64_t i, 
     }
     for (int64_t col = 0; col < cols; ++col)
       if (col < lo || col >= hi) std::fill(la + col * kCB, la + col * kCB + cb, 0.0f);
-    for (int64_t k = 0; k < cb; ++k) {
-      const float* src = x + ((n * c + c0 + k) * g.h + y) * g.w + x0;
-      for (int64_t col = lo; col < hi; ++col) la[col * kCB + k] = src[col];
-    }
+    // la[col][k] = x[channel c0 + k][row y][column x0 + col]
+    transpose_f32(x + ((n * c + c0) * g.h + y) * g.w + x0 + lo, g.h * g.w, la + lo * kCB, kCB, cb, hi - lo);
   }
 }
 
@@ -151,12 +150,9 @@ void transform_output_row(const float* m, const float* bias, const Geometry& g, 
           output_rows(row, out, bias ? bias + c0 : zeros.data(), cb);
         }
       }
-      for (int64_t k = 0; k < cb; ++k)  // channels-last block -> NCHW rows
-        for (int64_t r = 0; r < ylim; ++r) {
-          float* dst = y + ((n * co + c0 + k) * g.h + kOut * i + r) * g.w + kOut * j0;
-          const float* src = o.data() + r * cols * kCB + k;
-          for (int64_t col = 0; col < xlim; ++col) dst[col] = src[col * kCB];
-        }
+      for (int64_t r = 0; r < ylim; ++r)  // channels-last block -> NCHW rows: y[c0 + k][row][col] = o[r][col][k]
+        transpose_f32(o.data() + r * cols * kCB, kCB, y + ((n * co + c0) * g.h + kOut * i + r) * g.w + kOut * j0,
+                      g.h * g.w, xlim, cb);
     }
   }
 }
