@@ -181,11 +181,12 @@ CrossAttention::CrossAttention(int64_t query_dim, int64_t context_dim, int64_t h
   to_out0 = out->add("0", std::make_shared<nn::Linear>(inner, query_dim));
 }
 
-torch::Tensor CrossAttention::forward(const torch::Tensor& x, const torch::Tensor& context) {
+torch::Tensor CrossAttention::forward(const torch::Tensor& x, const torch::Tensor& context,
+                                      const torch::Tensor& residual) {
   const auto& ctx = context.defined() ? context : x;
   auto o = attention_heads(to_q->forward(x), to_k->forward(ctx), to_v->forward(ctx), heads,
                            1.0 / std::sqrt(static_cast<double>(dim_head)));
-  return to_out0->forward(o);
+  return residual.defined() ? to_out0->forward(o, residual) : to_out0->forward(o);
 }
 
 FeedForward::FeedForward(int64_t dim, int64_t mult, bool g) : glu(g) {
@@ -197,7 +198,7 @@ FeedForward::FeedForward(int64_t dim, int64_t mult, bool g) : glu(g) {
   proj_out = net->add("2", std::make_shared<nn::Linear>(inner, dim));
 }
 
-torch::Tensor FeedForward::forward(const torch::Tensor& x) {
+torch::Tensor FeedForward::forward(const torch::Tensor& x, const torch::Tensor& residual) {
   auto h = proj_in->forward(x);
   const bool inference = !torch::GradMode::is_enabled() || !h.requires_grad();
   if (glu) {
@@ -216,7 +217,7 @@ torch::Tensor FeedForward::forward(const torch::Tensor& x) {
   } else {
     h = torch::gelu(h);
   }
-  return proj_out->forward(h);
+  return residual.defined() ? proj_out->forward(h, residual) : proj_out->forward(h);
 }
 
 BasicTransformerBlock::BasicTransformerBlock(int64_t dim, int64_t n_heads, int64_t d_head, int64_t context_dim,
@@ -234,9 +235,9 @@ torch::Tensor BasicTransformerBlock::forward(const torch::Tensor& x_in, const to
   auto body = [this](const std::vector<torch::Tensor>& in) {
     auto x = in[0];
     const auto& ctx = in[1];
-    x = attn1->forward(norm1->forward(x), disable_self_attn ? ctx : torch::Tensor()) + x;
-    x = attn2->forward(norm2->forward(x), ctx) + x;
-    return ff->forward(norm3->forward(x)) + x;
+    x = attn1->forward(norm1->forward(x), disable_self_attn ? ctx : torch::Tensor(), x);
+    x = attn2->forward(norm2->forward(x), ctx, x);
+    return ff->forward(norm3->forward(x), x);
   };
   return checkpoint(body, {x_in, context}, *this, use_checkpoint);
 }

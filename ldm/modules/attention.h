@@ -55,7 +55,8 @@ class AttentionChunkScope {
 class CrossAttention : public torch::nn::Module {
  public:
   CrossAttention(int64_t query_dim, int64_t context_dim /*0: self*/, int64_t heads, int64_t dim_head);
-  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context = {});
+  // residual (optional): added to the output, inside to_out's matmul where it can
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& context = {}, const torch::Tensor& residual = {});
   std::shared_ptr<nn::Linear> to_q, to_k, to_v, to_out0;
   int64_t heads, dim_head;
 };
@@ -63,7 +64,7 @@ class CrossAttention : public torch::nn::Module {
 class FeedForward : public torch::nn::Module {
  public:
   FeedForward(int64_t dim, int64_t mult = 4, bool glu = true);
-  torch::Tensor forward(const torch::Tensor& x);
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& residual = {});  // as CrossAttention's
   std::shared_ptr<nn::Linear> proj_in, proj_out;  // net.0.proj (or net.0.0), net.2
   bool glu;
 };

@@ -70,20 +70,31 @@ bool applies_1x1(const torch::Tensor& x, const torch::Tensor& w, const torch::Te
 }
 }  // namespace
 
-torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
+torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                          const torch::Tensor& residual) {
   if (!applies(x, weight, bias)) return {};
-  RECORD_FUNCTION("ldm::linear", std::vector<c10::IValue>({x, weight}));
   using tag = dnnl::memory::format_tag;
   const auto d = dnnl::memory::data_type::f32;
   const int64_t k = weight.size(1), n = weight.size(0), m = x.numel() / k;
-  dnnl::memory::desc ad({m, k}, d, tag::ab), wd({k, n}, d, tag::ba), bd({1, n}, d, tag::ab), yd({m, n}, d, tag::ab);
-  const auto a = x.contiguous(), w = weight.contiguous(), b = bias.defined() ? bias.contiguous() : bias;
   auto out_sizes = x.sizes().vec();
   out_sizes.back() = n;
+  if (residual.defined() &&
+      (residual.scalar_type() != torch::kFloat32 || !residual.is_contiguous() || residual.sizes() != out_sizes))
+    return {};
+  RECORD_FUNCTION("ldm::linear", std::vector<c10::IValue>({x, weight}));
+  dnnl::memory::desc ad({m, k}, d, tag::ab), wd({k, n}, d, tag::ba), bd({1, n}, d, tag::ab), yd({m, n}, d, tag::ab);
+  const auto a = x.contiguous(), w = weight.contiguous(), b = bias.defined() ? bias.contiguous() : bias;
   auto y = torch::empty(out_sizes, x.options().memory_format(torch::MemoryFormat::Contiguous));
   std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, mem(ad, a)}, {DNNL_ARG_WEIGHTS, mem(wd, w)}, {DNNL_ARG_DST, mem(yd, y)}};
   if (b.defined()) args.emplace(DNNL_ARG_BIAS, mem(bd, b));
-  if (!run_matmul(ad, wd, b.defined() ? &bd : nullptr, yd, {}, args)) return {};
+  dnnl::primitive_attr attr;
+  if (residual.defined()) {  // y + residual as the kernel stores y
+    dnnl::post_ops po;
+    po.append_binary(dnnl::algorithm::binary_add, yd);
+    attr.set_post_ops(po);
+    args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(0) | DNNL_ARG_SRC_1, mem(yd, residual));
+  }
+  if (!run_matmul(ad, wd, b.defined() ? &bd : nullptr, yd, attr, args)) return {};
   return y;
 }
 
@@ -130,7 +141,9 @@ torch::Tensor fast_tokens_to_conv1x1(const torch::Tensor& h, const torch::Tensor
   return y;
 }
 #else
-torch::Tensor fast_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return {}; }
+torch::Tensor fast_linear(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) {
+  return {};
+}
 torch::Tensor fast_conv1x1_to_tokens(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&) { return {}; }
 torch::Tensor fast_tokens_to_conv1x1(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&,
                                      const torch::Tensor&) {

@@ -13,8 +13,11 @@ namespace ldm::nn {
 // x @ weight^T + bias (bias may be undefined) for float32 CPU tensors when no
 // gradient is needed and autocast is off; an undefined tensor otherwise (or
 // where oneDNN is absent, refuses, or has only its reference kernel), and the
-// caller runs libtorch's linear.
-torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias);
+// caller runs libtorch's linear. A residual (contiguous, the output's shape)
+// is added as the kernel stores its result: a transformer block's skip
+// connection without a pass of its own.
+torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias,
+                          const torch::Tensor& residual = {});
 
 // A transformer's 1x1 projections around its tokens (SpatialTransformer's
 // proj_in and proj_out on SD 1.x), under fast_linear's conditions, with the

@@ -147,6 +147,11 @@ torch::Tensor Linear::forward(const torch::Tensor& x) {
   return lora ? y + lora->forward(x) : y;
 }
 
+torch::Tensor Linear::forward(const torch::Tensor& x, const torch::Tensor& residual) {
+  auto y = lora ? torch::Tensor() : fast_linear(x, weight, bias, residual);
+  return y.defined() ? y : forward(x) + residual;
+}
+
 std::vector<torch::Tensor> parameters_with_adapters(torch::nn::Module& m) {
   auto v = m.parameters();
   for (auto& mod : m.modules()) {

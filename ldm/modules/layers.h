@@ -108,6 +108,8 @@ class Linear : public torch::nn::Module {
  public:
   Linear(int64_t in, int64_t out, bool bias = true);
   torch::Tensor forward(const torch::Tensor& x);
+  // forward(x) + residual, the sum inside oneDNN's matmul where fast_linear applies
+  torch::Tensor forward(const torch::Tensor& x, const torch::Tensor& residual);
   void zero_();
   torch::Tensor weight, bias;
   std::shared_ptr<LoraAdapter> lora;  // set while a LoRA trains

@@ -138,3 +138,26 @@ TEST(FastLinear, ConvOneByOneToAndFromTokens) {
   EXPECT_TRUE(torch::allclose(c.forward_to_tokens(x), tokens_of(c.forward(x))));
   EXPECT_FALSE(torch::allclose(c.forward_to_tokens(x), tokens_of(torch::conv2d(x, c.weight, c.bias)), 1e-3, 1e-3));
 }
+
+// A residual added inside the matmul (a transformer block's skip connection):
+// the float64 linear plus the residual; Linear::forward(x, r) takes that path,
+// and steps aside (the sum done after) for a residual it cannot take as is.
+TEST(FastLinear, ResidualAddedAsTheKernelStores) {
+  torch::manual_seed(3);
+  torch::NoGradGuard ng;
+  nn::Linear l(40, 24);
+  auto x = torch::randn({2, 9, 40}), r = torch::randn({2, 9, 24});
+  const auto want = linear64(x, l.weight, l.bias) + r.to(torch::kFloat64);
+  auto y = l.forward(x, r);
+  EXPECT_LT(test::max_abs_err(y.to(torch::kFloat64), want), 1e-5 * want.abs().max().item<double>());
+  if (nn::fast_conv_available()) {
+    auto f = nn::fast_linear(x, l.weight, l.bias, r);
+    ASSERT_TRUE(f.defined());
+    EXPECT_TRUE(torch::equal(f, y)) << "Linear::forward(x, r) takes the fused path";
+  }
+  auto rt = torch::randn({2, 24, 9}).transpose(1, 2);  // not contiguous: added after the matmul
+  EXPECT_FALSE(nn::fast_linear(x, l.weight, l.bias, rt).defined());
+  const auto want_t = linear64(x, l.weight, l.bias) + rt.to(torch::kFloat64);
+  EXPECT_LT(test::max_abs_err(l.forward(x, rt).to(torch::kFloat64), want_t), 1e-5 * want_t.abs().max().item<double>());
+  EXPECT_FALSE(nn::fast_linear(x, l.weight, l.bias, torch::randn({2, 9, 23})).defined()) << "another shape";
+}
