@@ -100,7 +100,7 @@ torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, c
 
 torch::Tensor fast_conv1x1_to_tokens(const torch::Tensor& x, const torch::Tensor& weight, const torch::Tensor& bias) {
   if (x.dim() != 4 || !applies_1x1(x, weight, bias) || x.size(1) != weight.size(1)) return {};
-  RECORD_FUNCTION("ldm::linear", std::vector<c10::IValue>({x.view({x.size(0), x.size(1), -1}).transpose(1, 2), weight.view({weight.size(0), -1})}));
+  RECORD_FUNCTION("ldm::conv1x1_tokens", std::vector<c10::IValue>({x}));  // bench: conv time, FLOPs from nn::Conv
   using tag = dnnl::memory::format_tag;
   const auto f = dnnl::memory::data_type::f32;
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), O = weight.size(0);
@@ -121,7 +121,7 @@ torch::Tensor fast_tokens_to_conv1x1(const torch::Tensor& h, const torch::Tensor
   if (residual.scalar_type() != torch::kFloat32 || !residual.is_contiguous() || residual.size(0) != B ||
       residual.size(1) != O || residual.size(2) * residual.size(3) != P)
     return {};
-  RECORD_FUNCTION("ldm::linear", std::vector<c10::IValue>({h, weight.view({O, -1})}));
+  RECORD_FUNCTION("ldm::conv1x1_tokens", std::vector<c10::IValue>({h}));  // as above
   using tag = dnnl::memory::format_tag;
   const auto f = dnnl::memory::data_type::f32;
   // y[b] = W [O, C] h[b]^T (h [B, P, C] read as [B, C, P]: tag acb) + bias per row + residual[b]

@@ -146,9 +146,10 @@ Profile profile(const std::function<void()>& fn) {
           }
         }
         if (name == "ldm::attention_fused") {
-          const auto sh = e.shapes();  // q [B, N, d], k [B, M, d]: q k^T and p v, 2 FLOPs a product
-          if (sh.size() == 2 && sh[0].size() == 3 && sh[1].size() == 3)
-            p.gflop += 4.0 * sh[0][0] * sh[0][1] * sh[0][2] * sh[1][1] / 1e9;
+          // q [B, H, N, d], k [B, H, M, d]: q k^T and p v, 2 FLOPs a product
+          const auto sh = e.shapes();
+          if (sh.size() == 2 && sh[0].size() == 4 && sh[1].size() == 4)
+            p.gflop += 4.0 * sh[0][0] * sh[0][1] * sh[0][2] * sh[0][3] * sh[1][2] / 1e9;
         }
         stack.push_back(&e);
       } else if (e.kind() == prof::EventKind::PopRange && !stack.empty()) {
