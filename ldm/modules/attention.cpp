@@ -209,7 +209,8 @@ torch::Tensor FeedForward::forward(const torch::Tensor& x, const torch::Tensor& 
     auto g = torch::empty(out_sizes, h.options());
     const float* hp = h.data_ptr<float>();
     float* gp = g.data_ptr<float>();
-    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) { geglu_rows(hp + r0 * 2 * n, 2 * n, gp + r0 * n, r1 - r0, n); });
+    at::parallel_for(0, rows, 16,
+                     [&](int64_t r0, int64_t r1) { geglu_rows(hp + r0 * 2 * n, 2 * n, gp + r0 * n, r1 - r0, n); });
     h = g;
   } else if (glu) {
     auto parts = h.chunk(2, -1);  // (a, gate): a * GELU(gate), exact erf GELU

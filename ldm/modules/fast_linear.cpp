@@ -85,7 +85,8 @@ torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, c
   dnnl::memory::desc ad({m, k}, d, tag::ab), wd({k, n}, d, tag::ba), bd({1, n}, d, tag::ab), yd({m, n}, d, tag::ab);
   const auto a = x.contiguous(), w = weight.contiguous(), b = bias.defined() ? bias.contiguous() : bias;
   auto y = torch::empty(out_sizes, x.options().memory_format(torch::MemoryFormat::Contiguous));
-  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, mem(ad, a)}, {DNNL_ARG_WEIGHTS, mem(wd, w)}, {DNNL_ARG_DST, mem(yd, y)}};
+  std::unordered_map<int, dnnl::memory> args{
+      {DNNL_ARG_SRC, mem(ad, a)}, {DNNL_ARG_WEIGHTS, mem(wd, w)}, {DNNL_ARG_DST, mem(yd, y)}};
   if (b.defined()) args.emplace(DNNL_ARG_BIAS, mem(bd, b));
   dnnl::primitive_attr attr;
   if (residual.defined()) {  // y + residual as the kernel stores y
@@ -108,7 +109,8 @@ torch::Tensor fast_conv1x1_to_tokens(const torch::Tensor& x, const torch::Tensor
   dnnl::memory::desc sd({B, P, C}, f, tag::acb), wd({1, C, O}, f, tag::acb), bd({1, 1, O}, f, tag::abc),
       yd({B, P, O}, f, tag::abc);
   auto y = torch::empty({B, P, O}, x.options());
-  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, mem(sd, x)}, {DNNL_ARG_WEIGHTS, mem(wd, weight)}, {DNNL_ARG_DST, mem(yd, y)}};
+  std::unordered_map<int, dnnl::memory> args{
+      {DNNL_ARG_SRC, mem(sd, x)}, {DNNL_ARG_WEIGHTS, mem(wd, weight)}, {DNNL_ARG_DST, mem(yd, y)}};
   if (bias.defined()) args.emplace(DNNL_ARG_BIAS, mem(bd, bias));
   if (!run_matmul(sd, wd, bias.defined() ? &bd : nullptr, yd, {}, args)) return {};
   return y;
@@ -133,7 +135,8 @@ torch::Tensor fast_tokens_to_conv1x1(const torch::Tensor& h, const torch::Tensor
   dnnl::primitive_attr attr;
   attr.set_post_ops(po);
   auto y = torch::empty_like(residual);
-  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, mem(sd, weight)}, {DNNL_ARG_WEIGHTS, mem(wd, h)}, {DNNL_ARG_DST, mem(yd, y)}};
+  std::unordered_map<int, dnnl::memory> args{
+      {DNNL_ARG_SRC, mem(sd, weight)}, {DNNL_ARG_WEIGHTS, mem(wd, h)}, {DNNL_ARG_DST, mem(yd, y)}};
   int idx = 0;
   if (bias.defined()) args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(idx++) | DNNL_ARG_SRC_1, mem(bd, bias));
   args.emplace(DNNL_ARG_ATTR_MULTIPLE_POST_OP(idx) | DNNL_ARG_SRC_1, mem(yd, residual));

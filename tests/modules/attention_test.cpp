@@ -113,7 +113,8 @@ TEST(Attention, FusedBf16EqualsOneShot) {
 TEST(Attention, HeadsInPlaceEqualSplitAndMerge) {
   auto g = torch::make_generator<at::CPUGeneratorImpl>(11);
   auto split = [](const torch::Tensor& x, int64_t h) {
-    return x.view({x.size(0), x.size(1), h, x.size(2) / h}).permute({0, 2, 1, 3}).reshape({-1, x.size(1), x.size(2) / h});
+    const int64_t d = x.size(2) / h;
+    return x.view({x.size(0), x.size(1), h, d}).permute({0, 2, 1, 3}).reshape({-1, x.size(1), d});
   };
   auto merge = [](const torch::Tensor& x, int64_t B) {
     return x.view({B, -1, x.size(1), x.size(2)}).permute({0, 2, 1, 3}).reshape({B, x.size(1), -1});
@@ -138,7 +139,8 @@ TEST(Attention, HeadsInPlaceEqualSplitAndMerge) {
   }
   if (!checked) GTEST_SKIP() << "this CPU has no AVX2/FMA: the fused kernel does not run here";
   // with gradients: the split, plain attention and merge of the reference, and its gradient
-  auto q = torch::randn({2, 10, 16}, g).requires_grad_(), k = torch::randn({2, 12, 16}, g), v = torch::randn({2, 12, 16}, g);
+  auto q = torch::randn({2, 10, 16}, g).requires_grad_();
+  auto k = torch::randn({2, 12, 16}, g), v = torch::randn({2, 12, 16}, g);
   auto got = attention_heads(q, k, v, 2, 0.25);
   auto want = merge(attention_plain(split(q, 2), split(k, 2), split(v, 2), 0.25), 2);
   EXPECT_LT((got - want).abs().max().item<double>(), 1e-6);
