@@ -52,21 +52,42 @@ bool attention_fused_supports(const torch::Tensor& q, const torch::Tensor& k, co
 }
 
 namespace {
-// Runs a kernel (flash_attention_rows or its bf16 twin) over tasks of 96
+// Runs a kernel (flash_attention_rows or a bf16 twin) over tasks of 96
 // query rows of one head, each thread with its own scratch. q, kt, v: packed
-// per head ([B, H] heads); out: [B, N, H * d], each head's rows H * d apart.
+// per head ([B, H] heads; q rows dq long, keys padded to Mp, values to dv
+// columns); out: [B, N, H * d], each head's rows H * d apart.
 template <class T, class Rows>
-void fused_rows(const T* q, const T* kt, const T* v, T* out, int64_t B, int64_t H, int64_t N, int64_t M, int64_t d,
-                int64_t scratch_floats, const Rows& rows_fn) {
-  const int64_t Mp = (M + 15) / 16 * 16, rows = 96, tasks_per_head = (N + rows - 1) / rows;
+void fused_rows(const T* q, const T* kt, const T* v, T* out, int64_t B, int64_t H, int64_t N, int64_t M, int64_t Mp,
+                int64_t d, int64_t dq, int64_t dv, int64_t scratch_floats, const Rows& rows_fn) {
+  const int64_t rows = 96, tasks_per_head = (N + rows - 1) / rows;
   at::parallel_for(0, B * H * tasks_per_head, 1, [&](int64_t t0, int64_t t1) {
     std::vector<float> scratch(scratch_floats);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t bh = t / tasks_per_head, r0 = t % tasks_per_head * rows, b = bh / H, head = bh % H;
-      rows_fn(q + bh * N * d, kt + bh * d * Mp, v + bh * Mp * d, out + (b * N * H + head) * d, H * d, r0,
+      rows_fn(q + bh * N * dq, kt + bh * dq * Mp, v + bh * Mp * dv, out + (b * N * H + head) * d, H * d, r0,
               std::min(N, r0 + rows), M, Mp, d, scratch.data());
     }
   });
+}
+
+auto u16(const torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
+
+// The bf16 operands for AMX tiles: q and keys with d zero-padded to a whole
+// 32 (a tile product's depth), values to a whole 16 columns (a tile's width),
+// keys to a whole 32 (two 16-key panels, p v's depth); keys as [Mp / 16, dq / 2,
+// 16, 2] and values as [Mp / 2, dv, 2], the right operands' pair layout.
+void fused_heads_amx(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double qscale,
+                     torch::Tensor& out) {
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), M = k.size(2), d = q.size(3);
+  const int64_t Mp = (M + 31) / 32 * 32, dq = (d + 31) / 32 * 32, dv = (d + 15) / 16 * 16;
+  auto qs = torch::constant_pad_nd((q.to(torch::kFloat32) * qscale).to(torch::kBFloat16), {0, dq - d}).contiguous();
+  auto kt = torch::constant_pad_nd(k, {0, dq - d, 0, Mp - M})
+                .view({B, H, Mp / 16, 16, dq / 2, 2})
+                .permute({0, 1, 2, 4, 3, 5})
+                .contiguous();
+  auto vp = torch::constant_pad_nd(v, {0, dv - d, 0, Mp - M}).view({B, H, Mp / 2, 2, dv}).permute({0, 1, 2, 4, 3}).contiguous();
+  fused_rows<uint16_t>(u16(qs), u16(kt), u16(vp), u16(out), B, H, N, M, Mp, d, dq, dv, flash_attention_amx_scratch(d),
+                       flash_attention_rows_amx);
 }
 
 // q [B, H, N, d], k, v [B, H, M, d] (views in any layout) -> [B, N, H * d]:
@@ -74,12 +95,16 @@ void fused_rows(const T* q, const T* kt, const T* v, T* out, int64_t B, int64_t 
 // softmax; keys and values padded to whole 16-key tiles with zeros, masked in
 // the kernel), the output written in place of a merge of the heads.
 torch::Tensor fused_heads(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale,
-                          bool avx512) {
+                          bool widest) {
   RECORD_FUNCTION("ldm::attention_fused", std::vector<c10::IValue>{q, k});  // bench's profile: time and FLOPs
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), M = k.size(2), d = q.size(3), Mp = (M + 15) / 16 * 16;
   auto pad = [&](const torch::Tensor& t) { return Mp == M ? t : torch::constant_pad_nd(t, {0, 0, 0, Mp - M}); };
   auto out = torch::empty({B, N, H * d}, q.options());
   const double qscale = scale * M_LOG2E;
+  if (q.scalar_type() == torch::kBFloat16 && widest && flash_attention_amx_available()) {
+    fused_heads_amx(q, k, v, qscale, out);
+    return out;
+  }
   if (q.scalar_type() == torch::kBFloat16) {
     // q scaled in float32; keys as [Mp / 16, d / 2, 16, 2] (dimension pairs of
     // 16-key panels), values as [Mp / 2, d, 2] (key pairs): the operand
@@ -87,8 +112,7 @@ torch::Tensor fused_heads(const torch::Tensor& q, const torch::Tensor& k, const 
     auto qs = (q.to(torch::kFloat32) * qscale).to(torch::kBFloat16).contiguous();
     auto kt = pad(k).view({B, H, Mp / 16, 16, d / 2, 2}).permute({0, 1, 2, 4, 3, 5}).contiguous();
     auto vp = pad(v).view({B, H, Mp / 2, 2, d}).permute({0, 1, 2, 4, 3}).contiguous();
-    auto u16 = [](const torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); };
-    fused_rows<uint16_t>(u16(qs), u16(kt), u16(vp), u16(out), B, H, N, M, d, flash_attention_bf16_scratch(d),
+    fused_rows<uint16_t>(u16(qs), u16(kt), u16(vp), u16(out), B, H, N, M, Mp, d, d, d, flash_attention_bf16_scratch(d),
                          flash_attention_rows_bf16);
     return out;
   }
@@ -97,8 +121,8 @@ torch::Tensor fused_heads(const torch::Tensor& q, const torch::Tensor& k, const 
   auto kt = pad(k).view({B, H, Mp / 16, 16, d}).permute({0, 1, 2, 4, 3}).contiguous();  // [Mp / 16, d, 16] panels
   auto vp = pad(v).contiguous();
   fused_rows<float>(qs.data_ptr<float>(), kt.data_ptr<float>(), vp.data_ptr<float>(), out.data_ptr<float>(), B, H, N, M,
-                    d, flash_attention_scratch(d),
-                    avx512 && flash_attention_avx512_available() ? flash_attention_rows_avx512 : flash_attention_rows);
+                    Mp, d, d, d, flash_attention_scratch(d),
+                    widest && flash_attention_avx512_available() ? flash_attention_rows_avx512 : flash_attention_rows);
   return out;
 }
 
@@ -109,10 +133,10 @@ torch::Tensor heads_view(const torch::Tensor& x, int64_t h) {
 }  // namespace
 
 torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale,
-                              bool avx512) {
+                              bool widest) {
   TORCH_CHECK(attention_fused_supports(q, k, v),
               "attention_fused: needs [B, N, d] with d % 8 == 0, fp32 on an AVX2/FMA CPU or bf16 on an AVX512-BF16 one");
-  return fused_heads(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale, avx512);
+  return fused_heads(q.unsqueeze(1), k.unsqueeze(1), v.unsqueeze(1), scale, widest);
 }
 
 torch::Tensor attention_chunked(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {

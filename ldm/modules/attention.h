@@ -25,11 +25,11 @@ torch::Tensor attention_chunked(const torch::Tensor& q, const torch::Tensor& k, 
 // The fused tiled kernel with an online softmax, no score matrix (no
 // autograd): CPU tensors with d % 8 == 0, fp32 on an AVX2/FMA machine or
 // bf16 on an AVX512-BF16 one (bf16 products, float32 softmax and sums).
-// fp32 runs the AVX-512 kernel where the CPU has AVX-512 unless avx512 is
-// false (the tests compare the two).
+// Runs the widest kernel the CPU has (AVX-512 for fp32, AMX tiles for bf16)
+// unless widest is false: AVX2 and AVX512-BF16 (the tests compare the two).
 bool attention_fused_supports(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v);
 torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale,
-                              bool avx512 = true);
+                              bool widest = true);
 // attention() over h heads side by side in the last dimension: q [B, N, h*d],
 // k and v [B, M, h*d] -> [B, N, h*d], as merging the heads of attention() on
 // the split ones. Where the fused kernel runs, it reads and writes the heads

@@ -34,4 +34,13 @@ int64_t flash_attention_bf16_scratch(int64_t d);
 void flash_attention_rows_bf16(const uint16_t* q, const uint16_t* kt, const uint16_t* v, uint16_t* out, int64_t ldo,
                                int64_t r0, int64_t r1, int64_t M, int64_t Mp, int64_t d, float* scratch);
 
+// The same on AMX tiles (flash_attention_amx.cpp), where the CPU and the OS
+// allow them: q: [N, dq], d zero-padded to dq, a multiple of 32; kt: [Mp / 16,
+// dq / 2, 16, 2]; v: [Mp / 2, dv, 2], d zero-padded to dv, a multiple of 16; Mp
+// a multiple of 32. out as above (d columns a row).
+bool flash_attention_amx_available();
+int64_t flash_attention_amx_scratch(int64_t d);
+void flash_attention_rows_amx(const uint16_t* q, const uint16_t* kt, const uint16_t* v, uint16_t* out, int64_t ldo,
+                              int64_t r0, int64_t r1, int64_t M, int64_t Mp, int64_t d, float* scratch);
+
 }  // namespace ldm

@@ -49,7 +49,7 @@ TEST(Attention, FusedEqualsOneShot) {
       // error grows with d and with peaked softmaxes), with a floor; the
       // AVX2 kernel too where the AVX-512 one ran above
       const double plain_err = (attention_plain(q, k, v, scale).to(torch::kFloat64) - want).abs().max().item<double>();
-      for (const auto& t : {got, attention_fused(q, k, v, scale, /*avx512=*/false)})
+      for (const auto& t : {got, attention_fused(q, k, v, scale, /*widest=*/false)})
         EXPECT_LT((t.to(torch::kFloat64) - want).abs().max().item<double>(), std::max(2e-5, 4 * plain_err))
             << B << "x" << N << "x" << M << "x" << d << " amp " << amp << " (float32 one-shot: " << plain_err << ")";
 #if TORCH_VERSION_MAJOR < 2  // torch 2 builds call scaled_dot_product_attention instead
@@ -65,10 +65,10 @@ TEST(Attention, FusedEqualsOneShot) {
   EXPECT_FALSE(got[0][4].isnan().any().item<bool>());
 }
 
-// The bf16 kernel (AVX512-BF16) against float64 attention on the same
-// bf16-rounded inputs: closer than libtorch's bf16 one-shot path (bf16
-// scores, softmax and output; measured 1.2-5x farther than ours), with a floor
-// of one bf16 ulp of the output's range.
+// The bf16 kernels (AMX where the CPU has it, AVX512-BF16) against float64
+// attention on the same bf16-rounded inputs: closer than libtorch's bf16
+// one-shot path (bf16 scores, softmax and output; measured 1.2-5x farther
+// than ours), with a floor of one bf16 ulp of the output's range.
 TEST(Attention, FusedBf16EqualsOneShot) {
   torch::NoGradGuard ng;
   auto b16 = [](const torch::Tensor& t) { return t.to(torch::kBFloat16); };
@@ -89,9 +89,11 @@ TEST(Attention, FusedBf16EqualsOneShot) {
       ASSERT_EQ(got.sizes(), want.sizes());
       const double range = want.abs().max().item<double>();
       const double plain_err = (f64(attention_plain(q, k, v, scale)) - want).abs().max().item<double>();
-      const double err = (f64(got) - want).abs().max().item<double>();
-      EXPECT_LT(err, std::max(plain_err, range / 256))
-          << B << "x" << N << "x" << M << "x" << d << " amp " << amp << " (bf16 one-shot: " << plain_err << ")";
+      for (const auto& t : {got, attention_fused(q, k, v, scale, /*widest=*/false)}) {
+        const double err = (f64(t) - want).abs().max().item<double>();
+        EXPECT_LT(err, std::max(plain_err, range / 256))
+            << B << "x" << N << "x" << M << "x" << d << " amp " << amp << " (bf16 one-shot: " << plain_err << ")";
+      }
 #if TORCH_VERSION_MAJOR < 2
       EXPECT_TRUE(torch::equal(attention(q, k, v, scale), got)) << "attention() takes the fused path for bf16";
 #endif
