@@ -226,15 +226,19 @@ FeedForward::FeedForward(int64_t dim, int64_t mult, bool g) : glu(g) {
 torch::Tensor FeedForward::forward(const torch::Tensor& x, const torch::Tensor& residual) {
   auto h = proj_in->forward(x);
   const bool inference = !torch::GradMode::is_enabled() || !h.requires_grad();
-  if (glu && inference && h.scalar_type() == torch::kFloat32 && h.is_contiguous() && geglu_available()) {
+  const auto t = h.scalar_type();
+  if (glu && inference && (t == torch::kFloat32 || t == torch::kBFloat16) && h.is_contiguous() && geglu_available()) {
     const int64_t n = h.size(-1) / 2, rows = h.numel() / (2 * n);
     auto out_sizes = h.sizes().vec();
     out_sizes.back() = n;
     auto g = torch::empty(out_sizes, h.options());
-    const float* hp = h.data_ptr<float>();
-    float* gp = g.data_ptr<float>();
-    at::parallel_for(0, rows, 16,
-                     [&](int64_t r0, int64_t r1) { geglu_rows(hp + r0 * 2 * n, 2 * n, gp + r0 * n, r1 - r0, n); });
+    at::parallel_for(0, rows, 16, [&](int64_t r0, int64_t r1) {
+      if (t == torch::kFloat32) {
+        geglu_rows(h.data_ptr<float>() + r0 * 2 * n, 2 * n, g.data_ptr<float>() + r0 * n, r1 - r0, n);
+      } else {
+        geglu_rows_bf16(u16(h) + r0 * 2 * n, 2 * n, u16(g) + r0 * n, r1 - r0, n);
+      }
+    });
     h = g;
   } else if (glu) {
     auto parts = h.chunk(2, -1);  // (a, gate): a * GELU(gate), exact erf GELU

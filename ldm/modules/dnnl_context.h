@@ -29,11 +29,14 @@ inline dnnl::stream& dnnl_stream() {
 }
 // An inference call that a cached oneDNN primitive may serve in libtorch's
 // place: no gradient needed through x, w or b (b may be undefined), and
-// autocast off (it casts inside libtorch's op).
+// autocast off (it casts inside libtorch's op), or bf16 autocast on x and w
+// that are bf16 already (--precision bf16: its casts would change nothing).
 inline bool inference_call(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
   if (c10::GradMode::is_enabled() && (x.requires_grad() || w.requires_grad() || (b.defined() && b.requires_grad())))
     return false;
-  return !at::autocast::is_cpu_enabled();
+  if (!at::autocast::is_cpu_enabled()) return true;
+  return at::autocast::get_autocast_cpu_dtype() == at::kBFloat16 && x.scalar_type() == at::kBFloat16 &&
+         w.scalar_type() == at::kBFloat16;
 }
 inline dnnl::memory::dims dims_of(at::IntArrayRef s) { return dnnl::memory::dims(s.begin(), s.end()); }
 // Output height and width of a 2-d conv on x with weight w.

@@ -85,6 +85,8 @@ const bool kOnednnWino = [] {
 // time 2.96 -> 2.82 s a step, and a one-shot txt2img's peak 134 MB lower (the
 // packed copy replaces file pages that libtorch's path keeps mapped).
 const int64_t kDirectMaxPixels = std::getenv("LDM_DIRECT_MAX") ? std::atoll(std::getenv("LDM_DIRECT_MAX")) : 2048;
+const int64_t kDirectMaxPixelsBf16 =
+    std::getenv("LDM_DIRECT_MAX_BF16") ? std::atoll(std::getenv("LDM_DIRECT_MAX_BF16")) : int64_t{1} << 40;
 
 struct Entry {
   std::vector<int64_t> in_sizes;
@@ -109,10 +111,12 @@ struct FastConvCache {
 };
 
 namespace {
+dt dtype_of(const torch::Tensor& t) { return t.scalar_type() == torch::kBFloat16 ? dt::bf16 : dt::f32; }
+
 std::shared_ptr<dnnl::memory> pack_weights(FastConvCache& c, const dnnl::memory::desc& want, const torch::Tensor& w) {
   for (auto& p : c.packed)
     if (p->get_desc() == want) return p;
-  dnnl::memory::desc plain(dims_of(w.sizes()), dt::f32, tag::oihw);
+  dnnl::memory::desc plain(dims_of(w.sizes()), dtype_of(w), tag::oihw);
   dnnl::memory user(plain, dnnl_engine(), w.data_ptr());
   auto packed = std::make_shared<dnnl::memory>(want, dnnl_engine());
   dnnl::reorder(user, *packed).execute(dnnl_stream(), user, *packed);
@@ -122,19 +126,21 @@ std::shared_ptr<dnnl::memory> pack_weights(FastConvCache& c, const dnnl::memory:
   return packed;
 }
 
-Entry build(FastConvCache& c, const torch::Tensor& x, const torch::Tensor& w, bool has_bias,
+Entry build(FastConvCache& c, const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
             const std::vector<int64_t>& stride, int64_t padding, bool wino) {
   const int64_t n = x.size(0), co = w.size(0);
   const auto [oh, ow] = conv_out_hw(x, w, stride, padding);
+  const bool has_bias = b.defined();
+  const dt t = dtype_of(x);
   Entry e;
   e.in_sizes = x.sizes().vec();
   e.wino = wino;
-  e.user_src = dnnl::memory::desc(dims_of(x.sizes()), dt::f32, tag::nchw);
-  e.user_dst = dnnl::memory::desc({n, co, oh, ow}, dt::f32, tag::nchw);
-  dnnl::memory::desc any_src(dims_of(x.sizes()), dt::f32, tag::any);
-  dnnl::memory::desc any_w(dims_of(w.sizes()), dt::f32, tag::any);
-  dnnl::memory::desc any_dst({n, co, oh, ow}, dt::f32, tag::any);
-  if (has_bias) e.bias = dnnl::memory::desc({co}, dt::f32, tag::x);
+  e.user_src = dnnl::memory::desc(dims_of(x.sizes()), t, tag::nchw);
+  e.user_dst = dnnl::memory::desc({n, co, oh, ow}, t, tag::nchw);
+  dnnl::memory::desc any_src(dims_of(x.sizes()), t, tag::any);
+  dnnl::memory::desc any_w(dims_of(w.sizes()), t, tag::any);
+  dnnl::memory::desc any_dst({n, co, oh, ow}, t, tag::any);
+  if (has_bias) e.bias = dnnl::memory::desc({co}, dtype_of(b), tag::x);
   dnnl::memory::dims st{stride[0], stride[1]}, pad{padding, padding};
   auto alg = wino ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct;
   auto d = has_bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, alg, any_src, any_w, e.bias,
@@ -154,15 +160,21 @@ Entry build(FastConvCache& c, const torch::Tensor& x, const torch::Tensor& w, bo
   return e;
 }
 
-// Float32 only. bf16 weights (--precision bf16) stay on libtorch's conv:
+// bf16 where the CPU has AMX (LDM_CONV_BF16=0: libtorch's conv). bf16 elsewhere stays on libtorch's conv:
 // packed oneDNN bf16 kernels were tried on AVX512-BF16 (Zen 4, 2026-12-01):
 // x0.88 per UNet step at 256², x1.00 at 512², but a packed copy of weights
 // that are not file pages (converted at load) is +0.85 GiB and +2.5 s of fresh
 // memory for a 5-step txt2img, and bf16 is the memory-saving precision.
+const bool kBf16Packed = [] {
+  const char* v = std::getenv("LDM_CONV_BF16");
+  return __builtin_cpu_supports("amx-bf16") && !(v && !std::strcmp(v, "0"));
+}();
+
 bool applies(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
   if (x.dim() != 4 || w.dim() != 4 || !x.device().is_cpu() || !w.device().is_cpu()) return false;
-  if (x.scalar_type() != torch::kFloat32 || w.scalar_type() != torch::kFloat32) return false;
-  if (b.defined() && (b.scalar_type() != torch::kFloat32 || !b.is_contiguous())) return false;
+  const auto t = x.scalar_type();
+  if (w.scalar_type() != t || !(t == torch::kFloat32 || (t == torch::kBFloat16 && kBf16Packed))) return false;
+  if (b.defined() && ((b.scalar_type() != torch::kFloat32 && b.scalar_type() != t) || !b.is_contiguous())) return false;
   if (!w.is_contiguous() || x.size(1) != w.size(1) || x.numel() == 0) return false;
   return inference_call(x, w, b);
 }
@@ -186,10 +198,11 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
     const int64_t pixels = x.size(0) * x.size(2) * x.size(3);
     const bool wino_shape = w.size(2) == 3 && w.size(3) == 3 && stride[0] == 1 && stride[1] == 1 &&
                             padding == 1 && pixels >= kWinoMinPixels && std::min(w.size(0), w.size(1)) >= kWinoMinChannels;
-    wino = wino_shape;
+    wino = wino_shape && x.scalar_type() == torch::kFloat32;
     keep = w.size(0) * w.size(1) <= kWinoMaxInOut;
     const auto [oh, ow] = conv_out_hw(x, w, stride, padding);
-    if (!wino && x.size(0) * oh * ow > kDirectMaxPixels) return {};
+    if (!wino && x.size(0) * oh * ow > (x.scalar_type() == torch::kFloat32 ? kDirectMaxPixels : kDirectMaxPixelsBf16))
+      return {};
   }
   if (wino && (c.no_wino || !kOnednnWino || !keep)) {
     if (!c.own_wino) c.own_wino = std::make_unique<WinogradConv3x3>(w, int64_t{8} << 20, keep);
@@ -207,7 +220,7 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
   Entry* e = find();
   if (!e) {
     try {
-      c.entries.push_back(build(c, x, w, b.defined(), stride, padding, wino));
+      c.entries.push_back(build(c, x, w, b, stride, padding, wino));
     } catch (const dnnl::error&) {
       if (!wino) {  // a shape oneDNN has no kernel for: libtorch's conv from now on
         c.refused = true;
@@ -239,12 +252,12 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
   dnnl::memory src = usrc, dst = udst;
   torch::Tensor src_buf, dst_buf;  // libtorch's allocator keeps these resident
   if (e->src_reorder) {
-    src_buf = torch::empty({static_cast<int64_t>(e->src.get_size() / 4)}, x.options());
+    src_buf = torch::empty({static_cast<int64_t>(e->src.get_size())}, x.options().dtype(torch::kUInt8));
     src = dnnl::memory(e->src, dnnl_engine(), src_buf.data_ptr());
     e->src_reorder.execute(s, usrc, src);
   }
   if (e->dst_reorder) {
-    dst_buf = torch::empty({static_cast<int64_t>(e->dst.get_size() / 4)}, x.options());
+    dst_buf = torch::empty({static_cast<int64_t>(e->dst.get_size())}, x.options().dtype(torch::kUInt8));
     dst = dnnl::memory(e->dst, dnnl_engine(), dst_buf.data_ptr());
   }
   auto scratch_buf = torch::empty({static_cast<int64_t>(e->scratch.get_size())}, x.options().dtype(torch::kUInt8));
@@ -259,6 +272,8 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
   return out;
 }
 }  // namespace
+
+bool fast_conv_bf16_available() { return kBf16Packed; }
 
 torch::Tensor fast_conv2d(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
                           const std::vector<int64_t>& stride, int64_t padding, std::shared_ptr<FastConvCache>& cache) {
@@ -280,6 +295,7 @@ size_t fast_conv_cache_bytes(const std::shared_ptr<FastConvCache>& cache) {
 #else  // no oneDNN 2.x headers at build time: libtorch's conv everywhere
 
 bool fast_conv_available() { return false; }
+bool fast_conv_bf16_available() { return false; }
 struct FastConvCache {};
 torch::Tensor fast_conv2d(const torch::Tensor&, const torch::Tensor&, const torch::Tensor&, const std::vector<int64_t>&,
                           int64_t, std::shared_ptr<FastConvCache>&) {

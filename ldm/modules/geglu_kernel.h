@@ -14,5 +14,8 @@ bool geglu_available();
 // 7.1.26 (absolute error <= 1.5e-7, the polynomial libtorch's vectorised erf
 // uses).
 void geglu_rows(const float* h, int64_t ldh, float* out, int64_t rows, int64_t n);
+// The same on bf16 (as uint16_t), computed in float32 and rounded once to
+// nearest even (libtorch rounds the GELU and the product each).
+void geglu_rows_bf16(const uint16_t* h, int64_t ldh, uint16_t* out, int64_t rows, int64_t n);
 
 }  // namespace ldm

@@ -96,7 +96,25 @@ TEST(FastConv, StepsAsideForAutogradAutocastAndOtherDtypes) {
   }
   auto xb = x.to(torch::kBFloat16);
   auto wb = c.weight.to(torch::kBFloat16);
-  EXPECT_FALSE(nn::fast_conv2d(xb, wb, c.bias.to(torch::kBFloat16), c.stride, c.padding, cache).defined());
+  auto bb = c.bias.to(torch::kBFloat16);
+  // bf16 where oneDNN has AMX kernels: libtorch's conv in float32 on the same bf16 values, within bf16 rounding
+  auto rb = nn::fast_conv2d(xb, wb, bb, c.stride, c.padding, cache);
+  EXPECT_EQ(rb.defined(), nn::fast_conv_bf16_available());
+  if (rb.defined()) {
+    auto want = torch::conv2d(xb.to(torch::kFloat32), wb.to(torch::kFloat32), bb.to(torch::kFloat32), c.stride,
+                              {c.padding, c.padding});
+    EXPECT_EQ(rb.scalar_type(), torch::kBFloat16);
+    EXPECT_LT(test::max_abs_err(rb.to(torch::kFloat32), want), 1e-2 * want.abs().max().item<double>());
+    at::autocast::set_cpu_enabled(true);  // bf16 autocast (CPU's default dtype) casts nothing here
+    auto r = nn::fast_conv2d(xb, wb, bb, c.stride, c.padding, cache);
+    auto r32 = nn::fast_conv2d(x, c.weight, c.bias, c.stride, c.padding, cache);
+    at::autocast::set_cpu_enabled(false);
+    EXPECT_TRUE(r.defined());
+    EXPECT_FALSE(r32.defined()) << "float32 input under autocast: libtorch's op casts it";
+  }
+  EXPECT_FALSE(nn::fast_conv2d(x.to(torch::kFloat64), c.weight.to(torch::kFloat64), c.bias.to(torch::kFloat64), c.stride,
+                               c.padding, cache)
+                   .defined());
   {
     nn::FastConvOff off;  // gradient checkpointing's no-grad forward
     EXPECT_FALSE(nn::fast_conv2d(x, c.weight, c.bias, c.stride, c.padding, cache).defined());
