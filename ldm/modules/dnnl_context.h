@@ -15,6 +15,8 @@
 #include <ATen/core/Tensor.h>
 #include <c10/core/GradMode.h>
 
+#include <cstdlib>
+#include <cstring>
 #include <utility>
 #include <vector>
 
@@ -26,6 +28,24 @@ inline dnnl::engine& dnnl_engine() {
 inline dnnl::stream& dnnl_stream() {
   thread_local dnnl::stream s(dnnl_engine());
   return s;
+}
+// bf16 convolutions and matmuls through our oneDNN primitives too, where the
+// CPU has AMX: there libtorch's reorders around oneDNN's AMX kernels cost as
+// much as the products (LDM_DNNL_BF16=0: libtorch's ops, as on AVX512-BF16
+// CPUs, where ours measured level with them).
+inline bool dnnl_bf16() {
+  static const bool on = [] {
+    const char* v = std::getenv("LDM_DNNL_BF16");
+    return __builtin_cpu_supports("amx-bf16") && !(v && !std::strcmp(v, "0"));
+  }();
+  return on;
+}
+inline dnnl::memory::data_type dnnl_dtype(const at::Tensor& t) {
+  return t.scalar_type() == at::kBFloat16 ? dnnl::memory::data_type::bf16 : dnnl::memory::data_type::f32;
+}
+// float32, or bf16 where dnnl_bf16()
+inline bool dnnl_dtype_ok(const at::Tensor& t) {
+  return t.scalar_type() == at::kFloat || (t.scalar_type() == at::kBFloat16 && dnnl_bf16());
 }
 // An inference call that a cached oneDNN primitive may serve in libtorch's
 // place: no gradient needed through x, w or b (b may be undefined), and

@@ -111,12 +111,10 @@ struct FastConvCache {
 };
 
 namespace {
-dt dtype_of(const torch::Tensor& t) { return t.scalar_type() == torch::kBFloat16 ? dt::bf16 : dt::f32; }
-
 std::shared_ptr<dnnl::memory> pack_weights(FastConvCache& c, const dnnl::memory::desc& want, const torch::Tensor& w) {
   for (auto& p : c.packed)
     if (p->get_desc() == want) return p;
-  dnnl::memory::desc plain(dims_of(w.sizes()), dtype_of(w), tag::oihw);
+  dnnl::memory::desc plain(dims_of(w.sizes()), dnnl_dtype(w), tag::oihw);
   dnnl::memory user(plain, dnnl_engine(), w.data_ptr());
   auto packed = std::make_shared<dnnl::memory>(want, dnnl_engine());
   dnnl::reorder(user, *packed).execute(dnnl_stream(), user, *packed);
@@ -131,7 +129,7 @@ Entry build(FastConvCache& c, const torch::Tensor& x, const torch::Tensor& w, co
   const int64_t n = x.size(0), co = w.size(0);
   const auto [oh, ow] = conv_out_hw(x, w, stride, padding);
   const bool has_bias = b.defined();
-  const dt t = dtype_of(x);
+  const dt t = dnnl_dtype(x);
   Entry e;
   e.in_sizes = x.sizes().vec();
   e.wino = wino;
@@ -140,7 +138,7 @@ Entry build(FastConvCache& c, const torch::Tensor& x, const torch::Tensor& w, co
   dnnl::memory::desc any_src(dims_of(x.sizes()), t, tag::any);
   dnnl::memory::desc any_w(dims_of(w.sizes()), t, tag::any);
   dnnl::memory::desc any_dst({n, co, oh, ow}, t, tag::any);
-  if (has_bias) e.bias = dnnl::memory::desc({co}, dtype_of(b), tag::x);
+  if (has_bias) e.bias = dnnl::memory::desc({co}, dnnl_dtype(b), tag::x);
   dnnl::memory::dims st{stride[0], stride[1]}, pad{padding, padding};
   auto alg = wino ? dnnl::algorithm::convolution_winograd : dnnl::algorithm::convolution_direct;
   auto d = has_bias ? dnnl::convolution_forward::desc(dnnl::prop_kind::forward_inference, alg, any_src, any_w, e.bias,
@@ -160,20 +158,15 @@ Entry build(FastConvCache& c, const torch::Tensor& x, const torch::Tensor& w, co
   return e;
 }
 
-// bf16 where the CPU has AMX (LDM_CONV_BF16=0: libtorch's conv). bf16 elsewhere stays on libtorch's conv:
+// bf16 where the CPU has AMX (dnnl_bf16). bf16 elsewhere stays on libtorch's conv:
 // packed oneDNN bf16 kernels were tried on AVX512-BF16 (Zen 4, 2026-12-01):
 // x0.88 per UNet step at 256², x1.00 at 512², but a packed copy of weights
 // that are not file pages (converted at load) is +0.85 GiB and +2.5 s of fresh
 // memory for a 5-step txt2img, and bf16 is the memory-saving precision.
-const bool kBf16Packed = [] {
-  const char* v = std::getenv("LDM_CONV_BF16");
-  return __builtin_cpu_supports("amx-bf16") && !(v && !std::strcmp(v, "0"));
-}();
-
 bool applies(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
   if (x.dim() != 4 || w.dim() != 4 || !x.device().is_cpu() || !w.device().is_cpu()) return false;
   const auto t = x.scalar_type();
-  if (w.scalar_type() != t || !(t == torch::kFloat32 || (t == torch::kBFloat16 && kBf16Packed))) return false;
+  if (w.scalar_type() != t || !dnnl_dtype_ok(x)) return false;
   if (b.defined() && ((b.scalar_type() != torch::kFloat32 && b.scalar_type() != t) || !b.is_contiguous())) return false;
   if (!w.is_contiguous() || x.size(1) != w.size(1) || x.numel() == 0) return false;
   return inference_call(x, w, b);
@@ -273,7 +266,7 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
 }
 }  // namespace
 
-bool fast_conv_bf16_available() { return kBf16Packed; }
+bool fast_conv_bf16_available() { return dnnl_bf16(); }
 
 torch::Tensor fast_conv2d(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
                           const std::vector<int64_t>& stride, int64_t padding, std::shared_ptr<FastConvCache>& cache) {

@@ -32,7 +32,7 @@ FastConv fast_conv();
 // Whether oneDNN was found at build time.
 bool fast_conv_available();
 // True where bf16 convolutions take the packed path too: oneDNN's AMX kernels
-// (LDM_CONV_BF16=0 leaves them to libtorch's conv, which reorders the weights
+// (LDM_DNNL_BF16=0 leaves them to libtorch's conv, which reorders the weights
 // on every call).
 bool fast_conv_bf16_available();
 

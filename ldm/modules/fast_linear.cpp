@@ -23,14 +23,17 @@ bool fast_linear_on() { return g_on; }
 #ifdef LDM_DNNL
 namespace {
 
-// Float32 only: with bf16 weights (--precision bf16) oneDNN's matmul gained
-// nothing measurable on the UNet step (2026-12-03: 5.71 / 5.77 s against
-// 5.05-6.24 s) and its first call was 1 s slower (a JIT kernel per shape).
+// Float32, and bf16 where the CPU has AMX (dnnl_bf16): on AVX512-BF16 alone
+// oneDNN's bf16 matmul gained nothing measurable on the UNet step (Zen 4,
+// 2026-12-03: 5.71 / 5.77 s against 5.05-6.24 s) and its first call was 1 s
+// slower (a JIT kernel per shape).
 bool applies(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
   const auto t = x.scalar_type();
-  if (!g_on || !x.device().is_cpu() || t != torch::kFloat32 || w.scalar_type() != t) return false;
+  if (!g_on || !x.device().is_cpu() || !dnnl_dtype_ok(x) || w.scalar_type() != t) return false;
   if (w.dim() != 2 || x.dim() < 1 || x.size(-1) != w.size(1) || x.numel() == 0) return false;
-  if (b.defined() && (b.scalar_type() != t || b.dim() != 1 || b.size(0) != w.size(0))) return false;
+  if (b.defined() && (!(b.scalar_type() == t || b.scalar_type() == torch::kFloat32) || b.dim() != 1 ||
+                      b.size(0) != w.size(0)))
+    return false;
   return inference_call(x, w, b);
 }
 
@@ -59,13 +62,14 @@ dnnl::memory mem(const dnnl::memory::desc& d, const torch::Tensor& t) {
   return dnnl::memory(d, dnnl_engine(), t.data_ptr());
 }
 
-// The 1x1 convolutions' shared conditions: float32 CPU tensors, weights
+// The 1x1 convolutions' shared conditions: float32 (or AMX bf16) CPU tensors, weights
 // [out, in, 1, 1] or [out, in], a bias of [out] or none, x NCHW-contiguous.
 bool applies_1x1(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b) {
-  if (!g_on || !x.device().is_cpu() || x.scalar_type() != torch::kFloat32 || w.scalar_type() != torch::kFloat32)
-    return false;
+  if (!g_on || !x.device().is_cpu() || !dnnl_dtype_ok(x) || w.scalar_type() != x.scalar_type()) return false;
   if (!(w.dim() == 2 || (w.dim() == 4 && w.size(2) == 1 && w.size(3) == 1)) || !w.is_contiguous()) return false;
-  if (b.defined() && (b.scalar_type() != torch::kFloat32 || b.numel() != w.size(0) || !b.is_contiguous())) return false;
+  if (b.defined() && (!(b.scalar_type() == x.scalar_type() || b.scalar_type() == torch::kFloat32) ||
+                      b.numel() != w.size(0) || !b.is_contiguous()))
+    return false;
   return x.is_contiguous() && x.numel() > 0 && inference_call(x, w, b);
 }
 }  // namespace
@@ -74,15 +78,16 @@ torch::Tensor fast_linear(const torch::Tensor& x, const torch::Tensor& weight, c
                           const torch::Tensor& residual) {
   if (!applies(x, weight, bias)) return {};
   using tag = dnnl::memory::format_tag;
-  const auto d = dnnl::memory::data_type::f32;
+  const auto d = dnnl_dtype(x);
   const int64_t k = weight.size(1), n = weight.size(0), m = x.numel() / k;
   auto out_sizes = x.sizes().vec();
   out_sizes.back() = n;
   if (residual.defined() &&
-      (residual.scalar_type() != torch::kFloat32 || !residual.is_contiguous() || residual.sizes() != out_sizes))
+      (residual.scalar_type() != x.scalar_type() || !residual.is_contiguous() || residual.sizes() != out_sizes))
     return {};
   RECORD_FUNCTION("ldm::linear", std::vector<c10::IValue>({x, weight}));
-  dnnl::memory::desc ad({m, k}, d, tag::ab), wd({k, n}, d, tag::ba), bd({1, n}, d, tag::ab), yd({m, n}, d, tag::ab);
+  dnnl::memory::desc ad({m, k}, d, tag::ab), wd({k, n}, d, tag::ba), yd({m, n}, d, tag::ab);
+  dnnl::memory::desc bd({1, n}, bias.defined() ? dnnl_dtype(bias) : d, tag::ab);
   const auto a = x.contiguous(), w = weight.contiguous(), b = bias.defined() ? bias.contiguous() : bias;
   auto y = torch::empty(out_sizes, x.options().memory_format(torch::MemoryFormat::Contiguous));
   std::unordered_map<int, dnnl::memory> args{
@@ -103,11 +108,11 @@ torch::Tensor fast_conv1x1_to_tokens(const torch::Tensor& x, const torch::Tensor
   if (x.dim() != 4 || !applies_1x1(x, weight, bias) || x.size(1) != weight.size(1)) return {};
   RECORD_FUNCTION("ldm::conv1x1_tokens", std::vector<c10::IValue>({x}));  // bench: conv time, FLOPs from nn::Conv
   using tag = dnnl::memory::format_tag;
-  const auto f = dnnl::memory::data_type::f32;
+  const auto f = dnnl_dtype(x);
   const int64_t B = x.size(0), C = x.size(1), P = x.size(2) * x.size(3), O = weight.size(0);
   // x [B, C, P] read as [B, P, C] (tag acb); weights [O, C] read as [1, C, O]
-  dnnl::memory::desc sd({B, P, C}, f, tag::acb), wd({1, C, O}, f, tag::acb), bd({1, 1, O}, f, tag::abc),
-      yd({B, P, O}, f, tag::abc);
+  dnnl::memory::desc sd({B, P, C}, f, tag::acb), wd({1, C, O}, f, tag::acb), yd({B, P, O}, f, tag::abc);
+  dnnl::memory::desc bd({1, 1, O}, bias.defined() ? dnnl_dtype(bias) : f, tag::abc);
   auto y = torch::empty({B, P, O}, x.options());
   std::unordered_map<int, dnnl::memory> args{
       {DNNL_ARG_SRC, mem(sd, x)}, {DNNL_ARG_WEIGHTS, mem(wd, weight)}, {DNNL_ARG_DST, mem(yd, y)}};
@@ -120,15 +125,15 @@ torch::Tensor fast_tokens_to_conv1x1(const torch::Tensor& h, const torch::Tensor
                                      const torch::Tensor& residual) {
   if (h.dim() != 3 || residual.dim() != 4 || !applies_1x1(h, weight, bias) || h.size(2) != weight.size(1)) return {};
   const int64_t B = h.size(0), P = h.size(1), C = h.size(2), O = weight.size(0);
-  if (residual.scalar_type() != torch::kFloat32 || !residual.is_contiguous() || residual.size(0) != B ||
+  if (residual.scalar_type() != h.scalar_type() || !residual.is_contiguous() || residual.size(0) != B ||
       residual.size(1) != O || residual.size(2) * residual.size(3) != P)
     return {};
   RECORD_FUNCTION("ldm::conv1x1_tokens", std::vector<c10::IValue>({h}));  // as above
   using tag = dnnl::memory::format_tag;
-  const auto f = dnnl::memory::data_type::f32;
+  const auto f = dnnl_dtype(h);
   // y[b] = W [O, C] h[b]^T (h [B, P, C] read as [B, C, P]: tag acb) + bias per row + residual[b]
-  dnnl::memory::desc sd({1, O, C}, f, tag::abc), wd({B, C, P}, f, tag::acb), bd({1, O, 1}, f, tag::abc),
-      yd({B, O, P}, f, tag::abc);
+  dnnl::memory::desc sd({1, O, C}, f, tag::abc), wd({B, C, P}, f, tag::acb), yd({B, O, P}, f, tag::abc);
+  dnnl::memory::desc bd({1, O, 1}, bias.defined() ? dnnl_dtype(bias) : f, tag::abc);
   dnnl::post_ops po;
   if (bias.defined()) po.append_binary(dnnl::algorithm::binary_add, bd);
   po.append_binary(dnnl::algorithm::binary_add, yd);

@@ -66,7 +66,21 @@ TEST(FastLinear, StepsAsideForAutogradAutocastOtherDtypesAndTheSwitch) {
     EXPECT_FALSE(nn::fast_linear(x, l.weight, l.bias).defined()) << "autocast decides the dtype";
     at::autocast::set_cpu_enabled(false);
   }
-  EXPECT_FALSE(nn::fast_linear(x.to(torch::kBFloat16), l.weight.to(torch::kBFloat16), {}).defined());
+  {  // bf16 where oneDNN has AMX kernels (with a residual post-op), within bf16 rounding of float32's result
+    auto xb = x.to(torch::kBFloat16), wb = l.weight.to(torch::kBFloat16), bb = l.bias.to(torch::kBFloat16);
+    auto rb = torch::randn({4, 8}).to(torch::kBFloat16);
+    auto y = nn::fast_linear(xb, wb, bb, rb);
+    EXPECT_EQ(y.defined(), nn::fast_conv_bf16_available());
+    if (y.defined()) {
+      auto f = [](const torch::Tensor& t) { return t.to(torch::kFloat32); };
+      auto want = torch::nn::functional::linear(f(xb), f(wb), f(bb)) + f(rb);
+      EXPECT_EQ(y.scalar_type(), torch::kBFloat16);
+      EXPECT_LT(test::max_abs_err(f(y), want), 1e-2 * want.abs().max().item<double>());
+      at::autocast::set_cpu_enabled(true);  // bf16 autocast would cast nothing
+      EXPECT_TRUE(nn::fast_linear(xb, wb, bb).defined());
+      at::autocast::set_cpu_enabled(false);
+    }
+  }
   EXPECT_FALSE(nn::fast_linear(x, l.weight.to(torch::kBFloat16), {}).defined()) << "mixed dtypes";
   EXPECT_FALSE(nn::fast_linear(x.to(torch::kFloat64), l.weight.to(torch::kFloat64), {}).defined());
   EXPECT_FALSE(nn::fast_linear(torch::randn({4, 15}), l.weight, l.bias).defined()) << "mismatched width";
