@@ -56,17 +56,38 @@ MappedFile::~MappedFile() {
   ::munmap(data_, size_);
 }
 
-void release_pages(const void* data, size_t bytes) {
+namespace {
+// The whole pages inside [data, data + bytes), and whether they lie wholly in a live file mapping.
+struct PageRange {
+  uintptr_t lo, hi;
+  bool file;
+};
+PageRange pages_of(const void* data, size_t bytes) {
   const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
-  const uintptr_t lo = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
-  const uintptr_t hi = (reinterpret_cast<uintptr_t>(data) + bytes) / page * page;
-  if (hi <= lo) return;
+  PageRange r{(reinterpret_cast<uintptr_t>(data) + page - 1) / page * page,
+              (reinterpret_cast<uintptr_t>(data) + bytes) / page * page, false};
+  if (r.hi <= r.lo) return r;
   std::lock_guard<std::mutex> lock(g_live_mutex);
-  auto it = g_live.upper_bound(lo);
-  if (it == g_live.begin()) return;
-  --it;
-  if (lo >= it->first && hi <= it->second)  // wholly inside a file mapping: pages read back from the file
-    ::madvise(reinterpret_cast<void*>(lo), hi - lo, MADV_DONTNEED);
+  auto it = g_live.upper_bound(r.lo);
+  if (it != g_live.begin()) {
+    --it;
+    r.file = r.lo >= it->first && r.hi <= it->second;
+  }
+  return r;
+}
+}  // namespace
+
+void release_pages(const void* data, size_t bytes) {
+  const auto r = pages_of(data, bytes);
+  if (r.hi > r.lo && r.file)  // wholly inside a file mapping: pages read back from the file
+    ::madvise(reinterpret_cast<void*>(r.lo), r.hi - r.lo, MADV_DONTNEED);
+}
+
+bool drop_pages(const void* data, size_t bytes) {
+  const auto r = pages_of(data, bytes);
+  if (r.hi <= r.lo) return false;
+  ::madvise(reinterpret_cast<void*>(r.lo), r.hi - r.lo, MADV_DONTNEED);
+  return !r.file;
 }
 
 }  // namespace ldm::io

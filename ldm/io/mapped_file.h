@@ -29,5 +29,9 @@ class MappedFile {
 // the file's bytes back in, so it is safe; it lowers the peak after a tensor
 // was converted or a module is no longer needed.
 void release_pages(const void* data, size_t bytes);
+// release_pages, and elsewhere (heap memory) drops the pages wholly inside the
+// range too, whose values are then lost (they read back as zeros): true
+// then. For weights whose only reader has a copy of its own (packed convs).
+bool drop_pages(const void* data, size_t bytes);
 
 }  // namespace ldm::io

@@ -35,9 +35,9 @@ FastConvOff::FastConvOff() { ++g_off; }
 FastConvOff::~FastConvOff() { --g_off; }
 
 namespace {
-thread_local std::function<void(const torch::Tensor&)> g_packed_hook;
+thread_local PackedHook g_packed_hook;
 }  // namespace
-void set_fast_conv_packed_hook(std::function<void(const torch::Tensor&)> hook) { g_packed_hook = std::move(hook); }
+void set_fast_conv_packed_hook(PackedHook hook) { g_packed_hook = std::move(hook); }
 FastConv fast_conv() { return g_mode; }
 
 #ifdef LDM_DNNL
@@ -105,6 +105,7 @@ struct FastConvCache {
   int calls = 0;
   bool refused = false;  // oneDNN could not build this conv: libtorch from now on
   bool no_wino = false;  // no oneDNN Winograd kernel on this CPU: ours (winograd_conv)
+  bool plain_gone = false;  // the packed hook dropped the weight's values: pack from c.packed
   std::unique_ptr<WinogradConv3x3> own_wino;
   std::vector<Entry> entries;
   std::vector<std::shared_ptr<dnnl::memory>> packed;  // shared by entries with equal layouts
@@ -115,12 +116,12 @@ std::shared_ptr<dnnl::memory> pack_weights(FastConvCache& c, const dnnl::memory:
   for (auto& p : c.packed)
     if (p->get_desc() == want) return p;
   dnnl::memory::desc plain(dims_of(w.sizes()), dnnl_dtype(w), tag::oihw);
-  dnnl::memory user(plain, dnnl_engine(), w.data_ptr());
+  dnnl::memory user = c.plain_gone ? *c.packed.front() : dnnl::memory(plain, dnnl_engine(), w.data_ptr());
   auto packed = std::make_shared<dnnl::memory>(want, dnnl_engine());
   dnnl::reorder(user, *packed).execute(dnnl_stream(), user, *packed);
   dnnl_stream().wait();
   c.packed.push_back(packed);
-  if (g_packed_hook) g_packed_hook(w);
+  if (g_packed_hook && !c.plain_gone && g_packed_hook(w)) c.plain_gone = true;
   return packed;
 }
 
@@ -181,6 +182,7 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
     c.entries.clear();
     c.packed.clear();
     c.own_wino.reset();
+    c.plain_gone = false;
     c.calls = 0;
     c.wptr = w.data_ptr();
     c.wversion = w._version();
@@ -268,13 +270,33 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
 
 bool fast_conv_bf16_available() { return dnnl_bf16(); }
 
+namespace {
+// Writes the packed copy back into the weight whose values the hook dropped,
+// before libtorch's conv (or anything else) reads it.
+void restore_plain(FastConvCache& c, const torch::Tensor& w) {
+  if (!c.plain_gone || c.wptr != w.data_ptr() || c.packed.empty()) return;
+  dnnl::memory::desc plain(dims_of(w.sizes()), dnnl_dtype(w), dnnl::memory::format_tag::oihw);
+  dnnl::memory user(plain, dnnl_engine(), w.data_ptr());
+  dnnl::reorder(*c.packed.front(), user).execute(dnnl_stream(), *c.packed.front(), user);
+  dnnl_stream().wait();
+  c.plain_gone = false;
+}
+}  // namespace
+
 torch::Tensor fast_conv2d(const torch::Tensor& x, const torch::Tensor& w, const torch::Tensor& b,
                           const std::vector<int64_t>& stride, int64_t padding, std::shared_ptr<FastConvCache>& cache) {
-  if (fast_conv() == FastConv::Aten || g_off > 0 || !applies(x, w, b)) return {};
+  if (fast_conv() == FastConv::Aten || g_off > 0 || !applies(x, w, b)) {
+    if (cache) {
+      std::lock_guard<std::mutex> lock(cache->mu);
+      restore_plain(*cache, w);
+    }
+    return {};
+  }
   if (!cache) cache = std::make_shared<FastConvCache>();
   std::lock_guard<std::mutex> lock(cache->mu);
-  if (cache->refused) return {};
-  return fast_conv2d_locked(*cache, x, w, b, stride, padding);
+  auto y = cache->refused ? torch::Tensor() : fast_conv2d_locked(*cache, x, w, b, stride, padding);
+  if (!y.defined()) restore_plain(*cache, w);
+  return y;
 }
 
 size_t fast_conv_cache_bytes(const std::shared_ptr<FastConvCache>& cache) {

@@ -61,12 +61,18 @@ torch::Tensor fast_conv2d(const torch::Tensor& x, const torch::Tensor& weight, c
 // Called (on this thread) with each weight right after its packed copy is
 // made. A one-shot pipeline gives the plain weight's file-mapped pages back
 // here (io::release_pages): the packed copy replaces them, and a later read
-// faults them in from the file. Per thread: a pipeline sets it for the
-// duration of its request (PackedHookScope), never for the process.
-void set_fast_conv_packed_hook(std::function<void(const torch::Tensor&)> hook);
+// faults them in from the file. It returns true where it dropped the plain
+// values for good (bf16 weights converted at load: io::drop_pages; only bf16,
+// which no Winograd layer holds); the cache then packs any further shape from
+// its packed copy, and writes it back into the weight before libtorch's conv
+// would read it.
+// Per thread: a pipeline sets it for the duration of its request
+// (PackedHookScope), never for the process.
+using PackedHook = std::function<bool(const torch::Tensor&)>;
+void set_fast_conv_packed_hook(PackedHook hook);
 class PackedHookScope {
  public:
-  explicit PackedHookScope(std::function<void(const torch::Tensor&)> hook) { set_fast_conv_packed_hook(std::move(hook)); }
+  explicit PackedHookScope(PackedHook hook) { set_fast_conv_packed_hook(std::move(hook)); }
   ~PackedHookScope() { set_fast_conv_packed_hook(nullptr); }
   PackedHookScope(const PackedHookScope&) = delete;
   PackedHookScope& operator=(const PackedHookScope&) = delete;

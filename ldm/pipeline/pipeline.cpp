@@ -237,11 +237,18 @@ GenerateResult Pipeline::run(const GenerateRequest& r, const GenerateCallbacks& 
   Autocast ac(o_.precision == "bf16" ? "bf16" : "32", dev);  // bf16 weights: conv/matmul in bf16 (AMX where present)
   AttentionChunkScope chunk(o_.attention_chunk_elements);
   // Packed conv weights replace the plain ones' mapped pages (a later read
-  // faults them in from the file). Not under EMA: the scope writes into them.
+  // faults them in from the file), and bf16 weights converted at load, which
+  // have no file (the cache packs further shapes from its packed copy, and
+  // writes it back before anything else reads the weight). Not under EMA: the
+  // scope writes into them.
   const bool ema_active = static_cast<bool>(ema_);
   std::optional<nn::PackedHookScope> hook;
   if (o_.release_after_use && !ema_active)
-    hook.emplace([](const torch::Tensor& w) { io::release_pages(w.data_ptr(), w.nbytes()); });
+    hook.emplace([](const torch::Tensor& w) {
+      if (w.scalar_type() == torch::kBFloat16) return io::drop_pages(w.data_ptr(), w.nbytes());
+      io::release_pages(w.data_ptr(), w.nbytes());
+      return false;
+    });
 
   const auto f = facts();
   const int64_t seed = r.seed == -1 ? random_seed() : r.seed;

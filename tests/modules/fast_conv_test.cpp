@@ -1,6 +1,8 @@
 // The oneDNN inference convolutions against libtorch's conv2d (an independent
 // computation), and when they must step aside.
 #include <ATen/autocast_mode.h>
+
+#include <cstring>
 #include <gtest/gtest.h>
 #include <torch/torch.h>
 
@@ -132,6 +134,7 @@ TEST(FastConv, PackedHookSeesEachWeightOnceAndReleaseDropsThePacking) {
   nn::set_fast_conv_packed_hook([&](const torch::Tensor& w) {
     EXPECT_EQ(w.dim(), 4);
     ++calls;
+    return false;
   });
   auto holder = std::make_shared<nn::Holder>();
   auto a = holder->add("a", std::make_shared<nn::Conv>(2, 3, 5, 3, 1, 1));
@@ -146,6 +149,39 @@ TEST(FastConv, PackedHookSeesEachWeightOnceAndReleaseDropsThePacking) {
   EXPECT_EQ(nn::fast_conv_cache_bytes(a->fast) + nn::fast_conv_cache_bytes(b->fast), 0u);
 }
 
+// A hook that drops the plain values (bf16 weights converted at load): the
+// packed copy serves the same shape, packs a new one, and is written back into
+// the weight before libtorch's conv reads it.
+TEST(FastConv, DroppedPlainWeightsComeFromThePackedCopy) {
+  if (!nn::fast_conv_bf16_available()) GTEST_SKIP() << "no AMX here: bf16 convolutions stay on libtorch's conv";
+  ModeScope ms(nn::FastConv::Auto);
+  torch::manual_seed(3);
+  nn::Conv c(2, 16, 32, 3, 1, 1);
+  c.to(torch::kBFloat16);
+  torch::NoGradGuard ng;
+  const auto original = c.weight.clone();
+  nn::set_fast_conv_packed_hook([&](const torch::Tensor& w) {
+    std::memset(w.data_ptr(), 0xff, w.nbytes());  // NaNs: the values are gone (no version bump, as madvise)
+    return true;
+  });
+  auto x = torch::randn({2, 16, 12, 12}).to(torch::kBFloat16), x1 = x.narrow(0, 0, 1).contiguous();
+  auto first = c.forward(x);
+  nn::set_fast_conv_packed_hook(nullptr);
+  auto ref = [&](const torch::Tensor& in) {
+    return torch::conv2d(in.to(torch::kFloat32), original.to(torch::kFloat32), c.bias.to(torch::kFloat32), 1, 1);
+  };
+  EXPECT_TRUE(c.weight.isnan().all().item<bool>());
+  EXPECT_TRUE(torch::equal(c.forward(x), first));
+  auto one = c.forward(x1);  // a new shape: packed from the packed copy
+  EXPECT_LT(test::max_abs_err(one.to(torch::kFloat32), ref(x1)), 1e-2 * ref(x1).abs().max().item<double>());
+  {
+    ModeScope aten(nn::FastConv::Aten);  // libtorch's conv reads the weight: written back first
+    auto y = c.forward(x);
+    EXPECT_TRUE(torch::equal(c.weight, original));
+    EXPECT_LT(test::max_abs_err(y.to(torch::kFloat32), ref(x)), 1e-2 * ref(x).abs().max().item<double>());
+  }
+}
+
 // A Winograd layer's plain weights are handed to the hook once its transformed
 // weights replace them: after the second call with ours (it transforms per call
 // until then), the first with oneDNN's (LDM_WINO=onednn), never twice.
@@ -153,7 +189,7 @@ TEST(FastConv, WinogradHookOnceTheTransformedWeightsAreKept) {
   if (!nn::fast_conv_available()) GTEST_SKIP() << "built without oneDNN headers";
   ModeScope ms(nn::FastConv::Auto);
   int calls = 0;
-  nn::set_fast_conv_packed_hook([&](const torch::Tensor&) { ++calls; });
+  nn::set_fast_conv_packed_hook([&](const torch::Tensor&) { ++calls; return false; });
   nn::Conv c(2, 128, 128, 3, 1, 1);
   torch::NoGradGuard ng;
   auto x = torch::randn({1, 128, 40, 40});
@@ -174,7 +210,7 @@ TEST(FastConv, WideWinogradLayersKeepNothing) {
   if (!nn::fast_conv_available()) GTEST_SKIP() << "built without oneDNN headers";
   ModeScope ms(nn::FastConv::Auto);
   int calls = 0;
-  nn::set_fast_conv_packed_hook([&](const torch::Tensor&) { ++calls; });
+  nn::set_fast_conv_packed_hook([&](const torch::Tensor&) { ++calls; return false; });
   nn::Conv c(2, 640, 648, 3, 1, 1);
   torch::NoGradGuard ng;
   auto x = torch::randn({1, 640, 32, 32});  // 1024 pixels: Winograd's floor, inside the packed direct range
