@@ -90,6 +90,7 @@ const int64_t kDirectMaxPixelsBf16 =
 
 struct Entry {
   std::vector<int64_t> in_sizes;
+  bool channels_last = false;  // x and y stored NHWC (bf16 inference on AMX: nn::compute_layout)
   bool wino = false;
   dnnl::convolution_forward prim;
   dnnl::memory::desc user_src, src, user_dst, dst, bias, scratch;
@@ -112,6 +113,11 @@ struct FastConvCache {
 };
 
 namespace {
+// NHWC in memory (and not also NCHW-contiguous, as 1x1 maps are)
+bool stored_channels_last(const torch::Tensor& x) {
+  return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 std::shared_ptr<dnnl::memory> pack_weights(FastConvCache& c, const dnnl::memory::desc& want, const torch::Tensor& w) {
   for (auto& p : c.packed)
     if (p->get_desc() == want) return p;
@@ -133,9 +139,11 @@ Entry build(FastConvCache& c, const torch::Tensor& x, const torch::Tensor& w, co
   const dt t = dnnl_dtype(x);
   Entry e;
   e.in_sizes = x.sizes().vec();
+  e.channels_last = stored_channels_last(x);
   e.wino = wino;
-  e.user_src = dnnl::memory::desc(dims_of(x.sizes()), t, tag::nchw);
-  e.user_dst = dnnl::memory::desc({n, co, oh, ow}, t, tag::nchw);
+  const tag layout = e.channels_last ? tag::nhwc : tag::nchw;
+  e.user_src = dnnl::memory::desc(dims_of(x.sizes()), t, layout);
+  e.user_dst = dnnl::memory::desc({n, co, oh, ow}, t, layout);
   dnnl::memory::desc any_src(dims_of(x.sizes()), t, tag::any);
   dnnl::memory::desc any_w(dims_of(w.sizes()), t, tag::any);
   dnnl::memory::desc any_dst({n, co, oh, ow}, t, tag::any);
@@ -203,13 +211,13 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
     if (!c.own_wino) c.own_wino = std::make_unique<WinogradConv3x3>(w, int64_t{8} << 20, keep);
     RECORD_FUNCTION("ldm::conv_winograd", std::vector<c10::IValue>{x});
     const bool was_cached = c.own_wino->cached();
-    auto y = (*c.own_wino)(x, b);
+    auto y = (*c.own_wino)(x.contiguous(), b);  // it reads NCHW
     if (!was_cached && c.own_wino->cached() && g_packed_hook) g_packed_hook(w);
     return y;
   }
   auto find = [&]() -> Entry* {
     for (auto& en : c.entries)
-      if (en.in_sizes == x.sizes() && en.wino == wino) return &en;
+      if (en.in_sizes == x.sizes() && en.wino == wino && en.channels_last == stored_channels_last(x)) return &en;
     return nullptr;
   };
   Entry* e = find();
@@ -239,8 +247,9 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
     e = find();
   }
   RECORD_FUNCTION(e->wino ? "ldm::conv_dnnl_winograd" : "ldm::conv_packed", std::vector<c10::IValue>{x});
-  auto xc = x.contiguous();
-  auto out = torch::empty(e->user_dst.dims(), x.options());
+  auto xc = e->channels_last ? x : x.contiguous();
+  auto out = torch::empty(e->user_dst.dims(), x.options().memory_format(e->channels_last ? at::MemoryFormat::ChannelsLast
+                                                                                          : at::MemoryFormat::Contiguous));
   auto& s = dnnl_stream();
   dnnl::memory usrc(e->user_src, dnnl_engine(), xc.data_ptr());
   dnnl::memory udst(e->user_dst, dnnl_engine(), out.data_ptr());

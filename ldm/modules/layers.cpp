@@ -102,8 +102,21 @@ bool Conv::is_plain_1x1() const {
          std::all_of(stride.begin(), stride.end(), [](int64_t s) { return s == 1; });
 }
 
+namespace {
+// An NHWC map's [B, H*W, C] tokens: a view (x stored channels-last)
+torch::Tensor nhwc_tokens(const torch::Tensor& x) {
+  return x.permute({0, 2, 3, 1}).reshape({x.size(0), x.size(2) * x.size(3), x.size(1)});
+}
+bool stored_nhwc(const torch::Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+}  // namespace
+
 torch::Tensor Conv::forward_to_tokens(const torch::Tensor& x) {
-  auto y = is_plain_1x1() ? fast_conv1x1_to_tokens(x, weight, bias) : torch::Tensor();
+  torch::Tensor y;
+  if (is_plain_1x1())  // NCHW read as tokens by the matmul; NHWC's tokens are a view: a linear layer
+    y = stored_nhwc(x) ? fast_linear(nhwc_tokens(x), weight.view({weight.size(0), weight.size(1)}), bias)
+                       : fast_conv1x1_to_tokens(x, weight, bias);
   if (y.defined()) {
     count_flops(y.numel(), weight);
     return y;
@@ -114,7 +127,13 @@ torch::Tensor Conv::forward_to_tokens(const torch::Tensor& x) {
 
 torch::Tensor Conv::forward_from_tokens(const torch::Tensor& h, const torch::Tensor& residual,
                                         c10::MemoryFormat layout) {
-  auto y = is_plain_1x1() ? fast_tokens_to_conv1x1(h, weight, bias, residual) : torch::Tensor();
+  torch::Tensor y;
+  if (is_plain_1x1() && stored_nhwc(residual) && h.dim() == 3) {  // NHWC: tokens out are the map, a linear layer
+    y = fast_linear(h, weight.view({weight.size(0), weight.size(1)}), bias, nhwc_tokens(residual));
+    if (y.defined()) y = y.view({residual.size(0), residual.size(2), residual.size(3), -1}).permute({0, 3, 1, 2});
+  } else if (is_plain_1x1()) {
+    y = fast_tokens_to_conv1x1(h, weight, bias, residual);
+  }
   if (y.defined()) {
     count_flops(y.numel(), weight);
     return y;
@@ -216,8 +235,9 @@ torch::Tensor GroupNorm::norm(const torch::Tensor& x, bool silu) {
   return (silu ? torch::silu(y) : y).to(dt);
 }
 
-torch::Tensor training_layout(const torch::Tensor& x) {
-  const bool cl = x.dim() == 4 && x.is_cpu() && torch::GradMode::is_enabled() && group_norm_fused_applies(x);
+torch::Tensor compute_layout(const torch::Tensor& x) {
+  const bool bf16_amx = !torch::GradMode::is_enabled() && x.scalar_type() == torch::kBFloat16 && fast_conv_bf16_available();
+  const bool cl = x.dim() == 4 && x.is_cpu() && (torch::GradMode::is_enabled() || bf16_amx) && group_norm_fused_applies(x);
   return cl ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
 }
 

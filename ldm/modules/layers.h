@@ -136,12 +136,13 @@ class GroupNorm : public torch::nn::Module {
 };
 
 // x in the layout a network keeps its maps in: channels-last for CPU training
-// (grad mode) of 4-d float32/bf16 maps where the fused GroupNorm runs, x as is
-// otherwise. oneDNN's convolutions, forward and backward, then skip the
-// reorders libtorch adds around NCHW (a fifth of the fashion UNet's
-// convolution time); norms and attention follow. Networks hand their output
+// (grad mode) of 4-d float32/bf16 maps where the fused GroupNorm runs, and for
+// bf16 inference where the convolutions run on oneDNN's AMX kernels
+// (fast_conv_bf16_available); x as is otherwise. oneDNN's convolutions then
+// skip the reorders around NCHW (a fifth of the fashion UNet's convolution
+// time in training); norms and attention follow. Networks hand their output
 // back in their input's layout.
-torch::Tensor training_layout(const torch::Tensor& x);
+torch::Tensor compute_layout(const torch::Tensor& x);
 
 class LayerNorm : public torch::nn::Module {
  public:

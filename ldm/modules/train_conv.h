@@ -20,7 +20,7 @@ namespace ldm::nn {
 struct TrainConvCache;
 
 // conv2d(x, w, b) with groups 1 and dilation 1 where the gradient is needed,
-// x is a CPU map stored channels-last (nn::training_layout) and w is float32:
+// x is a CPU map stored channels-last (nn::compute_layout) and w is float32:
 // computed in bfloat16 under CPU bf16 autocast (as libtorch's conv would),
 // else in x's dtype (float32). Returns an undefined tensor where this does
 // not apply, or where oneDNN has no kernel: the caller then runs libtorch's

@@ -375,7 +375,7 @@ torch::Tensor UNetModel::forward(const torch::Tensor& x, const torch::Tensor& ti
     emb = emb + label_lin0->forward(y);
   }
   std::vector<torch::Tensor> hs;
-  torch::Tensor h = nn::training_layout(x);
+  torch::Tensor h = nn::compute_layout(x);
   for (auto& b : input_blocks) {
     h = b->forward(h, emb, context);
     hs.push_back(h);
