@@ -72,6 +72,50 @@ void fused_rows(const T* q, const T* kt, const T* v, T* out, int64_t B, int64_t 
 
 auto u16(const torch::Tensor& t) { return reinterpret_cast<uint16_t*>(t.data_ptr<at::BFloat16>()); }
 
+// One view's element (b, h, i, c) as bf16 bits.
+struct View16 {
+  const uint16_t* p;
+  int64_t s0, s1, s2, s3;
+  explicit View16(const torch::Tensor& t)
+      : p(reinterpret_cast<const uint16_t*>(t.data_ptr<at::BFloat16>())),
+        s0(t.stride(0)), s1(t.stride(1)), s2(t.stride(2)), s3(t.stride(3)) {}
+  uint16_t at(int64_t b, int64_t h, int64_t i, int64_t c) const { return p[b * s0 + h * s1 + i * s2 + c * s3]; }
+};
+
+// fused_heads_amx's operands in one pass each, from views in any layout: q
+// scaled (in float32, rounded once), zero padding written with the values.
+void pack_amx_operands(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, float qscale, uint16_t* qs,
+                       uint16_t* kt, uint16_t* vp, int64_t Mp, int64_t dq, int64_t dv) {
+  const int64_t B = q.size(0), H = q.size(1), N = q.size(2), M = k.size(2), d = q.size(3);
+  const View16 Q(q), K(k), V(v);
+  at::parallel_for(0, B * H * N, 256, [&](int64_t r0, int64_t r1) {  // q rows
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t b = r / (H * N), h = r / N % H, i = r % N;
+      uint16_t* dst = qs + r * dq;
+      for (int64_t c = 0; c < d; ++c)
+        dst[c] = c10::BFloat16(static_cast<float>(c10::BFloat16(Q.at(b, h, i, c), c10::BFloat16::from_bits())) * qscale).x;
+      std::fill(dst + d, dst + dq, uint16_t{0});
+    }
+  });
+  at::parallel_for(0, B * H * (Mp / 16), 8, [&](int64_t p0, int64_t p1) {  // 16-key panels [dq / 2][16][2]
+    for (int64_t p = p0; p < p1; ++p) {
+      const int64_t bh = p / (Mp / 16), b = bh / H, h = bh % H, j0 = p % (Mp / 16) * 16;
+      uint16_t* dst = kt + p * 16 * dq;
+      for (int64_t j = 0; j < 16; ++j)
+        for (int64_t c = 0; c < dq; ++c)
+          dst[(c >> 1) * 32 + j * 2 + (c & 1)] = j0 + j < M && c < d ? K.at(b, h, j0 + j, c) : uint16_t{0};
+    }
+  });
+  at::parallel_for(0, B * H * (Mp / 2), 64, [&](int64_t r0, int64_t r1) {  // key pairs [dv][2]
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t bh = r / (Mp / 2), b = bh / H, h = bh % H, j = r % (Mp / 2) * 2;
+      uint16_t* dst = vp + r * 2 * dv;
+      for (int64_t t = 0; t < 2; ++t)
+        for (int64_t c = 0; c < dv; ++c) dst[c * 2 + t] = j + t < M && c < d ? V.at(b, h, j + t, c) : uint16_t{0};
+    }
+  });
+}
+
 // The bf16 operands for AMX tiles: q and keys with d zero-padded to a whole
 // 32 (a tile product's depth), values to a whole 16 columns (a tile's width),
 // keys to a whole 32 (two 16-key panels, p v's depth); keys as [Mp / 16, dq / 2,
@@ -80,12 +124,9 @@ void fused_heads_amx(const torch::Tensor& q, const torch::Tensor& k, const torch
                      torch::Tensor& out) {
   const int64_t B = q.size(0), H = q.size(1), N = q.size(2), M = k.size(2), d = q.size(3);
   const int64_t Mp = (M + 31) / 32 * 32, dq = (d + 31) / 32 * 32, dv = (d + 15) / 16 * 16;
-  auto qs = torch::constant_pad_nd((q.to(torch::kFloat32) * qscale).to(torch::kBFloat16), {0, dq - d}).contiguous();
-  auto kt = torch::constant_pad_nd(k, {0, dq - d, 0, Mp - M})
-                .view({B, H, Mp / 16, 16, dq / 2, 2})
-                .permute({0, 1, 2, 4, 3, 5})
-                .contiguous();
-  auto vp = torch::constant_pad_nd(v, {0, dv - d, 0, Mp - M}).view({B, H, Mp / 2, 2, dv}).permute({0, 1, 2, 4, 3}).contiguous();
+  auto opt = q.options().dtype(torch::kBFloat16);
+  auto qs = torch::empty({B, H, N, dq}, opt), kt = torch::empty({B, H, Mp, dq}, opt), vp = torch::empty({B, H, Mp, dv}, opt);
+  pack_amx_operands(q, k, v, static_cast<float>(qscale), u16(qs), u16(kt), u16(vp), Mp, dq, dv);
   fused_rows<uint16_t>(u16(qs), u16(kt), u16(vp), u16(out), B, H, N, M, Mp, d, dq, dv, flash_attention_amx_scratch(d),
                        flash_attention_rows_amx);
 }
