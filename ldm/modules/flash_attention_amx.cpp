@@ -21,8 +21,8 @@ namespace ldm {
 namespace {
 using namespace flash;
 
-constexpr int64_t kRows = 96;   // query rows per block (six row tiles)
-constexpr int64_t kKeys = 512;  // keys per block: their tiles stay in L2
+constexpr int64_t kRows = 32;   // query rows per block (two row tiles)
+constexpr int64_t kKeys = 256;  // keys per block: scores and probabilities 48 KB, about L1
 
 // Palette 1, all eight tiles 16 rows of 64 bytes: tmm0-3 accumulators,
 // tmm4-5 left operands, tmm6-7 right operands.
