@@ -241,6 +241,12 @@ torch::Tensor compute_layout(const torch::Tensor& x) {
   return cl ? x.contiguous(at::MemoryFormat::ChannelsLast) : x;
 }
 
+torch::Tensor compute_layout(const torch::Tensor& x, const torch::Tensor& weight) {
+  const bool to_bf16 = !torch::GradMode::is_enabled() && x.scalar_type() == torch::kFloat32 &&
+                       weight.scalar_type() == torch::kBFloat16 && fast_conv_bf16_available();
+  return compute_layout(to_bf16 ? x.to(torch::kBFloat16) : x);
+}
+
 LayerNorm::LayerNorm(int64_t d, double e) : dim(d), eps(e) {
   weight = register_parameter("weight", make_const({d}, 1.0));
   bias = register_parameter("bias", make_const({d}, 0.0));

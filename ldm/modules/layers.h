@@ -143,6 +143,11 @@ class GroupNorm : public torch::nn::Module {
 // time in training); norms and attention follow. Networks hand their output
 // back in their input's layout.
 torch::Tensor compute_layout(const torch::Tensor& x);
+// compute_layout of x in the dtype the network computes in: a float32 input
+// to bf16 weights at inference where the convolutions run on AMX becomes bf16
+// here, once (autocast would cast it in the first conv, which then stays on
+// libtorch's path, and the maps would stay NCHW).
+torch::Tensor compute_layout(const torch::Tensor& x, const torch::Tensor& weight);
 
 class LayerNorm : public torch::nn::Module {
  public:

@@ -117,7 +117,7 @@ Encoder::Encoder(const DDConfig& c) : c_(c) {
 }
 
 torch::Tensor Encoder::forward(const torch::Tensor& x) {
-  auto h = conv_in->forward(nn::compute_layout(x));
+  auto h = conv_in->forward(nn::compute_layout(x, conv_in->weight));
   const size_t L = c_.ch_mult.size();
   for (size_t i = 0; i < L; ++i) {
     for (size_t b = 0; b < blocks[i].size(); ++b) {
@@ -179,7 +179,7 @@ Decoder::Decoder(const DDConfig& c) : c_(c) {
 }
 
 torch::Tensor Decoder::forward(const torch::Tensor& z) {
-  auto h = conv_in->forward(nn::compute_layout(z));
+  auto h = conv_in->forward(nn::compute_layout(z, conv_in->weight));
   h = mid2->forward(mid_attn.fn(mid1->forward(h)));
   for (size_t i = c_.ch_mult.size(); i-- > 0;) {
     for (size_t b = 0; b < blocks[i].size(); ++b) {

@@ -375,16 +375,21 @@ torch::Tensor UNetModel::forward(const torch::Tensor& x, const torch::Tensor& ti
     emb = emb + label_lin0->forward(y);
   }
   std::vector<torch::Tensor> hs;
-  torch::Tensor h = nn::compute_layout(x);
+  torch::Tensor h = nn::compute_layout(x, time_embed0->weight);
+  // the context in the maps' dtype once (bf16 inference): autocast would cast it in every to_k and to_v
+  const auto ctx = context.defined() && h.scalar_type() == torch::kBFloat16 && context.scalar_type() == torch::kFloat32 &&
+                           !torch::GradMode::is_enabled()
+                       ? context.to(torch::kBFloat16)
+                       : context;
   for (auto& b : input_blocks) {
-    h = b->forward(h, emb, context);
+    h = b->forward(h, emb, ctx);
     hs.push_back(h);
   }
-  h = middle_block->forward(h, emb, context);
+  h = middle_block->forward(h, emb, ctx);
   for (auto& b : output_blocks) {
     h = torch::cat({h, hs.back()}, 1);
     hs.pop_back();
-    h = b->forward(h, emb, context);
+    h = b->forward(h, emb, ctx);
   }
   h = id_conv ? id_conv->forward(id_norm->forward(h)) : out_conv->forward(out_norm->forward_silu(h));
   return h.contiguous(x.suggest_memory_format());
