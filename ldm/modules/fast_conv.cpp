@@ -40,6 +40,10 @@ thread_local PackedHook g_packed_hook;
 void set_fast_conv_packed_hook(PackedHook hook) { g_packed_hook = std::move(hook); }
 FastConv fast_conv() { return g_mode; }
 
+bool stored_nhwc(const torch::Tensor& x) {
+  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
 #ifdef LDM_DNNL
 bool fast_conv_available() { return true; }
 
@@ -85,8 +89,6 @@ const bool kOnednnWino = [] {
 // time 2.96 -> 2.82 s a step, and a one-shot txt2img's peak 134 MB lower (the
 // packed copy replaces file pages that libtorch's path keeps mapped).
 const int64_t kDirectMaxPixels = std::getenv("LDM_DIRECT_MAX") ? std::atoll(std::getenv("LDM_DIRECT_MAX")) : 2048;
-const int64_t kDirectMaxPixelsBf16 =
-    std::getenv("LDM_DIRECT_MAX_BF16") ? std::atoll(std::getenv("LDM_DIRECT_MAX_BF16")) : int64_t{1} << 40;
 
 struct Entry {
   std::vector<int64_t> in_sizes;
@@ -113,11 +115,6 @@ struct FastConvCache {
 };
 
 namespace {
-// NHWC in memory (and not also NCHW-contiguous, as 1x1 maps are)
-bool stored_channels_last(const torch::Tensor& x) {
-  return !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
-}
-
 std::shared_ptr<dnnl::memory> pack_weights(FastConvCache& c, const dnnl::memory::desc& want, const torch::Tensor& w) {
   for (auto& p : c.packed)
     if (p->get_desc() == want) return p;
@@ -139,7 +136,7 @@ Entry build(FastConvCache& c, const torch::Tensor& x, const torch::Tensor& w, co
   const dt t = dnnl_dtype(x);
   Entry e;
   e.in_sizes = x.sizes().vec();
-  e.channels_last = stored_channels_last(x);
+  e.channels_last = stored_nhwc(x);
   e.wino = wino;
   const tag layout = e.channels_last ? tag::nhwc : tag::nchw;
   e.user_src = dnnl::memory::desc(dims_of(x.sizes()), t, layout);
@@ -204,8 +201,8 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
     wino = wino_shape && x.scalar_type() == torch::kFloat32;
     keep = w.size(0) * w.size(1) <= kWinoMaxInOut;
     const auto [oh, ow] = conv_out_hw(x, w, stride, padding);
-    if (!wino && x.size(0) * oh * ow > (x.scalar_type() == torch::kFloat32 ? kDirectMaxPixels : kDirectMaxPixelsBf16))
-      return {};
+    // bf16 packs every size: libtorch's bf16 conv reorders NCHW maps around oneDNN's AMX kernels
+    if (!wino && x.scalar_type() == torch::kFloat32 && x.size(0) * oh * ow > kDirectMaxPixels) return {};
   }
   if (wino && (c.no_wino || !kOnednnWino || !keep)) {
     if (!c.own_wino) c.own_wino = std::make_unique<WinogradConv3x3>(w, int64_t{8} << 20, keep);
@@ -217,7 +214,7 @@ torch::Tensor fast_conv2d_locked(FastConvCache& c, const torch::Tensor& x, const
   }
   auto find = [&]() -> Entry* {
     for (auto& en : c.entries)
-      if (en.in_sizes == x.sizes() && en.wino == wino && en.channels_last == stored_channels_last(x)) return &en;
+      if (en.in_sizes == x.sizes() && en.wino == wino && en.channels_last == stored_nhwc(x)) return &en;
     return nullptr;
   };
   Entry* e = find();

@@ -31,6 +31,8 @@ void set_fast_conv(FastConv mode);
 FastConv fast_conv();
 // Whether oneDNN was found at build time.
 bool fast_conv_available();
+// A 4-d map stored NHWC (and not also NCHW-contiguous, as 1x1 maps are).
+bool stored_nhwc(const torch::Tensor& x);
 // True where bf16 convolutions take the packed path too: oneDNN's AMX kernels
 // (LDM_DNNL_BF16=0 leaves them to libtorch's conv, which reorders the weights
 // on every call).

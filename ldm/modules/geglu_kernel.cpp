@@ -34,13 +34,15 @@ LDM_AVX2 inline __m256 geglu_ps(__m256 a, __m256 g) {
   return _mm256_mul_ps(a, _mm256_mul_ps(_mm256_mul_ps(half, g), _mm256_add_ps(one, erf_ps(_mm256_mul_ps(g, sq)))));
 }
 
-// Eight bf16 to float32: the bits are float32's high half.
-LDM_AVX2 inline __m256 load_bf16(const uint16_t* p) {
+// Eight values to float32 and back, float32 or bf16 (the bits are float32's high half).
+LDM_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+LDM_AVX2 inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+LDM_AVX2 inline __m256 load8(const uint16_t* p) {
   return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
 }
 
-// Eight float32 to bf16, to nearest even (c10::BFloat16's rounding; NaN stays NaN).
-LDM_AVX2 inline void store_bf16(uint16_t* p, __m256 v) {
+// to nearest even (c10::BFloat16's rounding; NaN stays NaN)
+LDM_AVX2 inline void store8(uint16_t* p, __m256 v) {
   const __m256i b = _mm256_castps_si256(v);
   const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
   __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
@@ -50,44 +52,41 @@ LDM_AVX2 inline void store_bf16(uint16_t* p, __m256 v) {
   _mm_storeu_si128((__m128i*)p, packed);
 }
 
-float bf16_to_float(uint16_t v) {
+float to_float(float v) { return v; }
+float to_float(uint16_t v) {
   const uint32_t b = static_cast<uint32_t>(v) << 16;
   float f;
   std::memcpy(&f, &b, 4);
   return f;
 }
 
-uint16_t float_to_bf16(float f) {
-  if (std::isnan(f)) return 0x7fc0;
+void store1(float* p, float f) { *p = f; }
+void store1(uint16_t* p, float f) {
   uint32_t b;
   std::memcpy(&b, &f, 4);
-  return static_cast<uint16_t>((b + 0x7fff + ((b >> 16) & 1)) >> 16);
+  *p = std::isnan(f) ? uint16_t{0x7fc0} : static_cast<uint16_t>((b + 0x7fff + ((b >> 16) & 1)) >> 16);
+}
+
+template <class T>
+LDM_AVX2 void rows_of(const T* h, int64_t ldh, T* out, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* a = h + r * ldh;
+    const T* g = a + n;
+    T* o = out + r * n;
+    int64_t j = 0;
+    for (; j + 8 <= n; j += 8) store8(o + j, geglu_ps(load8(a + j), load8(g + j)));
+    for (; j < n; ++j) store1(o + j, gelu_tail(to_float(a[j]), to_float(g[j])));
+  }
 }
 
 }  // namespace
 
 bool geglu_available() { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 
-LDM_AVX2 void geglu_rows(const float* h, int64_t ldh, float* out, int64_t rows, int64_t n) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* a = h + r * ldh;
-    const float* g = a + n;
-    float* o = out + r * n;
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) _mm256_storeu_ps(o + j, geglu_ps(_mm256_loadu_ps(a + j), _mm256_loadu_ps(g + j)));
-    for (; j < n; ++j) o[j] = gelu_tail(a[j], g[j]);
-  }
-}
+void geglu_rows(const float* h, int64_t ldh, float* out, int64_t rows, int64_t n) { rows_of(h, ldh, out, rows, n); }
 
-LDM_AVX2 void geglu_rows_bf16(const uint16_t* h, int64_t ldh, uint16_t* out, int64_t rows, int64_t n) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const uint16_t* a = h + r * ldh;
-    const uint16_t* g = a + n;
-    uint16_t* o = out + r * n;
-    int64_t j = 0;
-    for (; j + 8 <= n; j += 8) store_bf16(o + j, geglu_ps(load_bf16(a + j), load_bf16(g + j)));
-    for (; j < n; ++j) o[j] = float_to_bf16(gelu_tail(bf16_to_float(a[j]), bf16_to_float(g[j])));
-  }
+void geglu_rows_bf16(const uint16_t* h, int64_t ldh, uint16_t* out, int64_t rows, int64_t n) {
+  rows_of(h, ldh, out, rows, n);
 }
 
 }  // namespace ldm

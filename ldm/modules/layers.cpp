@@ -103,33 +103,29 @@ bool Conv::is_plain_1x1() const {
 }
 
 namespace {
-// An NHWC map's [B, H*W, C] tokens: a view (x stored channels-last)
-torch::Tensor nhwc_tokens(const torch::Tensor& x) {
+// A map's [B, H*W, C] tokens: a view where it is stored NHWC, a copy otherwise
+torch::Tensor tokens_of(const torch::Tensor& x) {
   return x.permute({0, 2, 3, 1}).reshape({x.size(0), x.size(2) * x.size(3), x.size(1)});
-}
-bool stored_nhwc(const torch::Tensor& x) {
-  return x.dim() == 4 && !x.is_contiguous() && x.is_contiguous(at::MemoryFormat::ChannelsLast);
 }
 }  // namespace
 
 torch::Tensor Conv::forward_to_tokens(const torch::Tensor& x) {
   torch::Tensor y;
   if (is_plain_1x1())  // NCHW read as tokens by the matmul; NHWC's tokens are a view: a linear layer
-    y = stored_nhwc(x) ? fast_linear(nhwc_tokens(x), weight.view({weight.size(0), weight.size(1)}), bias)
+    y = stored_nhwc(x) ? fast_linear(tokens_of(x), weight.view({weight.size(0), weight.size(1)}), bias)
                        : fast_conv1x1_to_tokens(x, weight, bias);
   if (y.defined()) {
     count_flops(y.numel(), weight);
     return y;
   }
-  y = forward(x);
-  return y.permute({0, 2, 3, 1}).reshape({y.size(0), y.size(2) * y.size(3), y.size(1)});
+  return tokens_of(forward(x));
 }
 
 torch::Tensor Conv::forward_from_tokens(const torch::Tensor& h, const torch::Tensor& residual,
                                         c10::MemoryFormat layout) {
   torch::Tensor y;
   if (is_plain_1x1() && stored_nhwc(residual) && h.dim() == 3) {  // NHWC: tokens out are the map, a linear layer
-    y = fast_linear(h, weight.view({weight.size(0), weight.size(1)}), bias, nhwc_tokens(residual));
+    y = fast_linear(h, weight.view({weight.size(0), weight.size(1)}), bias, tokens_of(residual));
     if (y.defined()) y = y.view({residual.size(0), residual.size(2), residual.size(3), -1}).permute({0, 3, 1, 2});
   } else if (is_plain_1x1()) {
     y = fast_tokens_to_conv1x1(h, weight, bias, residual);
