@@ -98,9 +98,12 @@ def install_stand_ins():
     def stub(name, **attrs):
         try:
             __import__(name)
+            for k in attrs:  # transformers 5 imports, then fails lazily on a name (it checks torchvision's spec)
+                getattr(sys.modules[name], k)
             return
-        except Exception:  # not installed, or broken by an earlier stand-in (transformers checks torchvision's spec)
-            pass
+        except Exception:  # not installed, or broken by an earlier stand-in
+            for sub in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+                del sys.modules[sub]
         parts = name.split(".")
         for i in range(1, len(parts) + 1):
             sub = ".".join(parts[:i])

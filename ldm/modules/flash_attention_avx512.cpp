@@ -6,24 +6,10 @@
 #include "ldm/modules/flash_attention_kernel.h"
 #include "ldm/modules/flash_attention_simd.h"
 
-#define LDM_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
-
 namespace ldm {
 
 namespace {
 using namespace flash;
-
-// exp2_ps of flash_attention_simd.h in 16 lanes (the same polynomial, range
-// and NaN behaviour); VSCALEFPS puts 2^n in the exponent.
-LDM_AVX512 inline __m512 exp2_ps16(__m512 x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-126.0f), x);
-  x = _mm512_min_ps(_mm512_set1_ps(126.0f), x);
-  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(x, n);
-  __m512 p = _mm512_set1_ps(kExp2Poly[0]);
-  for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[i]));
-  return _mm512_scalef_ps(p, n);
-}
 
 // online_softmax of flash_attention_simd.h (kb a multiple of 16).
 LDM_AVX512 void online_softmax16(float* s, int64_t rows, int64_t lds, int64_t kb, int64_t valid, float* m, float* l,

@@ -1,9 +1,9 @@
 // What the float32 and bf16 fused attention kernels share: the tiling
-// constants, AVX2 exp2/max/sum, the online softmax over float32 scores and the
+// constants, AVX2 (and 16-lane) exp2, max/sum, the online softmax over float32 scores and the
 // float32 kernels' loop. Internal to flash_attention_kernel.cpp,
 // flash_attention_avx512.cpp and flash_attention_bf16.cpp, whose
 // callers have checked the CPU (inline functions carry their own targets), and
-// to group_norm_kernel.cpp (exp2, hsum).
+// to the GroupNorm kernels (exp2, hsum).
 #pragma once
 #include <immintrin.h>
 
@@ -93,6 +93,20 @@ LDM_AVX2 inline __m256 exp2_ps(__m256 x) {
   for (int i = 1; i < 7; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(kExp2Poly[i]));
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+}
+
+#define LDM_AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
+
+// exp2_ps in 16 lanes (the same polynomial, range and NaN behaviour);
+// VSCALEFPS puts 2^n in the exponent.
+LDM_AVX512 inline __m512 exp2_ps16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-126.0f), x);
+  x = _mm512_min_ps(_mm512_set1_ps(126.0f), x);
+  const __m512 n = _mm512_roundscale_ps(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(x, n);
+  __m512 p = _mm512_set1_ps(kExp2Poly[0]);
+  for (int i = 1; i < 7; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(kExp2Poly[i]));
+  return _mm512_scalef_ps(p, n);
 }
 
 LDM_AVX2 inline float hmax(__m256 v) {

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "ldm/modules/flash_attention_simd.h"  // LDM_AVX2, exp2_ps, hsum
+#include "ldm/modules/group_norm_nhwc_avx512.h"
 
 namespace ldm {
 namespace {
@@ -369,21 +370,29 @@ void group_norm_kernel_backward(const float* x, const float* dy, const float* w,
 
 void group_norm_kernel_forward_nhwc(const uint16_t* x, const float* w, const float* b, uint16_t* y, int64_t hw,
                                     int64_t c, int64_t groups, float eps, bool silu, float* mean, float* rstd) {
+  if (group_norm_nhwc_avx512_applies(c))
+    return group_norm_nhwc_avx512_forward(x, w, b, y, hw, c, groups, eps, silu, mean, rstd);
   forward_nhwc_avx2(x, w, b, y, hw, c, groups, eps, silu, mean, rstd);
 }
 void group_norm_kernel_forward_nhwc(const float* x, const float* w, const float* b, float* y, int64_t hw, int64_t c,
                                     int64_t groups, float eps, bool silu, float* mean, float* rstd) {
+  if (group_norm_nhwc_avx512_applies(c))
+    return group_norm_nhwc_avx512_forward(x, w, b, y, hw, c, groups, eps, silu, mean, rstd);
   forward_nhwc_avx2(x, w, b, y, hw, c, groups, eps, silu, mean, rstd);
 }
 
 void group_norm_kernel_backward_nhwc(const uint16_t* x, const uint16_t* dy, const float* w, const float* b,
                                      int64_t hw, int64_t c, int64_t groups, const float* mean, const float* rstd,
                                      bool silu, uint16_t* dx, float* dw, float* db, float* scratch) {
+  if (group_norm_nhwc_avx512_applies(c))
+    return group_norm_nhwc_avx512_backward(x, dy, w, b, hw, c, groups, mean, rstd, silu, dx, dw, db, scratch);
   backward_nhwc_avx2(x, dy, w, b, hw, c, groups, mean, rstd, silu, dx, dw, db, scratch);
 }
 void group_norm_kernel_backward_nhwc(const float* x, const float* dy, const float* w, const float* b, int64_t hw,
                                      int64_t c, int64_t groups, const float* mean, const float* rstd, bool silu,
                                      float* dx, float* dw, float* db, float* scratch) {
+  if (group_norm_nhwc_avx512_applies(c))
+    return group_norm_nhwc_avx512_backward(x, dy, w, b, hw, c, groups, mean, rstd, silu, dx, dw, db, scratch);
   backward_nhwc_avx2(x, dy, w, b, hw, c, groups, mean, rstd, silu, dx, dw, db, scratch);
 }
 

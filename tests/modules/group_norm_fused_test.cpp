@@ -26,7 +26,8 @@ struct Case {
   int64_t groups;
 };
 const std::vector<Case> kCases = {{{4, 32, 16, 16}, 32}, {{3, 64, 4, 4}, 32}, {{2, 12, 5, 3}, 4},
-                                  {{1, 8, 70, 70}, 2},   {{2, 16, 9}, 4}};
+                                  {{1, 8, 70, 70}, 2},   {{2, 16, 9}, 4},
+                                  {{1, 48, 20, 20}, 4}};  // 16-lane kernels over more than one block of rows
 
 // One case in one dtype, with or without the SiLU and the per-sample scale/shift.
 // channels_last: x stored so (4-d cases), which takes the channels-last kernels.
