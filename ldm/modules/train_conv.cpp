@@ -32,7 +32,29 @@ struct Primitives : torch::CustomClassHolder {
   dnnl::convolution_backward_weights bwd_weights;
   dnnl::memory::desc scratch_fwd, scratch_data, scratch_weights;
   dnnl::reorder to_w_fwd, to_w_bwd, from_dw;  // empty where the layouts agree
+  // 1x1, stride 1, no padding: both gradients as matmuls over the N*H*W
+  // pixels. oneDNN 2.6's backward convolutions take 2-10x a matmul's time
+  // there (weights' gradient, 64 -> 32 channels on 64 maps of 16x16, AMX:
+  // 0.48 against 0.21 ms; 64 -> 64 on 4x4: 0.18 against 0.02 ms).
+  bool as_matmul = false;
+  dnnl::matmul mm_data, mm_weights;  // dx = g w; dw = g^T x
+  dnnl::memory::desc g_rows, g_cols, w_rows, x_rows, dw_rows;
 };
+
+// The 1x1 conv's gradients as matmuls: g [P, out], x and dx [P, in] (NHWC
+// rows), w [out, in] in the compute type, dw [out, in] in float32.
+void build_matmuls(Primitives& p, int64_t pixels, int64_t in, int64_t out) {
+  const dt t = p.type;
+  p.as_matmul = true;
+  p.g_rows = dnnl::memory::desc({pixels, out}, t, tag::ab);
+  p.g_cols = dnnl::memory::desc({out, pixels}, t, dnnl::memory::dims{1, out});  // g^T as a strided view
+  p.w_rows = dnnl::memory::desc({out, in}, t, tag::ab);
+  p.x_rows = dnnl::memory::desc({pixels, in}, t, tag::ab);
+  p.dw_rows = dnnl::memory::desc({out, in}, dt::f32, tag::ab);
+  using M = dnnl::matmul;
+  p.mm_data = M(M::primitive_desc(M::desc(p.g_rows, p.w_rows, p.x_rows), dnnl_engine()));
+  p.mm_weights = M(M::primitive_desc(M::desc(p.g_cols, p.x_rows, p.dw_rows), dnnl_engine()));
+}
 
 dnnl::reorder reorder_between(const dnnl::memory::desc& from, const dnnl::memory::desc& to) {
   if (from == to) return {};
@@ -78,6 +100,8 @@ c10::intrusive_ptr<Primitives> build(const Tensor& x, const Tensor& w, bool has_
   p->to_w_fwd = reorder_between(p->w_plain, p->w_fwd);
   p->to_w_bwd = reorder_between(p->w_plain, p->w_bwd);
   p->from_dw = reorder_between(p->dw, p->w_plain);
+  if (w.size(2) == 1 && w.size(3) == 1 && stride[0] == 1 && stride[1] == 1 && padding == 0)
+    build_matmuls(*p, x.size(0) * x.size(2) * x.size(3), w.size(1), w.size(0));
   return p;
 }
 
@@ -125,6 +149,7 @@ struct TrainConvFn : torch::autograd::Function<TrainConvFn> {
     const auto saved = ctx->get_saved_variables();
     const Tensor &x = saved[0], &w = saved[1];
     const Tensor g = grads[0].to(scalar_of(p->type)).contiguous(at::MemoryFormat::ChannelsLast);
+    if (p->as_matmul) return backward_matmul(ctx, *p, x, w, g);
     auto& s = dnnl_stream();
     Tensor dx, dw, db;
     if (ctx->needs_input_grad(0)) {
@@ -154,6 +179,28 @@ struct TrainConvFn : torch::autograd::Function<TrainConvFn> {
       }
     }
     s.wait();
+    return {dx, dw, db, Tensor()};
+  }
+
+  static tensor_list backward_matmul(AutogradContext* ctx, const Primitives& p, const Tensor& x, const Tensor& w,
+                                     const Tensor& g) {
+    auto& s = dnnl_stream();
+    Tensor dx, dw, db;
+    if (ctx->needs_input_grad(0)) {
+      dx = torch::empty_like(x, x.options().memory_format(at::MemoryFormat::ChannelsLast));
+      const Tensor wc = w.view({w.size(0), w.size(1)}).to(scalar_of(p.type)).contiguous();
+      p.mm_data.execute(s, {{DNNL_ARG_SRC, mem(p.g_rows, g)},
+                            {DNNL_ARG_WEIGHTS, mem(p.w_rows, wc)},
+                            {DNNL_ARG_DST, mem(p.x_rows, dx)}});
+    }
+    if (ctx->needs_input_grad(1)) {
+      dw = torch::empty(w.sizes(), w.options());
+      p.mm_weights.execute(s, {{DNNL_ARG_SRC, mem(p.g_cols, g)},
+                               {DNNL_ARG_WEIGHTS, mem(p.x_rows, x)},
+                               {DNNL_ARG_DST, mem(p.dw_rows, dw)}});
+    }
+    s.wait();
+    if (p.has_bias && ctx->needs_input_grad(2)) db = g.sum({0, 2, 3}, false, torch::kFloat32);
     return {dx, dw, db, Tensor()};
   }
 };

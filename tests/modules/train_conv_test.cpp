@@ -50,10 +50,12 @@ TEST(TrainConv, MatchesFloat64ConvWithGradients) {
     int64_t in, out, k, stride, pad, n, hw;
     bool bias;
   };
-  // the UNet's 3x3, a strided downsample, a 1x1 skip without bias, odd channel counts
+  // the UNet's 3x3, a strided downsample, 1x1 skips (their gradients as
+  // matmuls) with and without bias, odd channel counts
   const std::vector<Case> cases = {{32, 32, 3, 1, 1, 4, 8, true},
                                    {16, 24, 3, 2, 1, 3, 9, true},
                                    {24, 8, 1, 1, 0, 2, 5, false},
+                                   {16, 40, 1, 1, 0, 3, 4, true},
                                    {5, 7, 3, 1, 1, 2, 6, true}};
   for (bool bf16 : {false, true}) {
     for (const auto& k : cases) {
