@@ -12,6 +12,7 @@
 
 #include "ldm/modules/flash_attention_simd.h"  // LDM_AVX2, exp2_ps, hsum
 #include "ldm/modules/group_norm_nhwc_avx512.h"
+#include "ldm/modules/group_norm_nhwc_common.h"
 
 namespace ldm {
 namespace {
@@ -220,38 +221,12 @@ LDM_AVX2 void channel_sums(const T* x, int64_t hw, int64_t c, const float* cente
   }
 }
 
-// per-channel copies of the groups' mean and rstd
-struct ChannelStats {
-  std::vector<float> mean, rstd;
-};
-
-template <typename T>
-LDM_AVX2 ChannelStats nhwc_stats(const T* x, int64_t hw, int64_t c, int64_t groups, float eps, float* mean,
-                                 float* rstd) {
-  const int64_t cg = c / groups;
-  const double m = double(cg * hw);
-  std::vector<double> sums(c);
-  ChannelStats st{std::vector<float>(c), std::vector<float>(c)};
-  // per group: out[g] = f(sum of its channels' sums), copied to each of its channels
-  auto per_group = [&](float* out, std::vector<float>& per_channel, auto f) {
-    for (int64_t g = 0; g < groups; ++g) {
-      double s = 0;
-      for (int64_t k = g * cg; k < (g + 1) * cg; ++k) s += sums[k];
-      out[g] = f(s);
-      std::fill(per_channel.begin() + g * cg, per_channel.begin() + (g + 1) * cg, out[g]);
-    }
-  };
-  channel_sums(x, hw, c, nullptr, 1, sums.data());
-  per_group(mean, st.mean, [&](double s) { return float(s / m); });
-  channel_sums(x, hw, c, st.mean.data(), 2, sums.data());
-  per_group(rstd, st.rstd, [&](double s) { return float(1.0 / std::sqrt(s / m + double(eps))); });
-  return st;
-}
-
 template <typename T>
 LDM_AVX2 void forward_nhwc_avx2(const T* x, const float* w, const float* b, T* y, int64_t hw, int64_t c,
                                 int64_t groups, float eps, bool silu, float* mean, float* rstd) {
-  const ChannelStats st = nhwc_stats(x, hw, c, groups, eps, mean, rstd);
+  const gn::ChannelStats st = gn::nhwc_stats(
+      [&](const float* center, int p, double* out) { channel_sums(x, hw, c, center, p, out); }, hw, c, groups, eps,
+      mean, rstd);
   std::vector<float> scale(c), shift(c);
   for (int64_t k = 0; k < c; ++k) scale[k] = st.rstd[k] * w[k], shift[k] = b[k] - st.mean[k] * scale[k];
   for (int64_t r = 0; r < hw; ++r) {
@@ -314,14 +289,8 @@ LDM_AVX2 void backward_nhwc_avx2(const T* x, const T* dy, const float* w, const 
     for (int64_t k = 0; k < c; ++k) sg[k] += a1[k], sgx[k] += a2[k];
   }
   // dx = rstd (w g - (A + xhat B) / m) per group, as backward_avx2
-  std::vector<float> am(c), bm(c);
-  const double m = double(cg * hw);
-  for (int64_t g = 0; g < groups; ++g) {
-    double a = 0, bsum = 0;
-    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) a += w[k] * sg[k], bsum += w[k] * sgx[k];
-    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) am[k] = float(a / m), bm[k] = float(bsum / m);
-  }
-  for (int64_t k = 0; k < c; ++k) db[k] = float(sg[k]), dw[k] = float(sgx[k]);
+  std::vector<float> am, bm;
+  gn::nhwc_grad_terms(w, sg, sgx, hw, c, groups, dw, db, am, bm);
   for (int64_t r = 0; r < hw; ++r) {
     const T* xr = x + r * c;
     const float* gr = scratch + r * c;

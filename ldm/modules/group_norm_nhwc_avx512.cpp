@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "ldm/modules/flash_attention_simd.h"  // exp2_ps16
+#include "ldm/modules/group_norm_nhwc_common.h"
 
 #define LDM_GN512 __attribute__((target("avx512bf16,avx512f,avx512dq,avx512vl,avx512bw,avx2,fma")))
 
@@ -64,36 +65,12 @@ LDM_GN512 void channel_sums16(const T* x, int64_t hw, int64_t c, const float* ce
   }
 }
 
-struct ChannelStats {
-  std::vector<float> mean, rstd;  // the groups' values, per channel
-};
-
-template <typename T>
-LDM_GN512 ChannelStats stats16(const T* x, int64_t hw, int64_t c, int64_t groups, float eps, float* mean,
-                               float* rstd) {
-  const int64_t cg = c / groups;
-  const double m = double(cg * hw);
-  std::vector<double> sums(c);
-  ChannelStats st{std::vector<float>(c), std::vector<float>(c)};
-  auto per_group = [&](float* out, std::vector<float>& per_channel, auto f) {
-    for (int64_t g = 0; g < groups; ++g) {
-      double s = 0;
-      for (int64_t k = g * cg; k < (g + 1) * cg; ++k) s += sums[k];
-      out[g] = f(s);
-      std::fill(per_channel.begin() + g * cg, per_channel.begin() + (g + 1) * cg, out[g]);
-    }
-  };
-  channel_sums16(x, hw, c, nullptr, 1, sums.data());
-  per_group(mean, st.mean, [&](double s) { return float(s / m); });
-  channel_sums16(x, hw, c, st.mean.data(), 2, sums.data());
-  per_group(rstd, st.rstd, [&](double s) { return float(1.0 / std::sqrt(s / m + double(eps))); });
-  return st;
-}
-
 template <typename T>
 LDM_GN512 void forward16(const T* x, const float* w, const float* b, T* y, int64_t hw, int64_t c, int64_t groups,
                          float eps, bool silu, float* mean, float* rstd) {
-  const ChannelStats st = stats16(x, hw, c, groups, eps, mean, rstd);
+  const gn::ChannelStats st = gn::nhwc_stats(
+      [&](const float* center, int p, double* out) { channel_sums16(x, hw, c, center, p, out); }, hw, c, groups,
+      eps, mean, rstd);
   std::vector<float> scale(c), shift(c);
   for (int64_t k = 0; k < c; ++k) scale[k] = st.rstd[k] * w[k], shift[k] = b[k] - st.mean[k] * scale[k];
   for (int64_t k = 0; k < c; k += 16) {
@@ -138,14 +115,8 @@ LDM_GN512 void backward16(const T* x, const T* dy, const float* w, const float* 
     }
   }
   // dx = rstd (w g - (A + xhat B) / m) per group
-  std::vector<float> am(c), bm(c);
-  const double m = double(cg * hw);
-  for (int64_t g = 0; g < groups; ++g) {
-    double a = 0, bsum = 0;
-    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) a += w[k] * sg[k], bsum += w[k] * sgx[k];
-    for (int64_t k = g * cg; k < (g + 1) * cg; ++k) am[k] = float(a / m), bm[k] = float(bsum / m);
-  }
-  for (int64_t k = 0; k < c; ++k) db[k] = float(sg[k]), dw[k] = float(sgx[k]);
+  std::vector<float> am, bm;
+  gn::nhwc_grad_terms(w, sg, sgx, hw, c, groups, dw, db, am, bm);
   for (int64_t k = 0; k < c; k += 16) {
     const __m512 rv = load16(&rc[k]), mv = load16(&mc[k]), wv = load16(w + k), bv = load16(&bm[k]),
                  av = load16(&am[k]);
