@@ -7,6 +7,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstdlib>
 #include <fstream>
@@ -16,6 +17,7 @@
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
 #include "ldm/error.h"
+#include "ldm/train/shm_mean.h"
 
 namespace ldm {
 namespace {
@@ -44,6 +46,18 @@ std::string hostname() {
   char buf[256] = {0};
   gethostname(buf, sizeof buf - 1);
   return buf;
+}
+
+// This machine as its processes see it: host name, boot and network
+// namespace (ranks in separate network namespaces count as separate hosts,
+// as the multi-host tests run them).
+std::string machine_identity() {
+  std::ifstream boot("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(boot, id);
+  char ns[128] = {0};
+  if (readlink("/proc/self/ns/net", ns, sizeof ns - 1) < 0) ns[0] = 0;
+  return hostname() + "|" + id + "|" + ns;
 }
 
 bool is_loopback(const std::string& addr) { return addr == "localhost" || addr.rfind("127.", 0) == 0 || addr == "::1"; }
@@ -102,6 +116,8 @@ struct Distributed::Impl {
   c10::intrusive_ptr<c10d::ProcessGroupGloo> pg;
   std::chrono::milliseconds timeout;
   std::vector<std::pair<std::string, int>> peers;  // host, pid of every rank (for naming the dead)
+  bool one_machine = false;  // every rank on this machine (its shared memory reaches them all)
+  int grad_syncs = 0;        // GradSyncs made so far (every rank makes them in the same order)
 };
 
 Distributed::Distributed(const DistEnv& e, std::chrono::milliseconds timeout, std::chrono::milliseconds rendezvous)
@@ -139,11 +155,16 @@ Distributed::Distributed(const DistEnv& e, std::chrono::milliseconds timeout, st
     impl_->pg = c10::make_intrusive<c10d::ProcessGroupGloo>(impl_->store, e.rank, e.world, o);
     const std::string peer = hostname() + " " + std::to_string(getpid());
     impl_->store->set("peer/" + std::to_string(e.rank), std::vector<uint8_t>(peer.begin(), peer.end()));
+    const std::string machine = machine_identity();
+    impl_->store->set("machine/" + std::to_string(e.rank), std::vector<uint8_t>(machine.begin(), machine.end()));
+    impl_->one_machine = true;
     for (int r = 0; r < e.world; ++r) {
       auto v = impl_->store->get("peer/" + std::to_string(r));
       std::string s(v.begin(), v.end());
       auto sp = s.rfind(' ');
       impl_->peers.emplace_back(s.substr(0, sp), std::atoi(s.c_str() + sp + 1));
+      auto m = impl_->store->get("machine/" + std::to_string(r));
+      impl_->one_machine = impl_->one_machine && std::string(m.begin(), m.end()) == machine;
     }
   } catch (const Error&) {
     throw;
@@ -186,20 +207,25 @@ std::string Distributed::arrival(int r) {
 
 Distributed::~Distributed() = default;
 
+// The local peers that exited, as "1, 3" (a remote one cannot be told apart from a hang).
+std::string Distributed::gone_ranks() {
+  std::string gone;
+  const std::string host = hostname();
+  for (int r = 0; r < env_.world; ++r) {
+    if (r == env_.rank || r >= static_cast<int>(impl_->peers.size())) continue;
+    const auto& [h, pid] = impl_->peers[r];
+    if (h == host && pid > 0 && process_gone(pid)) gone += (gone.empty() ? "" : ", ") + std::to_string(r);
+  }
+  return gone;
+}
+
 void Distributed::fail(const std::string& what, const std::exception& ex) {
-  // Name the ranks that are gone: local peers are probed by pid; a remote one
-  // cannot be told apart from a hang.
   // A peer's sockets close while it is still exiting, before it is a
   // zombie: give it up to 2 s to be seen gone.
   std::string gone;
-  const std::string host = hostname();
   for (int attempt = 0; attempt < 40 && gone.empty(); ++attempt) {
     if (attempt) usleep(50000);
-    for (int r = 0; r < env_.world; ++r) {
-      if (r == env_.rank || r >= static_cast<int>(impl_->peers.size())) continue;
-      const auto& [h, pid] = impl_->peers[r];
-      if (h == host && pid > 0 && process_gone(pid)) gone += (gone.empty() ? "" : ", ") + std::to_string(r);
-    }
+    gone = gone_ranks();
   }
   std::string msg = ex.what();
   msg = msg.substr(0, msg.find('\n'));
@@ -281,10 +307,49 @@ GradSync::GradSync(Distributed& d, std::vector<torch::Tensor> params, double buc
   }
   // each parameter's slice of its bucket, shaped like the parameter
   slice_of_.resize(params_.size());
+  if (shared_memory_applies()) {
+    int64_t total = 0;
+    for (auto& p : params_) total += p.numel();
+    const std::string key = "shm/" + std::to_string(d_.impl_->grad_syncs);
+    auto* store = d_.impl_->store.get();
+    shm_ = std::make_unique<ShmMean>(
+        d_.rank(), d_.world(), static_cast<size_t>(total),
+        [store, key](const std::string& name) { store->set(key, std::vector<uint8_t>(name.begin(), name.end())); },
+        [store, key] {
+          auto v = store->get(key);
+          return std::string(v.begin(), v.end());
+        },
+        [store, key, this](bool mapped) {
+          store->set(key + "/mapped/" + std::to_string(d_.rank()), std::vector<uint8_t>{uint8_t(mapped)});
+          bool all = true;
+          for (int r = 0; r < d_.world(); ++r) all = all && store->get(key + "/mapped/" + std::to_string(r))[0];
+          return all;
+        },
+        [this] {
+          const std::string gone = d_.gone_ranks();
+          if (!gone.empty())
+            throw Error("distributed: rank " + std::to_string(d_.rank()) + ": gradient mean failed (rank " + gone +
+                        " exited)");
+        },
+        d_.impl_->timeout);
+    if (!shm_->ok()) {
+      if (d_.rank() == 0)
+        std::cerr << "distributed: no shared memory for the gradients' mean (/dev/shm full or missing?): Gloo it is\n";
+      shm_.reset();
+    }
+  }
+  ++d_.impl_->grad_syncs;
+  int64_t shm_offset = 0;
   for (auto& b : buckets_) {
     int64_t n = 0;
     for (size_t k : b->members) n += params_[k].numel();
-    b->flat = torch::zeros({n}, params_[b->members.front()].options());
+    if (shm_) {  // the buckets are this rank's slot of the shared segment
+      b->flat = torch::from_blob(shm_->slot() + shm_offset, {n}, params_[b->members.front()].options());
+      b->flat.zero_();
+      shm_offset += n;
+    } else {
+      b->flat = torch::zeros({n}, params_[b->members.front()].options());
+    }
     b->filled.assign(b->members.size(), false);
     int64_t off = 0;
     for (size_t k : b->members) {
@@ -326,7 +391,17 @@ void GradSync::on_grad(size_t k, const torch::Tensor& g) {
   launch_ready();
 }
 
+// Where the ranks' shared memory averages the gradients: one machine, all
+// float32, not turned off by LDM_SHM_GRADS=0.
+bool GradSync::shared_memory_applies() const {
+  const char* env = std::getenv("LDM_SHM_GRADS");
+  if (d_.world() < 2 || !d_.impl_->one_machine || (env && std::string(env) == "0")) return false;
+  return std::all_of(params_.begin(), params_.end(),
+                     [](const torch::Tensor& p) { return p.scalar_type() == torch::kFloat32 && p.device().is_cpu(); });
+}
+
 void GradSync::launch_ready() {
+  if (shm_) return;  // finish() averages them all at once
   try {
     while (next_ < buckets_.size() && buckets_[next_]->n_filled == buckets_[next_]->members.size()) {
       std::vector<at::Tensor> v{buckets_[next_]->flat};
@@ -353,14 +428,18 @@ void GradSync::finish() {
       ++b->n_filled;
     }
   }
-  launch_ready();
   armed_ = false;
-  try {
-    for (auto& b : buckets_) b->work->wait(d_.impl_->timeout);
-  } catch (const std::exception& e) {
-    d_.fail("gradient allreduce", e);
+  if (shm_) {
+    shm_->mean();
+  } else {
+    launch_ready();
+    try {
+      for (auto& b : buckets_) b->work->wait(d_.impl_->timeout);
+    } catch (const std::exception& e) {
+      d_.fail("gradient allreduce", e);
+    }
+    for (auto& b : buckets_) b->flat.div_(d_.world());
   }
-  for (auto& b : buckets_) b->flat.div_(d_.world());
   for (size_t k = 0; k < params_.size(); ++k) {
     auto& p = params_[k];
     if (p.grad().defined()) p.mutable_grad().copy_(slice_of_[k]);

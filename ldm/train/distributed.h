@@ -13,6 +13,8 @@
 
 namespace ldm {
 
+class ShmMean;
+
 struct DistEnv {
   int rank = 0, world = 1, local_rank = 0;
   std::string master_addr = "127.0.0.1";
@@ -63,6 +65,7 @@ class Distributed {
   std::unique_ptr<Impl> impl_;
   friend class GradSync;
   [[noreturn]] void fail(const std::string& what, const std::exception& e);
+  std::string gone_ranks();
   void wait_for_arrivals(std::chrono::milliseconds limit);
   std::string arrival(int rank);  // "host (address)" a rank announced
 };
@@ -70,7 +73,9 @@ class Distributed {
 // DDP's gradient averaging for one parameter list: flat buckets of ~bucket_mb
 // in reverse parameter order (the order backward produces them), each
 // allreduced as soon as its gradients are final, in bucket order on every
-// rank (Gloo pairs collectives by order), while backward goes on.
+// rank (Gloo pairs collectives by order), while backward goes on. Ranks that
+// all share one machine average float32 gradients through shared memory
+// instead (shm_mean.h), all at once after backward.
 class GradSync {
  public:
   GradSync(Distributed& d, std::vector<torch::Tensor> params, double bucket_mb = 25);
@@ -86,6 +91,7 @@ class GradSync {
   struct Bucket;
   void on_grad(size_t i, const torch::Tensor& g);
   void launch_ready();
+  bool shared_memory_applies() const;
   Distributed& d_;
   std::vector<torch::Tensor> params_;
   std::vector<unsigned> hooks_;
@@ -94,6 +100,7 @@ class GradSync {
   std::vector<std::unique_ptr<Bucket>> buckets_;
   size_t next_ = 0;
   bool armed_ = false;
+  std::unique_ptr<ShmMean> shm_;  // ranks on one machine: their mean through shared memory, not Gloo
 };
 
 }  // namespace ldm

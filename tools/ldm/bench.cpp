@@ -116,6 +116,7 @@ Profile profile(const std::function<void()>& fn) {
   p.gflop = conv_flops.load() / 1e9;
   const char* ops_env = std::getenv("LDM_BENCH_OPS");  // every op's time and count, for digging
   const bool by_shapes = ops_env && std::string(ops_env) == "shapes";  // ... split by input shapes
+  const bool top_only = ops_env && std::string(ops_env) == "top";  // ... only the outermost, as the groups count
   // backward nodes count with their forward op's family (ConvolutionBackward0 is conv time)
   auto group = [](std::string n) -> std::string {
     std::transform(n.begin(), n.end(), n.begin(), [](unsigned char ch) { return std::tolower(ch); });
@@ -156,7 +157,7 @@ Profile profile(const std::function<void()>& fn) {
         const auto* start = stack.back();
         stack.pop_back();
         if (stack.empty()) p.ms[group(start->name())] += start->cpuElapsedUs(e) / 1e3;
-        if (ops_env) {  // self-inclusive times
+        if (ops_env && (!top_only || stack.empty())) {  // self-inclusive times
           std::string key = start->name();
           if (by_shapes) {
             for (const auto& sh : start->shapes()) {
