@@ -38,6 +38,7 @@ class ShmMean {
 
  private:
   void barrier(const char* where);
+  void reduce_share(float* out, size_t m, size_t lo) const;
   int rank_, world_;
   size_t n_;
   void* map_ = nullptr;
