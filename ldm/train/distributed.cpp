@@ -362,7 +362,11 @@ GradSync::GradSync(Distributed& d, std::vector<torch::Tensor> params, double buc
 }
 
 GradSync::~GradSync() {
-  for (size_t k = 0; k < params_.size(); ++k) params_[k].remove_hook(hooks_[k]);
+  for (size_t k = 0; k < params_.size(); ++k) {
+    params_[k].remove_hook(hooks_[k]);
+    auto& g = params_[k].mutable_grad();  // a slice of the shared slot must outlive its mapping
+    if (shm_ && g.defined() && g.data_ptr() == slice_of_[k].data_ptr()) g = g.clone();
+  }
 }
 
 void GradSync::arm() {
@@ -373,12 +377,36 @@ void GradSync::arm() {
     b->n_filled = 0;
     b->work.reset();
   }
+  if (shm_) grads_as_slices();
+}
+
+// Shared memory: every p.grad becomes its slice of this rank's slot (what
+// it held so far copied in, zero where it had none), so backward's
+// AccumulateGrad adds into the slot itself: no hook copies, no copies back
+// after the mean (DDP's gradient_as_bucket_view).
+void GradSync::grads_as_slices() {
+  torch::NoGradGuard ng;
+  for (auto& b : buckets_) {
+    bool any = false;
+    for (size_t k : b->members) any = any || params_[k].grad().defined();
+    if (!any) b->flat.zero_();
+    for (size_t k : b->members) {
+      auto& p = params_[k];
+      auto& slice = slice_of_[k];
+      if (!p.grad().defined()) {
+        if (any) slice.zero_();
+      } else if (p.grad().data_ptr() != slice.data_ptr()) {
+        slice.copy_(p.grad());
+      }
+      p.mutable_grad() = slice;
+    }
+  }
 }
 
 // The hook sees this backward's gradient before it is added to p.grad: the
 // final gradient is both together.
 void GradSync::on_grad(size_t k, const torch::Tensor& g) {
-  if (!armed_) return;
+  if (!armed_ || shm_) return;
   auto& b = *buckets_[bucket_of_[k]];
   const size_t s = slot_of_[k];
   if (b.filled[s]) return;
@@ -416,6 +444,11 @@ void GradSync::launch_ready() {
 void GradSync::finish() {
   if (!armed_) throw Error("GradSync::finish without arm");
   torch::NoGradGuard ng;
+  armed_ = false;
+  if (shm_) {  // the gradients are in the slot already (grads_as_slices)
+    shm_->mean();
+    return;
+  }
   // parameters whose hook did not run (no gradient this step, or a
   // gradient only from earlier micro-batches): their p.grad or zero
   for (auto& b : buckets_) {
@@ -428,18 +461,13 @@ void GradSync::finish() {
       ++b->n_filled;
     }
   }
-  armed_ = false;
-  if (shm_) {
-    shm_->mean();
-  } else {
-    launch_ready();
-    try {
-      for (auto& b : buckets_) b->work->wait(d_.impl_->timeout);
-    } catch (const std::exception& e) {
-      d_.fail("gradient allreduce", e);
-    }
-    for (auto& b : buckets_) b->flat.div_(d_.world());
+  launch_ready();
+  try {
+    for (auto& b : buckets_) b->work->wait(d_.impl_->timeout);
+  } catch (const std::exception& e) {
+    d_.fail("gradient allreduce", e);
   }
+  for (auto& b : buckets_) b->flat.div_(d_.world());
   for (size_t k = 0; k < params_.size(); ++k) {
     auto& p = params_[k];
     if (p.grad().defined()) p.mutable_grad().copy_(slice_of_[k]);

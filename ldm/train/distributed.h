@@ -92,6 +92,7 @@ class GradSync {
   void on_grad(size_t i, const torch::Tensor& g);
   void launch_ready();
   bool shared_memory_applies() const;
+  void grads_as_slices();
   Distributed& d_;
   std::vector<torch::Tensor> params_;
   std::vector<unsigned> hooks_;
