@@ -183,9 +183,12 @@ torch::Tensor attention_fused(const torch::Tensor& q, const torch::Tensor& k, co
 torch::Tensor attention_chunked(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v, double scale) {
   // Chunks over query rows (each row's softmax is independent, so the result
   // is exact) with the scores in two buffers reused by every chunk: the scale
-  // rides in the GEMM (alpha), the softmax writes the second buffer, and the
-  // output goes straight into its rows. Fresh 64-128 MB score matrices per
-  // call cost page faults and a separate scaling pass.
+  // rides on the chunk's queries (n x d values, not n x M scores), the softmax
+  // writes the second buffer, and the output goes straight into its rows.
+  // Fresh 64-128 MB score matrices per call cost page faults. Not baddbmm
+  // with beta 0 into the buffer: libtorch 1.13's own kernel (small matrices)
+  // still multiplies the uninitialised buffer by 0, and 0 x NaN garbage made
+  // Attention.ChunkedEqualsOneShot fail once in a while.
   const int64_t B = q.size(0), N = q.size(1), M = k.size(1);
   auto out = torch::empty({B, N, v.size(2)}, q.options());
   auto kt = k.transpose(1, 2);
@@ -198,7 +201,7 @@ torch::Tensor attention_chunked(const torch::Tensor& q, const torch::Tensor& k, 
     // for it (N not a multiple of the chunk: Attention.ChunkedEqualsOneShot)
     auto sim = n == rows ? sim_buf : torch::empty({B, n, M}, q.options());
     auto p = n == rows ? p_buf : torch::empty({B, n, M}, q.options());
-    torch::baddbmm_out(sim, sim, q.narrow(1, s, n), kt, /*beta=*/0.0, /*alpha=*/scale);
+    torch::bmm_out(sim, q.narrow(1, s, n) * scale, kt);
     torch::_softmax_out(p, sim, -1, false);
     auto o = out.narrow(1, s, n);
     torch::bmm_out(o, p, v);
