@@ -307,45 +307,14 @@ GradSync::GradSync(Distributed& d, std::vector<torch::Tensor> params, double buc
   }
   // each parameter's slice of its bucket, shaped like the parameter
   slice_of_.resize(params_.size());
-  if (shared_memory_applies()) {
-    int64_t total = 0;
-    for (auto& p : params_) total += p.numel();
-    const std::string key = "shm/" + std::to_string(d_.impl_->grad_syncs);
-    auto* store = d_.impl_->store.get();
-    shm_ = std::make_unique<ShmMean>(
-        d_.rank(), d_.world(), static_cast<size_t>(total),
-        [store, key](const std::string& name) { store->set(key, std::vector<uint8_t>(name.begin(), name.end())); },
-        [store, key] {
-          auto v = store->get(key);
-          return std::string(v.begin(), v.end());
-        },
-        [store, key, this](bool mapped) {
-          store->set(key + "/mapped/" + std::to_string(d_.rank()), std::vector<uint8_t>{uint8_t(mapped)});
-          bool all = true;
-          for (int r = 0; r < d_.world(); ++r) all = all && store->get(key + "/mapped/" + std::to_string(r))[0];
-          return all;
-        },
-        [this] {
-          const std::string gone = d_.gone_ranks();
-          if (!gone.empty())
-            throw Error("distributed: rank " + std::to_string(d_.rank()) + ": gradient mean failed (rank " + gone +
-                        " exited)");
-        },
-        d_.impl_->timeout);
-    if (!shm_->ok()) {
-      if (d_.rank() == 0)
-        std::cerr << "distributed: no shared memory for the gradients' mean (/dev/shm full or missing?): Gloo it is\n";
-      shm_.reset();
-    }
-  }
+  if (shared_memory_applies()) shm_ = open_shared_memory();
   ++d_.impl_->grad_syncs;
   int64_t shm_offset = 0;
   for (auto& b : buckets_) {
     int64_t n = 0;
     for (size_t k : b->members) n += params_[k].numel();
-    if (shm_) {  // the buckets are this rank's slot of the shared segment
+    if (shm_) {  // the buckets are this rank's slot of the shared segment (zeros, as ftruncate made it)
       b->flat = torch::from_blob(shm_->slot() + shm_offset, {n}, params_[b->members.front()].options());
-      b->flat.zero_();
       shm_offset += n;
     } else {
       b->flat = torch::zeros({n}, params_[b->members.front()].options());
@@ -357,15 +326,51 @@ GradSync::GradSync(Distributed& d, std::vector<torch::Tensor> params, double buc
       off += params_[k].numel();
     }
   }
-  for (size_t k = 0; k < params_.size(); ++k)
-    hooks_.push_back(params_[k].register_hook([this, k](const torch::Tensor& g) { on_grad(k, g); }));
+  if (!shm_)  // shared memory: backward accumulates into the slot itself (grads_as_slices)
+    for (size_t k = 0; k < params_.size(); ++k)
+      hooks_.push_back(params_[k].register_hook([this, k](const torch::Tensor& g) { on_grad(k, g); }));
+}
+
+// Every rank's slot in one segment for this parameter list (the store's key
+// numbered by GradSync, as every rank makes them in the same order); none
+// where a rank could not map it.
+std::unique_ptr<ShmMean> GradSync::open_shared_memory() {
+  int64_t total = 0;
+  for (auto& p : params_) total += p.numel();
+  const std::string key = "shm/" + std::to_string(d_.impl_->grad_syncs);
+  auto* store = d_.impl_->store.get();
+  auto shm = std::make_unique<ShmMean>(
+      d_.rank(), d_.world(), static_cast<size_t>(total),
+      [store, key](const std::string& name) { store->set(key, std::vector<uint8_t>(name.begin(), name.end())); },
+      [store, key] {
+        auto v = store->get(key);
+        return std::string(v.begin(), v.end());
+      },
+      [store, key, this](bool mapped) {
+        store->set(key + "/mapped/" + std::to_string(d_.rank()), std::vector<uint8_t>{uint8_t(mapped)});
+        bool all = true;
+        for (int r = 0; r < d_.world(); ++r) all = all && store->get(key + "/mapped/" + std::to_string(r))[0];
+        return all;
+      },
+      [this] {
+        const std::string gone = d_.gone_ranks();
+        if (!gone.empty())
+          throw Error("distributed: rank " + std::to_string(d_.rank()) + ": gradient mean failed (rank " + gone +
+                      " exited)");
+      },
+      d_.impl_->timeout);
+  if (shm->ok()) return shm;
+  if (d_.rank() == 0)
+    std::cerr << "distributed: no shared memory for the gradients' mean (/dev/shm full or missing?): Gloo it is\n";
+  return nullptr;
 }
 
 GradSync::~GradSync() {
-  for (size_t k = 0; k < params_.size(); ++k) {
-    params_[k].remove_hook(hooks_[k]);
-    auto& g = params_[k].mutable_grad();  // a slice of the shared slot must outlive its mapping
-    if (shm_ && g.defined() && g.data_ptr() == slice_of_[k].data_ptr()) g = g.clone();
+  for (size_t k = 0; k < hooks_.size(); ++k) params_[k].remove_hook(hooks_[k]);
+  if (!shm_) return;
+  for (size_t k = 0; k < params_.size(); ++k) {  // a slice of the shared slot must outlive its mapping
+    auto& g = params_[k].mutable_grad();
+    if (g.defined() && g.data_ptr() == slice_of_[k].data_ptr()) g = g.clone();
   }
 }
 
@@ -406,7 +411,7 @@ void GradSync::grads_as_slices() {
 // The hook sees this backward's gradient before it is added to p.grad: the
 // final gradient is both together.
 void GradSync::on_grad(size_t k, const torch::Tensor& g) {
-  if (!armed_ || shm_) return;
+  if (!armed_) return;
   auto& b = *buckets_[bucket_of_[k]];
   const size_t s = slot_of_[k];
   if (b.filled[s]) return;
@@ -429,7 +434,6 @@ bool GradSync::shared_memory_applies() const {
 }
 
 void GradSync::launch_ready() {
-  if (shm_) return;  // finish() averages them all at once
   try {
     while (next_ < buckets_.size() && buckets_[next_]->n_filled == buckets_[next_]->members.size()) {
       std::vector<at::Tensor> v{buckets_[next_]->flat};

@@ -92,10 +92,11 @@ class GradSync {
   void on_grad(size_t i, const torch::Tensor& g);
   void launch_ready();
   bool shared_memory_applies() const;
+  std::unique_ptr<ShmMean> open_shared_memory();
   void grads_as_slices();
   Distributed& d_;
   std::vector<torch::Tensor> params_;
-  std::vector<unsigned> hooks_;
+  std::vector<unsigned> hooks_;  // Gloo only
   std::vector<size_t> bucket_of_, slot_of_;
   std::vector<torch::Tensor> slice_of_;  // views into the buckets' flat buffers
   std::vector<std::unique_ptr<Bucket>> buckets_;
