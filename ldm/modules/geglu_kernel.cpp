@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "ldm/modules/flash_attention_simd.h"  // LDM_AVX2, exp2_ps
+#include "ldm/modules/simd_bf16.h"
 
 namespace ldm {
 namespace {
@@ -34,38 +35,10 @@ LDM_AVX2 inline __m256 geglu_ps(__m256 a, __m256 g) {
   return _mm256_mul_ps(a, _mm256_mul_ps(_mm256_mul_ps(half, g), _mm256_add_ps(one, erf_ps(_mm256_mul_ps(g, sq)))));
 }
 
-// Eight values to float32 and back, float32 or bf16 (the bits are float32's high half).
-LDM_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-LDM_AVX2 inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
-LDM_AVX2 inline __m256 load8(const uint16_t* p) {
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
-}
-
-// to nearest even (c10::BFloat16's rounding; NaN stays NaN)
-LDM_AVX2 inline void store8(uint16_t* p, __m256 v) {
-  const __m256i b = _mm256_castps_si256(v);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(b, 16), _mm256_set1_epi32(1));
-  __m256i r = _mm256_srli_epi32(_mm256_add_epi32(b, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
-  const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(v, v, _CMP_UNORD_Q));
-  r = _mm256_blendv_epi8(r, _mm256_set1_epi32(0x7fc0), nan);
-  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(r), _mm256_extracti128_si256(r, 1));
-  _mm_storeu_si128((__m128i*)p, packed);
-}
-
-float to_float(float v) { return v; }
-float to_float(uint16_t v) {
-  const uint32_t b = static_cast<uint32_t>(v) << 16;
-  float f;
-  std::memcpy(&f, &b, 4);
-  return f;
-}
-
-void store1(float* p, float f) { *p = f; }
-void store1(uint16_t* p, float f) {
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  *p = std::isnan(f) ? uint16_t{0x7fc0} : static_cast<uint16_t>((b + 0x7fff + ((b >> 16) & 1)) >> 16);
-}
+using simd::load8;
+using simd::store1;
+using simd::store8;
+using simd::to_float;
 
 template <class T>
 LDM_AVX2 void rows_of(const T* h, int64_t ldh, T* out, int64_t rows, int64_t n) {

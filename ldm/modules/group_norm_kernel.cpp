@@ -13,51 +13,23 @@
 #include "ldm/modules/flash_attention_simd.h"  // LDM_AVX2, exp2_ps, hsum
 #include "ldm/modules/group_norm_nhwc_avx512.h"
 #include "ldm/modules/group_norm_nhwc_common.h"
+#include "ldm/modules/simd_bf16.h"
 
 namespace ldm {
 namespace {
 
 using flash::exp2_ps;
 using flash::hsum;
+using simd::load8;
+using simd::store1;
+using simd::store8;
+using simd::to_float;
 
 constexpr int64_t kBlock = 2048;
 constexpr float kLog2e = 1.4426950408889634f;
 
-float to_f(float v) { return v; }
-float to_f(uint16_t v) {
-  const uint32_t u = uint32_t(v) << 16;
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-template <typename T>
-T from_f(float f);
-template <>
-float from_f<float>(float f) { return f; }
-template <>
-uint16_t from_f<uint16_t>(float f) {
-  if (std::isnan(f)) return 0x7fc0;
-  uint32_t u;
-  std::memcpy(&u, &f, 4);
-  return uint16_t((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
-}
 float sigmoid(float y) { return 1.0f / (1.0f + std::exp(-y)); }
 
-LDM_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
-LDM_AVX2 inline void store8(float* p, __m256 f) { _mm256_storeu_ps(p, f); }
-LDM_AVX2 inline __m256 load8(const uint16_t* p) {
-  const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
-  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
-}
-LDM_AVX2 inline void store8(uint16_t* p, __m256 f) {
-  __m256i u = _mm256_castps_si256(f);
-  const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
-  u = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
-  const __m256 nan = _mm256_cmp_ps(f, f, _CMP_UNORD_Q);
-  u = _mm256_blendv_epi8(u, _mm256_set1_epi32(0x7fc0), _mm256_castps_si256(nan));
-  const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(u), _mm256_extracti128_si256(u, 1));
-  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
-}
 LDM_AVX2 inline __m256 sigmoid8(__m256 y) {
   const __m256 e = exp2_ps(_mm256_mul_ps(y, _mm256_set1_ps(-kLog2e)));
   return _mm256_div_ps(_mm256_set1_ps(1.0f), _mm256_add_ps(_mm256_set1_ps(1.0f), e));
@@ -78,7 +50,7 @@ LDM_AVX2 double centered_sum(const T* x, int64_t n, float c, int p) {
       acc = p == 1 ? _mm256_add_ps(acc, d) : _mm256_fmadd_ps(d, d, acc);
     }
     for (; i < b1; ++i) {
-      const float d = to_f(x[i]) - c;
+      const float d = to_float(x[i]) - c;
       tail += p == 1 ? d : d * d;
     }
     total += double(hsum(acc)) + tail;
@@ -106,8 +78,8 @@ LDM_AVX2 void forward_avx2(const T* x, const float* w, const float* b, T* y, int
       store8(yr + i, v);
     }
     for (; i < hw; ++i) {
-      float v = to_f(xr[i]) * scale + shift;
-      yr[i] = from_f<T>(silu ? v * sigmoid(v) : v);
+      float v = to_float(xr[i]) * scale + shift;
+      store1(&yr[i], silu ? v * sigmoid(v) : v);
     }
   }
 }
@@ -138,8 +110,8 @@ LDM_AVX2 void channel_grad(const T* xr, const T* dyr, int64_t hw, float scale, f
       a2 = _mm256_fmadd_ps(g, _mm256_mul_ps(_mm256_sub_ps(xv, mv), rv), a2);
     }
     for (; i < b1; ++i) {
-      const float xv = to_f(xr[i]), y = xv * scale + shift;
-      float g = to_f(dyr[i]);
+      const float xv = to_float(xr[i]), y = xv * scale + shift;
+      float g = to_float(dyr[i]);
       if (silu) {
         const float s = sigmoid(y);
         g *= s * (1.0f + y * (1.0f - s));
@@ -184,8 +156,8 @@ LDM_AVX2 void backward_avx2(const T* x, const T* dy, const float* w, const float
       store8(dr + i, _mm256_mul_ps(rv, inner));
     }
     for (; i < hw; ++i) {
-      const float xhat = (to_f(xr[i]) - mean) * rstd;
-      dr[i] = from_f<T>(rstd * (w[c] * gr[i] - (am + xhat * bm)));
+      const float xhat = (to_float(xr[i]) - mean) * rstd;
+      store1(&dr[i], rstd * (w[c] * gr[i] - (am + xhat * bm)));
     }
   }
 }
@@ -213,7 +185,7 @@ LDM_AVX2 void channel_sums(const T* x, int64_t hw, int64_t c, const float* cente
                                                 : _mm256_fmadd_ps(v, v, _mm256_loadu_ps(acc.data() + k)));
       }
       for (; k < c; ++k) {
-        const float v = to_f(xr[k]) - (p == 2 ? center[k] : 0.0f);
+        const float v = to_float(xr[k]) - (p == 2 ? center[k] : 0.0f);
         acc[k] += p == 1 ? v : v * v;
       }
     }
@@ -239,8 +211,8 @@ LDM_AVX2 void forward_nhwc_avx2(const T* x, const float* w, const float* b, T* y
       store8(yr + k, v);
     }
     for (; k < c; ++k) {
-      const float v = to_f(xr[k]) * scale[k] + shift[k];
-      yr[k] = from_f<T>(silu ? v * sigmoid(v) : v);
+      const float v = to_float(xr[k]) * scale[k] + shift[k];
+      store1(&yr[k], silu ? v * sigmoid(v) : v);
     }
   }
 }
@@ -275,8 +247,8 @@ LDM_AVX2 void backward_nhwc_avx2(const T* x, const T* dy, const float* w, const 
         _mm256_storeu_ps(&a2[k], _mm256_fmadd_ps(g, xhat, _mm256_loadu_ps(&a2[k])));
       }
       for (; k < c; ++k) {
-        const float xv = to_f(xr[k]), yv = xv * scale[k] + shift[k];
-        float g = to_f(dr[k]);
+        const float xv = to_float(xr[k]), yv = xv * scale[k] + shift[k];
+        float g = to_float(dr[k]);
         if (silu) {
           const float s = sigmoid(yv);
           g *= s * (1.0f + yv * (1.0f - s));
@@ -304,8 +276,8 @@ LDM_AVX2 void backward_nhwc_avx2(const T* x, const T* dy, const float* w, const 
       store8(o + k, _mm256_mul_ps(rv, inner));
     }
     for (; k < c; ++k) {
-      const float xhat = (to_f(xr[k]) - mc[k]) * rc[k];
-      o[k] = from_f<T>(rc[k] * (w[k] * gr[k] - (am[k] + xhat * bm[k])));
+      const float xhat = (to_float(xr[k]) - mc[k]) * rc[k];
+      store1(&o[k], rc[k] * (w[k] * gr[k] - (am[k] + xhat * bm[k])));
     }
   }
 }
